@@ -1,0 +1,3 @@
+"""diffpy-diffusion: structure proposals for information-poor powder patterns."""
+
+__version__ = "0.1.0"
