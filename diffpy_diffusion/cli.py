@@ -1,0 +1,677 @@
+"""The ``diffpy-diffuse`` command line.
+
+Thin by design: every command parses its options, calls one public API
+function and prints.  Heavy modules (torch, pymatgen, srfit) are imported
+inside the commands, so ``diffpy-diffuse --help`` is fast.
+
+Errors a user can cause (:class:`~diffpy_diffusion.errors.DiffpyDiffusionError`,
+``ValueError`` from input checks, missing files) print one line and exit with
+status 2; ``--debug`` shows the traceback instead.
+
+Shared option decorators (:func:`composition_option`, :func:`wavelength_option`,
+...) live here so that every command spells its options the same way; scripts
+depend on these names.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import DiffpyDiffusionError, NotAvailableError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+BUILTIN_COMMANDS = ("propose", "simulate", "refine", "train", "evaluate", "backends", "bench")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _debug_enabled(ctx: click.Context | None) -> bool:
+    if os.environ.get("DIFFPY_DIFFUSION_DEBUG"):
+        return True
+    return bool(ctx is not None and ctx.meta.get("diffpy_diffusion.debug"))
+
+
+def not_available(feature: str, issue: str) -> NotAvailableError:
+    """The error a command raises while its engine is not in this installation yet."""
+    return NotAvailableError(f"{feature} is not available yet in diffpy-diffusion {__version__} "
+                             f"(it lands with {issue})")
+
+
+class DiffuseGroup(click.Group):
+    """Click group that turns user errors into one line + exit 2 and loads plugin commands lazily."""
+
+    _plugins_loaded = False
+
+    def _load_plugin_commands(self, ctx) -> None:
+        if DiffuseGroup._plugins_loaded:
+            return
+        DiffuseGroup._plugins_loaded = True
+        try:
+            from . import plugins
+
+            plugins.add_plugin_commands(self)
+        except Exception as exc:  # a broken plugin must never break the CLI
+            click.echo(f"warning: plugin commands not loaded: {_one_line(exc)}", err=True)
+
+    def list_commands(self, ctx):
+        self._load_plugin_commands(ctx)
+        core = [c for c in BUILTIN_COMMANDS if c in self.commands]
+        return core + sorted(c for c in self.commands if c not in BUILTIN_COMMANDS)
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is None:
+            self._load_plugin_commands(ctx)
+            cmd = super().get_command(ctx, name)
+        return cmd
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except (DiffpyDiffusionError, ValueError, OSError) as exc:
+            if _debug_enabled(ctx):
+                raise
+            if isinstance(exc, OSError) and exc.filename:
+                msg = f"{exc.filename}: {exc.strerror or _one_line(exc)}"
+            else:
+                msg = _one_line(exc)
+            click.echo(f"Error: {msg}" + ("" if isinstance(exc, NotAvailableError) else
+                                           "  (--debug shows the traceback)"), err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            if _debug_enabled(ctx):
+                raise
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def _set_debug(ctx, param, value):
+    if value:
+        ctx.meta["diffpy_diffusion.debug"] = True
+    return value
+
+
+def _set_quiet(ctx, param, value):
+    if value:
+        ctx.meta["diffpy_diffusion.quiet"] = True
+    return value
+
+
+def _parse_composition(ctx, param, value):
+    if value is None:
+        return None
+    from .types import parse_composition
+
+    try:
+        parse_composition(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _parse_wavelength(ctx, param, value):
+    if value is None:
+        return None
+    from .io.units import parse_wavelength
+
+    try:
+        return parse_wavelength(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _parse_size(ctx, param, value):
+    if value is None:
+        return None
+    from .io.units import parse_size_nm
+
+    try:
+        return parse_size_nm(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def debug_option(f):
+    """``--debug``: show tracebacks (also ``DIFFPY_DIFFUSION_DEBUG=1``)."""
+    return click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+                        help="Show the full traceback on errors.")(f)
+
+
+def quiet_option(f):
+    """``-q/--quiet``: no progress bars or notices (the value is passed as ``quiet``)."""
+    return click.option("-q", "--quiet", is_flag=True, callback=_set_quiet,
+                        help="No progress bars or notices; results and errors only.")(f)
+
+
+def json_option(f):
+    """``--json``: machine-readable output on stdout (value ``as_json``)."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print machine-readable JSON on stdout instead of a table.")(f)
+
+
+def composition_option(required: bool = True):
+    """``--composition``: chemical formula, validated (value: the string)."""
+    return click.option("--composition", "-c", required=required, callback=_parse_composition,
+                        metavar="FORMULA",
+                        help="Chemical formula of the sample, e.g. CdSe or Ba2TiO4 (formula unit; "
+                             "the number of formula units per cell is searched).")
+
+
+def wavelength_option(f):
+    """``--wavelength``: Å or a tube name; the value is an ``io.units.Wavelength`` (a float with ``.wavelength2``)."""
+    return click.option("--wavelength", "-w", callback=_parse_wavelength, metavar="Å|TUBE",
+                        help="X-ray wavelength in Å (1.5406) or a tube: CuKa (Kα1+Kα2), CuKa1, MoKa, "
+                             "CoKa, FeKa, CrKa, AgKa. Default: from the file header.")(f)
+
+
+def radiation_option(f):
+    """``--radiation xray|neutron`` (``None`` = from the file header, else xray)."""
+    return click.option("--radiation", type=click.Choice(["xray", "neutron"]), default=None,
+                        help="Radiation; default from the file header, else xray.")(f)
+
+
+def size_option(f):
+    """``--size``: crystallite/particle size; value in nm (float)."""
+    return click.option("--size", "size_nm", callback=_parse_size, metavar="SIZE",
+                        help="Crystallite (XRD) or particle (PDF) diameter: 3nm, 30A, or a number in nm.")(f)
+
+
+def x_option(f):
+    """``--x 2theta|q|r``: what the first data column is (value ``x_kind``)."""
+    return click.option("--x", "x_kind", type=click.Choice(["2theta", "q", "r"]), default=None,
+                        help="What column 1 of the data is: 2theta (degrees), q (1/Å) or r (Å, PDF). "
+                             "Default: detected from the header.")(f)
+
+
+def backend_option(default: str = "auto"):
+    """``--backend``: name, comma list, or ``a+b`` merge."""
+    return click.option("--backend", "-b", default=default, show_default=True, metavar="NAME[,NAME]",
+                        help="Structure proposer(s); see 'diffpy-diffuse backends'. 'auto' = diffusion "
+                             "when its weights are installed, else the best available baseline. "
+                             "'a+b' merges the candidates of two backends.")
+
+
+def n_option(default: int = 200):
+    return click.option("--n", "-n", "n", type=click.IntRange(1, 100000), default=default, show_default=True,
+                        help="Number of raw candidates to generate.")
+
+
+def top_option(default: int = 5):
+    return click.option("--top", type=click.IntRange(1, 1000), default=default, show_default=True,
+                        help="Number of candidates to refine and report.")
+
+
+def seed_option(f):
+    return click.option("--seed", type=int, default=0, show_default=True,
+                        help="Random seed; the same seed and inputs give the same candidates.")(f)
+
+
+def output_option(default: str | None = None, help: str = "Output folder or file."):
+    return click.option("-o", "--output", type=click.Path(path_type=Path), default=default,
+                        show_default=default is not None, help=help)
+
+
+def force_option(f):
+    return click.option("--force", "-f", is_flag=True,
+                        help="Overwrite existing output files (otherwise an existing file is an error).")(f)
+
+
+def _spinner(quiet: bool):
+    """A rich progress bar factory, or a no-op when quiet / not a terminal."""
+    from contextlib import nullcontext
+
+    if quiet:
+        return nullcontext(None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), transient=True, console=_stderr_console())
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def notice(msg: str, quiet: bool = False) -> None:
+    """Print a notice on stderr (suppressed by --quiet)."""
+    if not quiet:
+        click.echo(msg, err=True)
+
+
+# --------------------------------------------------------------------------- the group
+
+
+@click.group(cls=DiffuseGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "-V", "--version", prog_name="diffpy-diffuse")
+@debug_option
+def cli():
+    """Propose crystal structures that explain a nanocrystal powder pattern or PDF.
+
+    \b
+    Typical use:
+      diffpy-diffuse propose cdse_3nm.xy --composition CdSe --wavelength CuKa --size 3nm -o results/
+      diffpy-diffuse propose ni.gr --composition Ni --top 5
+      diffpy-diffuse simulate CdSe.cif --xrd --size 2nm -o cdse_2nm.xy
+      diffpy-diffuse backends
+
+    Each command has --help with its options. Errors print one line and exit
+    with status 2; add --debug for the traceback.
+    """
+
+
+# --------------------------------------------------------------------------- propose
+
+
+def resolve_backend(name: str, quiet: bool = False) -> str:
+    """Turn ``auto`` into a concrete backend name, with a notice when falling back."""
+    if name != "auto":
+        return name
+    from . import plugins
+
+    names = plugins.backend_names()
+    if "diffusion" in names:
+        try:
+            from .backends.diffusion import weights_available  # type: ignore[attr-defined]
+
+            ok = bool(weights_available())
+        except Exception:
+            ok = False
+        if ok:
+            return "diffusion"
+    for fallback in ("templates+random", "templates", "random", "example"):
+        parts = fallback.split("+")
+        if all(p in names for p in parts):
+            notice(f"note: no trained diffusion weights installed; using backend '{fallback}' "
+                   "(pass --backend to choose)", quiet)
+            return fallback
+    if names:
+        notice(f"note: using backend '{names[0]}' (pass --backend to choose)", quiet)
+        return names[0]
+    raise DiffpyDiffusionError("no structure backend is installed; see 'diffpy-diffuse backends'")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@composition_option(required=True)
+@wavelength_option
+@radiation_option
+@size_option
+@x_option
+@click.option("--spacegroup", "--sg", "spacegroup", default=None, metavar="SG",
+              help="Space-group hint: number (186) or symbol (P6_3mc).")
+@click.option("--max-atoms", type=click.IntRange(1, 200), default=20, show_default=True,
+              help="Largest number of atoms per cell to propose.")
+@backend_option()
+@n_option(200)
+@top_option(5)
+@seed_option
+@output_option(None, "Folder for CIF/.stru files, results.json and plots (default: print only).")
+@force_option
+@json_option
+@quiet_option
+@debug_option
+def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegroup, max_atoms, backend, n, top,
+            seed, output, force, as_json, quiet):
+    """Propose and refine crystal structures for the pattern in DATA.
+
+    DATA is a powder pattern (.xy .xye .dat .csv .chi: 2θ or Q vs intensity)
+    or a PDF (.gr). The backend generates --n candidates with the given
+    composition, they are screened against the data, and the best --top are
+    refined and reported (ranked by Rwp/Rw).
+
+    \b
+    Example:
+      diffpy-diffuse propose cdse_3nm.xy -c CdSe -w CuKa --size 3nm -o results/
+    """
+    from .io import read_observation
+
+    sg = int(spacegroup) if spacegroup and str(spacegroup).isdigit() else spacegroup
+    obs = read_observation(data, x_kind=x_kind, wavelength=wavelength, radiation=radiation,
+                           composition=composition, size_nm=size_nm, spacegroup=sg, max_atoms=max_atoms)
+    backend = resolve_backend(backend, quiet or as_json)
+    t0 = time.perf_counter()
+    try:
+        from .pipeline import propose as pipeline_propose
+    except ImportError:
+        pipeline_propose = None
+    if pipeline_propose is not None:
+        results = pipeline_propose(obs, backend=backend, n=n, top=top, seed=seed, output_dir=output,
+                                   force=force, progress=not (quiet or as_json))
+    else:
+        results = _propose_without_pipeline(obs, backend, n, top, seed, output, force, quiet or as_json)
+    _print_proposals(results, obs, output, as_json, time.perf_counter() - t0)
+
+
+def _propose_without_pipeline(obs, backend_name, n, top, seed, output, force, quiet):
+    """Minimal path used until pipeline.py lands: sample, keep the first --top, write files."""
+    from . import plugins
+
+    if "+" in backend_name or "," in backend_name:
+        backend_name = backend_name.replace(",", "+").split("+")[0]
+    backend = plugins.get_backend(backend_name)
+    with _spinner(quiet) as prog:
+        task = prog.add_task(f"sampling ({backend_name})", total=n) if prog else None
+        cb = (lambda k: prog.advance(task, k)) if prog else None
+        props = backend.sample(obs, n, seed=seed, progress=cb)
+    props = list(props)[:top]
+    for i, p in enumerate(props, 1):
+        p.scores.setdefault("rank", i)
+    if output is not None:
+        from .io import write_cif, write_json, write_stru
+
+        out = Path(output)
+        for i, p in enumerate(props, 1):
+            stem = f"candidate_{i:02d}_{p.structure.composition.reduced_formula}"
+            write_cif(p.structure, out / f"{stem}.cif", force=force)
+            write_stru(p.structure, out / f"{stem}.stru", force=force)
+        write_json({"source": obs.source, "composition": obs.formula, "backend": backend_name,
+                    "note": "unscreened, unrefined: the pipeline is not installed",
+                    "candidates": [_proposal_dict(p, i) for i, p in enumerate(props, 1)]},
+                   out / "results.json", force=force)
+    return props
+
+
+def _proposal_dict(p, rank: int) -> dict:
+    s = p.structure
+    try:
+        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+        sg = SpacegroupAnalyzer(s, symprec=0.1).get_space_group_symbol()
+    except Exception:
+        sg = None
+    return {"rank": rank, "formula": s.composition.reduced_formula, "n_atoms": len(s),
+            "spacegroup": sg, "backend": p.backend, "seed": p.seed,
+            "lattice": {"a": s.lattice.a, "b": s.lattice.b, "c": s.lattice.c,
+                        "alpha": s.lattice.alpha, "beta": s.lattice.beta, "gamma": s.lattice.gamma},
+            "scores": dict(p.scores), "refined": dict(p.refined)}
+
+
+def _print_proposals(results, obs, output, as_json: bool, seconds: float) -> None:
+    rows = [_proposal_dict(p, i) for i, p in enumerate(results, 1)]
+    if as_json:
+        from .io.writers import to_json_text
+
+        click.echo(to_json_text({"source": obs.source, "composition": obs.formula, "seconds": seconds,
+                                 "output": str(output) if output else None, "candidates": rows}), nl=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Candidates for {obs.formula} ({Path(obs.source or '').name})")
+    for col in ("#", "formula", "atoms", "space group", "a, b, c (Å)", "backend", "score"):
+        table.add_column(col)
+    for r in rows:
+        sc = r["scores"]
+        key = next((k for k in ("rw", "rwp", "screen_rwp", "screen_rw") if k in sc), None)
+        score = f"{key}={sc[key]:.3f}" if key else "-"
+        lat = r["lattice"]
+        table.add_row(str(r["rank"]), r["formula"], str(r["n_atoms"]), str(r["spacegroup"] or "?"),
+                      f"{lat['a']:.3f}, {lat['b']:.3f}, {lat['c']:.3f}", str(r["backend"]), score)
+    con = Console()
+    con.print(table)
+    where = f"outputs in {output}/" if output else "no files written (use -o DIR to save CIF/.stru)"
+    con.print(f"{len(rows)} candidate(s) in {seconds:.1f} s; {where}")
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("structure", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--xrd", "kind", flag_value="xrd", default=True, help="Powder diffraction pattern (default).")
+@click.option("--pdf", "kind", flag_value="pdf", help="Pair distribution function G(r).")
+@click.option("--debye", "kind", flag_value="debye", help="Debye scattering equation on a cluster (needs --size).")
+@wavelength_option
+@radiation_option
+@size_option
+@x_option
+@click.option("--range", "x_range", nargs=3, type=float, default=None, metavar="MIN MAX STEP",
+              help="Grid of the x axis, e.g. 10 80 0.02 (2θ, degrees), 0.5 8 0.01 (Q), 0 30 0.01 (r).")
+@output_option(None, "Output .xy/.gr file (default: print a summary only).")
+@force_option
+@click.option("--plot", is_flag=True, help="Also save a PNG plot next to the output.")
+@json_option
+@quiet_option
+@debug_option
+def simulate(structure, kind, wavelength, radiation, size_nm, x_kind, x_range, output, force, plot, as_json,
+             quiet):
+    """Simulate the pattern of the crystal structure in STRUCTURE (.cif, .stru).
+
+    \b
+    Example:
+      diffpy-diffuse simulate CdSe.cif --xrd --size 2nm -w CuKa -o cdse_2nm.xy
+    """
+    try:
+        from .simulation import simulate as run_simulation
+    except ImportError:
+        raise not_available("simulate", "the physics issue (#4)") from None
+    from .io import read_structure, write_xy
+
+    import numpy as np
+
+    s = read_structure(structure)
+    params = {"radiation": radiation or "xray"}
+    if wavelength is not None:
+        params["wavelength"] = float(wavelength)
+        if getattr(wavelength, "wavelength2", None):
+            params["wavelength2"] = wavelength.wavelength2
+    if size_nm is not None:
+        params["size_nm"] = size_nm
+    if x_kind is not None:
+        params["x_kind"] = x_kind
+    x = np.arange(x_range[0], x_range[1] + 0.5 * x_range[2], x_range[2]) if x_range else None
+    obs = run_simulation(s, kind=kind, x=x, **params)
+    if output is not None:
+        col = {"2theta": "2theta_deg", "q": "Q_invA", "r": "r_A"}[obs.x_kind]
+        ycol = "G_invA2" if obs.kind == "pdf" else "intensity"
+        write_xy(obs.x, obs.y, output, header=f"simulated by diffpy-diffuse {__version__} from {structure}\n"
+                 + "\n".join(f"{k} = {v}" for k, v in params.items()), columns=(col, ycol), force=force)
+        if plot:
+            _save_plot(obs, Path(output).with_suffix(".png"), force)
+    summary = {"structure": str(structure), "kind": obs.kind, "x_kind": obs.x_kind, "points": int(len(obs.x)),
+               "x_min": float(obs.x[0]), "x_max": float(obs.x[-1]), "output": str(output) if output else None}
+    if as_json:
+        from .io.writers import to_json_text
+
+        click.echo(to_json_text(summary), nl=False)
+    elif not quiet:
+        click.echo(f"{obs.kind} pattern of {structure.name}: {summary['points']} points, "
+                   f"{obs.x_kind} {summary['x_min']:g}..{summary['x_max']:g}"
+                   + (f" -> {output}" if output else ""))
+
+
+def _save_plot(obs, path: Path, force: bool) -> None:
+    import io as _io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(obs.x, obs.y, lw=1)
+    ax.set_xlabel({"2theta": "2θ (deg)", "q": "Q (Å⁻¹)", "r": "r (Å)"}[obs.x_kind])
+    ax.set_ylabel("G(r) (Å⁻²)" if obs.kind == "pdf" else "intensity")
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue(), force=force)
+
+
+# --------------------------------------------------------------------------- refine
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("structure", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@composition_option(required=False)
+@wavelength_option
+@radiation_option
+@size_option
+@x_option
+@click.option("--engine", type=click.Choice(["srfit", "pdffit2"]), default="srfit", show_default=True,
+              help="Refinement engine (pdffit2: PDF data only).")
+@output_option(None, "Folder for the refined CIF/.stru, results.json and plot.")
+@force_option
+@json_option
+@quiet_option
+@debug_option
+def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind, engine, output, force, as_json,
+           quiet):
+    """Refine the structure in STRUCTURE against the pattern in DATA (srfit).
+
+    \b
+    Example:
+      diffpy-diffuse refine ni.gr ni.cif -o ni_fit/
+    """
+    try:
+        from .pipeline import refine_file
+    except ImportError:
+        raise not_available("refine", "the refinement issue (#5)") from None
+    refine_file(data, structure, composition=composition, wavelength=wavelength, radiation=radiation,
+                size_nm=size_nm, x_kind=x_kind, engine=engine, output_dir=output, force=force,
+                as_json=as_json, quiet=quiet)
+
+
+# --------------------------------------------------------------------------- train
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": []})
+@click.pass_context
+def train(ctx):
+    """Train the diffusion backend (options: 'diffpy-diffuse train --help').
+
+    \b
+    Example:
+      diffpy-diffuse train --data ../shared/data/mp20 --out run1/
+    """
+    try:
+        from .backends.diffusion.train import main as train_main
+    except ImportError:
+        if any(a in ("-h", "--help") for a in ctx.args):
+            click.echo(ctx.get_help())
+            return
+        raise not_available("train", "the neural-backend issue (#6)") from None
+    rc = train_main(list(ctx.args))
+    if isinstance(rc, int) and rc:
+        ctx.exit(rc)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--dataset", default="mp20-test", show_default=True,
+              help="Benchmark set, e.g. mp20-test (first 1,000 rows of mp20/test.csv.gz).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the shared data (default: ../shared/data or $DIFFPY_DIFFUSION_DATA).")
+@click.option("--limit", type=click.IntRange(1, None), default=100, show_default=True,
+              help="Number of structures to evaluate (first N of the set).")
+@size_option
+@wavelength_option
+@backend_option()
+@n_option(20)
+@top_option(1)
+@seed_option
+@output_option(None, "Folder for per-structure results and the summary.")
+@force_option
+@json_option
+@quiet_option
+@debug_option
+def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, seed, output, force, as_json, quiet):
+    """Benchmark a backend on simulated patterns of known structures (match rate, RMSE, Rwp, time)."""
+    try:
+        from .evaluate import run_evaluation
+    except ImportError:
+        raise not_available("evaluate", "the pipeline issue (#5/#6)") from None
+    run_evaluation(dataset=dataset, data_dir=data_dir, limit=limit, size_nm=size_nm, wavelength=wavelength,
+                   backend=resolve_backend(backend, quiet or as_json), n=n, top=top, seed=seed,
+                   output_dir=output, force=force, as_json=as_json, quiet=quiet)
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@json_option
+@debug_option
+def backends(as_json):
+    """List installed structure backends with their plugin, version and capabilities.
+
+    Select plugins with DIFFPY_DIFFUSION_PLUGINS=a,b (allow-list) or
+    DIFFPY_DIFFUSION_DISABLE_PLUGINS=a,b.
+    """
+    from . import plugins
+
+    rows = plugins.list_backends()
+    errors = plugins.plugin_errors()
+    if as_json:
+        from .io.writers import to_json_text
+
+        click.echo(to_json_text({"backends": rows, "plugins": plugins.plugin_info(), "errors": errors}),
+                   nl=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    table = Table(title="diffpy-diffusion backends")
+    for col in ("backend", "plugin", "version", "capabilities", "description"):
+        table.add_column(col)
+    for r in rows:
+        plugin = f"{r['plugin']} {r['plugin_version']}"
+        table.add_row(r["name"], plugin, r["version"], ", ".join(r["capabilities"]) or "-",
+                      r["description"] if not r["error"] else f"[red]cannot start: {r['error']}[/red]")
+    con.print(table)
+    if not rows:
+        con.print("no backends installed")
+    for e in errors:
+        click.echo(f"plugin error: {e}", err=True)
+
+
+# --------------------------------------------------------------------------- bench
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--quick", is_flag=True, help="Small sizes only (seconds).")
+@json_option
+@quiet_option
+@debug_option
+def bench(quick, as_json, quiet):
+    """Time the forward models (XRD, PDF, Debye) on this machine."""
+    raise not_available("bench", "the physics issue (#4)")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``diffpy-diffuse``)."""
+    cli.main(args=argv, prog_name="diffpy-diffuse")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

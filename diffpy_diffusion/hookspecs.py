@@ -1,0 +1,238 @@
+"""Hook specifications: the plugin author's manual.
+
+diffpy-diffusion is extended with `pluggy <https://pluggy.readthedocs.io>`_
+hooks under the project name ``"diffpy_diffusion"``.  The built-in backends
+(``random``, ``templates``, ``diffusion``) are registered through exactly the
+same hooks a third-party package uses, so everything below is exercised by the
+project's own code.
+
+Writing a plugin
+----------------
+A plugin is an importable module (or object) with functions decorated by
+:data:`hookimpl` whose names match the specifications below.  Implement only
+the hooks you need.  Ship it as a separate distribution and declare it in the
+entry-point group ``diffpy_diffusion``::
+
+    # pyproject.toml of your package
+    [project.entry-points.diffpy_diffusion]
+    mysampler = "my_package.plugin"       # name = what users allow/deny
+
+    # my_package/plugin.py
+    from diffpy_diffusion import hookimpl
+
+    class MySampler:
+        name = "mysampler"
+        version = "1.0"
+        capabilities = {"composition"}
+
+        def __init__(self, **options): ...
+        def sample(self, observation, n, *, seed=None, progress=None):
+            ...   # return a list of diffpy_diffusion.Proposal
+
+    @hookimpl
+    def register_backends(register):
+        register("mysampler", MySampler)
+
+After ``pip install`` the backend shows up in ``diffpy-diffuse backends`` and
+is used with ``diffpy-diffuse propose data.xy --composition CdSe --backend
+mysampler``.  The template to copy is ``plugins/diffpy-diffusion-example/`` in
+the source tree, and :mod:`diffpy_diffusion.testing` is the contract test kit
+your tests should run.
+
+Selecting plugins
+-----------------
+``DIFFPY_DIFFUSION_PLUGINS=a,b`` loads only the plugins named (built-in
+plugins are named after their module: ``random``, ``templates``,
+``diffusion``; third-party ones by their entry-point name);
+``DIFFPY_DIFFUSION_DISABLE_PLUGINS=a,b`` skips those.  A plugin that fails to
+import, raises in a hook or registers a name that is already taken is reported
+in one line naming it (``diffpy-diffuse backends`` shows these) and the other
+plugins keep working.
+
+Conventions that every hook can rely on
+---------------------------------------
+Units are Å, Å⁻¹, degrees and nm (crystallite size).  Structures are
+:class:`pymatgen.core.Structure`; an isotropic displacement parameter, when
+present, is the site property ``"uiso"`` in Å².  Patterns travel as
+:class:`diffpy_diffusion.types.Observation`, candidates as
+:class:`diffpy_diffusion.types.Proposal`.  Hooks must not import heavy
+modules (torch) at plugin-import time: import them inside the factory or the
+method that needs them, so that ``diffpy-diffuse --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "diffpy_diffusion"
+
+#: Marker for hook implementations: decorate your functions with ``@hookimpl``.
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+#: Marker for the specifications below (used by diffpy-diffusion itself).
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+@hookspec
+def register_backends(register):
+    """Register structure proposers ("backends").
+
+    Parameters
+    ----------
+    register : callable
+        ``register(name, factory)``.  ``name`` is the short, unique, lower-case
+        name users pass to ``--backend`` (letters, digits, ``-`` and ``_``;
+        ``+`` and ``,`` are reserved for combining backends).  ``factory`` is
+        a callable (usually the class) such that ``factory(**options)`` returns
+        a backend object with
+
+        - ``name : str`` -- the registered name;
+        - ``version : str`` -- version of the backend (model weights count:
+          bump it when the weights change);
+        - ``capabilities : set[str]`` -- which parts of an observation the
+          sampler conditions on, a subset of ``{"composition", "xrd", "pdf",
+          "spacegroup"}``.  A backend that only uses the composition still
+          works for any pattern; the pipeline screens its proposals against
+          the data;
+        - ``sample(observation, n, *, seed=None, progress=None) ->
+          list[Proposal]`` -- return up to ``n`` candidates.  Every proposal
+          must have exactly the observation's composition (an integer
+          multiple Z of the formula) and at most ``observation.max_atoms``
+          atoms per cell; ``seed`` makes the result reproducible (same seed,
+          same structures); ``progress`` is ``None`` or a callable
+          ``progress(advance: int)`` to call as candidates are produced.
+          Raise :class:`diffpy_diffusion.errors.BackendError` with a message
+          for the user when the request cannot be served (e.g. a composition
+          that cannot fit in ``max_atoms``).
+
+        When ``version`` and ``capabilities`` are class attributes of the
+        factory, ``diffpy-diffuse backends`` reads them without building the
+        backend (so listing stays fast even if building loads model weights).
+
+    Returns
+    -------
+    None
+        Call ``register`` once per backend; the return value is ignored.
+    """
+
+
+@hookspec
+def register_readers(register):
+    """Register readers for pattern file formats.
+
+    Parameters
+    ----------
+    register : callable
+        ``register(name, reader, *, extensions=(), kind=None)``.
+        ``reader(path, **options) -> Observation`` reads one file; it receives
+        the keyword options of :func:`diffpy_diffusion.io.read_observation`
+        (``kind``, ``x_kind``, ``wavelength``, ``radiation``,
+        ``composition``), any of which may be ``None`` meaning "not given by
+        the user".  ``extensions`` are lower-case suffixes including the dot
+        (``(".xrdml",)``); ``kind`` is ``"xrd"`` or ``"pdf"`` when the format
+        holds only one of them.  A reader that cannot parse a file should
+        raise :class:`diffpy_diffusion.errors.InputFileError` with the path,
+        a message saying what was expected, and the 1-based line number.
+
+    Notes
+    -----
+    Built-in readers cover ``.xy .xye .dat .csv .txt .chi .iq .gr .fgr``.  A
+    plugin reader registered for an extension that a built-in reader also
+    handles takes precedence (plugins are meant to override).
+    """
+
+
+@hookspec
+def register_simulators(register):
+    """Register forward models that turn a structure into a pattern.
+
+    Parameters
+    ----------
+    register : callable
+        ``register(name, simulator)``.  ``simulator(structure, x=None,
+        **params) -> Observation``, where ``structure`` is a pymatgen
+        Structure and ``params`` are the keyword parameters documented for
+        :func:`diffpy_diffusion.simulation.simulate` (``wavelength``,
+        ``size_nm``, ``radiation``, ...).  Built-in names are ``"xrd"``,
+        ``"pdf"`` and ``"debye"``; a plugin may add e.g. ``"neutron-tof"`` or
+        ``"electron"``, which then becomes available to ``diffpy-diffuse
+        simulate --kind NAME``.
+    """
+
+
+@hookspec(firstresult=True)
+def pdf_calculator(kind):
+    """Provide a PDF calculator that replaces the built-in torch one.
+
+    Parameters
+    ----------
+    kind : str
+        ``"pdf"`` (periodic, bulk or with ``spdiameter``) or ``"debye"``
+        (finite cluster).
+
+    Returns
+    -------
+    callable or None
+        ``calculator(structure, r, **params) -> numpy.ndarray`` returning
+        G(r) in Å⁻² on the grid ``r`` (Å) with the srreal/PDFgui parameter
+        names (``qmax``, ``qdamp``, ``qbroad``, ``delta1``, ``delta2``,
+        ``scale``, ``spdiameter``, ``radiation``), or ``None`` to leave the
+        choice to other plugins.  The first non-``None`` answer wins (this is
+        how the ``diffpy-diffusion-srreal`` plugin swaps in srreal).
+    """
+
+
+@hookspec
+def rerank(observation, proposals):
+    """Add extra figures of merit to screened proposals.
+
+    Called by the pipeline after screening and before refinement.
+
+    Parameters
+    ----------
+    observation : Observation
+    proposals : list of Proposal
+        Screened candidates, best first.
+
+    Returns
+    -------
+    dict or None
+        ``{score_name: list_of_floats}`` with one value per proposal (lower is
+        better), stored in each ``proposal.scores[score_name]``; the pipeline
+        keeps its own ranking unless the user asks for ``--rank-by
+        score_name``.  Return ``None`` to add nothing.  Do not reorder or
+        modify the list itself.
+    """
+
+
+@hookspec
+def register_commands(cli):
+    """Add commands to the ``diffpy-diffuse`` command line.
+
+    Parameters
+    ----------
+    cli : click.Group
+        The top-level group; call ``cli.add_command(my_click_command)``.
+        Use a name that does not clash with the built-in commands (propose,
+        simulate, refine, train, evaluate, backends, bench); a clash is
+        reported as a plugin error and the built-in command is kept.
+    """
+
+
+@hookspec
+def recipe_seeded(recipe, proposal):
+    """Be notified after an SrFit recipe was seeded with a proposed structure.
+
+    Called by :func:`diffpy_diffusion.seed_recipe`, e.g. to log provenance
+    or add restraints.
+
+    Parameters
+    ----------
+    recipe : diffpy.srfit.fitbase.FitRecipe
+        The recipe, already holding the structure.
+    proposal : Proposal
+        The proposal that was used.
+
+    Returns
+    -------
+    None
+    """

@@ -1,0 +1,26 @@
+"""Readers and writers for patterns and structures.
+
+Readers raise :class:`~diffpy_diffusion.errors.InputFileError` naming the file,
+the line and what was expected.  Writers are atomic and refuse to overwrite an
+existing file unless ``force=True`` (:class:`~diffpy_diffusion.errors.OutputExistsError`).
+"""
+
+from .patterns import PDF_EXTENSIONS, XRD_EXTENSIONS, parse_header, read_observation
+from .structures import STRUCTURE_EXTENSIONS, diffpy_to_pymatgen, pymatgen_to_diffpy, read_structure
+from .units import Wavelength, parse_size_nm, parse_wavelength
+from .writers import (
+    atomic_write_bytes,
+    atomic_write_text,
+    to_json_text,
+    write_cif,
+    write_json,
+    write_stru,
+    write_xy,
+)
+
+__all__ = [
+    "read_observation", "read_structure", "parse_header", "pymatgen_to_diffpy", "diffpy_to_pymatgen",
+    "write_cif", "write_stru", "write_xy", "write_json", "atomic_write_text", "atomic_write_bytes",
+    "to_json_text", "Wavelength", "parse_wavelength", "parse_size_nm",
+    "XRD_EXTENSIONS", "PDF_EXTENSIONS", "STRUCTURE_EXTENSIONS",
+]
