@@ -1,0 +1,804 @@
+"""Powder X-ray (and neutron) diffraction patterns of crystals, batched and differentiable.
+
+Two layers:
+
+1. :func:`reflections` enumerates the reciprocal lattice of every crystal of a
+   :class:`~diffpy_diffusion.physics.crystal.CrystalBatch` up to ``q_max`` and
+   returns the Bragg peaks as flat tensors (Q in Å⁻¹, |F|² summed over the
+   reflections that share a Q, crystal index).  No Lorentz-polarisation and no
+   profile: precompute it once per structure.
+2. :func:`xrd_profile` puts such a peak list onto a 2θ (degrees) or Q (Å⁻¹)
+   grid: Lorentz-polarisation (optional monochromator), Kα1/Kα2, zero shift,
+   pseudo-Voigt with Caglioti U, V, W, finite-size broadening (Scherrer or the
+   sinc² kernel), scale and a Chebyshev background.  Cheap enough to call with
+   random broadening in a training loop.
+
+:func:`xrd_pattern` chains the two; :func:`xrd_peaks` returns stick patterns
+in the conventions of pymatgen's ``XRDCalculator`` for comparisons.
+
+Conventions
+-----------
+Q = 4π sinθ/λ.  Intensity of a reflection: ``|F|²`` with
+``F = Σ_j occ_j f_j(Q) exp(−Uiso_j Q²/2) exp(2πi h·x_j)`` (Friedel mates
+included, i.e. every point of the reciprocal lattice counted once, so the
+multiplicity is implicit as in pymatgen).  Lorentz-polarisation is pymatgen's
+``(1 + cos²2θ)/(sin²θ cosθ)``; with a monochromator at 2θ_m it becomes
+``2 (1 + cos²2θ_m cos²2θ)/((1 + cos²2θ_m) sin²θ cosθ)``.
+
+Peak widths (FWHM, in degrees 2θ): instrument ``H_i² = U tan²θ + V tanθ + W``;
+size (Scherrer) ``H_s = K λ/(L cosθ)`` (radians), L the crystallite size.  The
+instrument profile is a pseudo-Voigt of FWHM ``H_i`` and Lorentzian fraction
+``eta``; the Scherrer size profile is a Lorentzian of FWHM ``H_s``.  Their
+convolution is evaluated as ``(1−η)·V(H_i, H_s) + η·L(H_i + H_s)`` where the
+Gauss–Lorentz Voigt ``V`` is the Thompson–Cox–Hastings pseudo-Voigt.  On a Q
+grid all widths are converted with dQ = (2π/λ) cosθ d(2θ); the Scherrer width
+is then Q-independent, FWHM_Q = 2πK/L.
+
+``size_kernel="sinc2"`` replaces the Lorentzian size profile with the Laue
+interference function of a crystallite of thickness L, ``sinc²(L ΔQ/2)``
+(FWHM_Q = 2·1.39156/L ≈ 2π·0.886/L), the kernel of PXRDnet's data pipeline
+(Guo et al. 2025) -- see :func:`size_fwhm_q`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .crystal import CrystalBatch
+from .scattering import xray_form_factor, neutron_length
+
+_TWO_PI = 2.0 * math.pi
+_FOUR_PI = 4.0 * math.pi
+_DEG = 180.0 / math.pi
+# Half-width at half maximum of sinc²(x) = sin²x/x²: x = 1.391557...
+_SINC2_HWHM = 1.3915573782515103
+
+
+# ---------------------------------------------------------------------------
+# input checks
+
+
+def _check_grid(x: torch.Tensor, name: str) -> None:
+    if x.dim() != 1 or x.numel() == 0:
+        raise ValueError(f"{name}: need a non-empty 1-D grid, got shape {tuple(x.shape)}")
+    if x.numel() > 1 and not bool((x[1:] > x[:-1]).all()):
+        raise ValueError(f"{name}: grid must be strictly increasing")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: grid has non-finite values")
+
+
+def _check_batch(batch: CrystalBatch) -> None:
+    if not isinstance(batch, CrystalBatch):
+        raise ValueError(f"batch: expected a CrystalBatch, got {type(batch).__name__}")
+    if batch.num_crystals == 0 or batch.frac.shape[0] == 0:
+        raise ValueError("batch: empty structure (no crystals or no atoms)")
+    vol = torch.linalg.det(batch.lattice.detach())
+    if not bool(torch.isfinite(vol).all()) or bool((vol.abs() < 1e-6).any()):
+        raise ValueError("lattice: zero, negative-length or non-finite lattice vectors")
+    lengths = batch.lattice.detach().norm(dim=-1)
+    if bool((lengths <= 0).any()):
+        raise ValueError("lattice: lattice vector of zero length")
+    counts = batch.counts()
+    if bool((counts == 0).any()):
+        b = int(torch.nonzero(counts == 0)[0])
+        raise ValueError(f"batch: crystal {b} is an empty structure (no atoms)")
+
+
+def _as_param(value, batch_size: int, dtype, device, name: str) -> torch.Tensor:
+    """Scalar or (B,) tensor -> (B,) tensor (keeps autograd)."""
+    t = torch.as_tensor(value, dtype=dtype, device=device)
+    if t.dim() == 0:
+        return t.expand(batch_size)
+    t = t.reshape(-1)
+    if t.numel() == 1:
+        return t.expand(batch_size)
+    if t.numel() != batch_size:
+        raise ValueError(f"{name}: need a scalar or one value per crystal ({batch_size}), got {t.numel()}")
+    return t
+
+
+def _is_zero(v) -> bool:
+    if isinstance(v, torch.Tensor):
+        return (not v.requires_grad) and bool((v == 0).all())
+    return float(v) == 0.0
+
+
+# ---------------------------------------------------------------------------
+# reflections
+
+
+@dataclass
+class Reflections:
+    """Bragg peaks of B crystals as flat tensors.
+
+    Attributes
+    ----------
+    q : torch.Tensor, shape (R,)
+        Peak positions, Q in Å⁻¹.
+    intensity : torch.Tensor, shape (R,)
+        |F|² summed over all reciprocal-lattice points at this Q (multiplicity
+        and Friedel mates included), electrons² (X-ray) or fm² (neutron).
+        No Lorentz-polarisation, no profile.  Debye–Waller from ``uiso`` is
+        included when :func:`reflections` was called with ``debye_waller=True``.
+    crystal : torch.LongTensor, shape (R,)
+        Index of the crystal of each peak.
+    num_crystals : int
+    hkl : torch.LongTensor, shape (R, 3), optional
+        One Miller index per peak (a representative when merged).
+    multiplicity : torch.LongTensor, shape (R,), optional
+        Number of reciprocal-lattice points merged into the peak.
+    """
+
+    q: torch.Tensor
+    intensity: torch.Tensor
+    crystal: torch.Tensor
+    num_crystals: int
+    hkl: torch.Tensor | None = None
+    multiplicity: torch.Tensor | None = None
+
+    def split(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per crystal ``(q, intensity)`` pairs (e.g. to cache peak lists)."""
+        out = []
+        for b in range(self.num_crystals):
+            m = self.crystal == b
+            out.append((self.q[m], self.intensity[m]))
+        return out
+
+    @classmethod
+    def from_lists(
+        cls,
+        qs: Sequence,
+        intensities: Sequence,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> "Reflections":
+        """Build from per-crystal arrays of Q (Å⁻¹) and intensity (cached peak lists)."""
+        q = [torch.as_tensor(np.asarray(a), dtype=dtype, device=device).reshape(-1) for a in qs]
+        i = [torch.as_tensor(np.asarray(a), dtype=dtype, device=device).reshape(-1) for a in intensities]
+        crystal = torch.cat(
+            [torch.full((len(a),), b, dtype=torch.long, device=device) for b, a in enumerate(q)]
+        )
+        return cls(torch.cat(q), torch.cat(i), crystal, len(q))
+
+    def to(self, device=None, dtype=None) -> "Reflections":
+        f = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+        i = lambda t: None if t is None else t.to(device=device)  # noqa: E731
+        return Reflections(f(self.q), f(self.intensity), i(self.crystal), self.num_crystals, i(self.hkl), i(self.multiplicity))
+
+
+def _enumerate_hkl(lattice: torch.Tensor, q_max: torch.Tensor, q_min: torch.Tensor):
+    """All reciprocal-lattice points of one Friedel half-space with q_min <= Q <= q_max.
+
+    Returns (hkl (R,3) long, crystal (R,) long), computed without autograd.
+    """
+    device = lattice.device
+    with torch.no_grad():
+        lat = lattice.detach().to(torch.float64)
+        g_max = q_max.to(torch.float64) / _TWO_PI  # (B,)
+        # |h_i| <= g_max |a_i|
+        hmax = torch.floor(g_max[:, None] * lat.norm(dim=-1) + 1e-9).long()  # (B, 3)
+        dims = 2 * hmax + 1
+        counts = dims.prod(-1)
+        total = int(counts.sum())
+        crystal = torch.repeat_interleave(torch.arange(len(counts), device=device), counts)
+        offsets = torch.cumsum(counts, 0) - counts
+        local = torch.arange(total, device=device) - offsets[crystal]
+        d = dims[crystal]
+        hm = hmax[crystal]
+        l_ = local % d[:, 2]
+        rest = local // d[:, 2]
+        k_ = rest % d[:, 1]
+        h_ = rest // d[:, 1]
+        hkl = torch.stack([h_, k_, l_], -1) - hm
+        h, k, l = hkl.unbind(-1)
+        half = (h > 0) | ((h == 0) & (k > 0)) | ((h == 0) & (k == 0) & (l > 0))
+        hkl, crystal = hkl[half], crystal[half]
+        recip = torch.linalg.inv(lat).transpose(-1, -2)  # rows: crystallographic reciprocal vectors
+        # Q = 2π |hkl · recip|; chunked to bound memory
+        qs = []
+        step = 1 << 20
+        for s in range(0, len(hkl), step):
+            g = torch.einsum("rk,rkj->rj", hkl[s : s + step].to(torch.float64), recip[crystal[s : s + step]])
+            qs.append(_TWO_PI * g.norm(dim=-1))
+        q = torch.cat(qs) if qs else torch.zeros(0, dtype=torch.float64, device=device)
+        keep = (q <= q_max.to(torch.float64)[crystal] * (1 + 1e-12)) & (q >= q_min.to(torch.float64)[crystal])
+    return hkl[keep], crystal[keep]
+
+
+def _padded_atoms(batch: CrystalBatch):
+    """Atom slot of every atom inside its crystal, and the max atom count."""
+    counts = batch.counts()
+    first = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(batch.frac.shape[0], device=batch.device) - first[batch.batch]
+    return slot, int(counts.max())
+
+
+def reflections(
+    batch: CrystalBatch,
+    q_max: float | torch.Tensor,
+    *,
+    q_min: float | torch.Tensor = 0.0,
+    radiation: str = "xray",
+    table: str = "wk",
+    debye_waller: bool = True,
+    merge: bool | None = None,
+    chunk_elements: int = 1 << 22,
+) -> Reflections:
+    """Bragg reflections of every crystal up to ``q_max``.
+
+    Parameters
+    ----------
+    batch : CrystalBatch
+    q_max, q_min : float or (B,) tensor
+        Q range in Å⁻¹.
+    radiation : {"xray", "neutron"}
+    table : {"wk", "pymatgen"}
+        X-ray form-factor table (:mod:`.scattering`).
+    debye_waller : bool
+        Multiply each atom's scattering by ``exp(−Uiso Q²/2)``.
+    merge : bool, optional
+        Sum reflections of a crystal that share Q (symmetry equivalents) into
+        one peak at their mean Q.  Default: merge unless autograd needs
+        per-reflection positions (a symmetry-breaking strain splits them).
+    chunk_elements : int
+        Bound on the (reflections × atoms) work arrays held at once.
+
+    Returns
+    -------
+    Reflections
+    """
+    _check_batch(batch)
+    if radiation not in ("xray", "neutron"):
+        raise ValueError(f"radiation: must be 'xray' or 'neutron', got {radiation!r}")
+    B, dtype, device = batch.num_crystals, batch.dtype, batch.device
+    q_max_t = _as_param(q_max, B, dtype, device, "q_max").detach()
+    q_min_t = _as_param(q_min, B, dtype, device, "q_min").detach()
+    if bool((q_max_t <= 0).any()):
+        raise ValueError("q_max: must be positive")
+    hkl, crystal = _enumerate_hkl(batch.lattice, q_max_t, q_min_t)
+    R = hkl.shape[0]
+    if merge is None:
+        merge = not (
+            torch.is_grad_enabled()
+            and (batch.lattice.requires_grad or batch.frac.requires_grad or batch.uiso.requires_grad)
+        )
+
+    # Q with autograd (w.r.t. the lattice)
+    recip = torch.linalg.inv(batch.lattice).transpose(-1, -2)  # (B, 3, 3)
+    hklf = hkl.to(dtype)
+    q = _TWO_PI * torch.einsum("rk,rkj->rj", hklf, recip[crystal]).norm(dim=-1)  # (R,)
+
+    # per-crystal species table: scattering factors once per (reflection, species)
+    key = batch.batch * 256 + batch.numbers
+    uniq, atom_species = torch.unique(key, return_inverse=True)
+    spec_crystal = uniq // 256
+    spec_numbers = uniq % 256
+    spec_counts = torch.bincount(spec_crystal, minlength=B)
+    spec_first = torch.cumsum(spec_counts, 0) - spec_counts
+    spec_slot = torch.arange(len(uniq), device=device) - spec_first[spec_crystal]
+    S = int(spec_counts.max())
+    spec_pad = torch.ones(B, S, dtype=torch.long, device=device)  # pad with H (unused)
+    spec_pad[spec_crystal, spec_slot] = spec_numbers
+    atom_spec_slot = spec_slot[atom_species]  # (N,)
+
+    slot, nmax = _padded_atoms(batch)
+    frac_pad = batch.frac.new_zeros(B, nmax, 3).index_put((batch.batch, slot), batch.frac)
+    occ_pad = batch.occupancy.new_zeros(B, nmax).index_put((batch.batch, slot), batch.occupancy)
+    u_pad = batch.uiso.new_zeros(B, nmax).index_put((batch.batch, slot), batch.uiso)
+    sslot_pad = torch.zeros(B, nmax, dtype=torch.long, device=device)
+    sslot_pad[batch.batch, slot] = atom_spec_slot
+    use_dw = debye_waller and (batch.uiso.requires_grad or bool((batch.uiso != 0).any()))
+    if radiation == "neutron":
+        b_spec = neutron_length(spec_pad.reshape(-1), dtype=dtype).reshape(B, S)
+
+    out = []
+    rows = max(1, chunk_elements // max(nmax * max(S, 1), 1))
+    for s in range(0, R, rows):
+        sl = slice(s, s + rows)
+        cr, qq = crystal[sl], q[sl]
+        r = cr.shape[0]
+        if radiation == "xray":
+            f_spec = xray_form_factor(
+                spec_pad[cr].reshape(-1), qq.repeat_interleave(S)[:, None], table=table
+            ).reshape(r, S)
+        else:
+            f_spec = b_spec[cr]
+        f_atom = torch.gather(f_spec, 1, sslot_pad[cr])  # (r, nmax)
+        w = f_atom * occ_pad[cr]
+        if use_dw:
+            w = w * torch.exp(-0.5 * u_pad[cr] * qq[:, None] ** 2)
+        phase = _TWO_PI * torch.bmm(frac_pad[cr], hklf[sl, :, None]).squeeze(-1)  # (r, nmax)
+        a = (w * torch.cos(phase)).sum(-1)
+        b = (w * torch.sin(phase)).sum(-1)
+        out.append(2.0 * (a * a + b * b))  # x2: the Friedel mate -h
+    intensity = torch.cat(out) if out else q.new_zeros(0)
+    mult = torch.full((R,), 2, dtype=torch.long, device=device)
+
+    if merge and R > 0:
+        # group by (crystal, Q rounded to 1e-7 Å⁻¹)
+        qkey = torch.round(q.detach().to(torch.float64) * 1e7).long()
+        gkey = crystal * (1 << 40) + qkey
+        ukey, inv = torch.unique(gkey, return_inverse=True)
+        U = len(ukey)
+        cnt = torch.zeros(U, dtype=q.dtype, device=device).index_add_(0, inv, torch.ones_like(q))
+        q = torch.zeros(U, dtype=q.dtype, device=device).index_add(0, inv, q) / cnt
+        intensity = torch.zeros(U, dtype=intensity.dtype, device=device).index_add(0, inv, intensity)
+        rep = torch.full((U,), R, dtype=torch.long, device=device).scatter_reduce(
+            0, inv, torch.arange(R, device=device), reduce="amin"
+        )
+        hkl = hkl[rep]
+        mult = 2 * cnt.round().long()
+        crystal = torch.div(ukey, 1 << 40, rounding_mode="floor")
+    return Reflections(q, intensity, crystal, B, hkl, mult)
+
+
+# ---------------------------------------------------------------------------
+# profile
+
+
+def _lp_factor(theta: torch.Tensor, mono_2theta_deg) -> torch.Tensor:
+    cos2t = torch.cos(2 * theta)
+    sint = torch.sin(theta)
+    cost = torch.cos(theta)
+    if mono_2theta_deg is None:
+        return (1 + cos2t**2) / (sint**2 * cost)
+    cm2 = math.cos(math.radians(float(mono_2theta_deg))) ** 2
+    return 2 * (1 + cm2 * cos2t**2) / ((1 + cm2) * sint**2 * cost)
+
+
+def _gauss(dx, h):
+    return (2.0 / h) * math.sqrt(math.log(2) / math.pi) * torch.exp(-4 * math.log(2) * (dx / h) ** 2)
+
+
+def _lorentz(dx, h):
+    return (2.0 / (math.pi * h)) / (1 + 4 * (dx / h) ** 2)
+
+
+def _sinc2(dx, h):
+    # unit-area sinc²: FWHM h  ->  x = 2·HWHM_x·dx/h
+    a = 2 * _SINC2_HWHM / h
+    x = a * dx
+    safe = torch.where(x.abs() < 1e-6, torch.ones_like(x), x)
+    s = torch.where(x.abs() < 1e-6, 1 - x * x / 3, (torch.sin(safe) / safe) ** 2)
+    return s * a / math.pi
+
+
+def _tch(hg, hl):
+    """Thompson–Cox–Hastings pseudo-Voigt FWHM and Lorentz fraction of a Voigt."""
+    h5 = (
+        hg**5
+        + 2.69269 * hg**4 * hl
+        + 2.42843 * hg**3 * hl**2
+        + 4.47163 * hg**2 * hl**3
+        + 0.07842 * hg * hl**4
+        + hl**5
+    )
+    h = h5.clamp_min(1e-300) ** 0.2
+    ratio = hl / h
+    eta = 1.36603 * ratio - 0.47719 * ratio**2 + 0.11116 * ratio**3
+    return h, eta
+
+
+def size_fwhm_q(size_nm, shape_factor: float = 0.9, size_kernel: str = "scherrer"):
+    """Size-broadening FWHM in Q (Å⁻¹) for crystallite size ``size_nm``.
+
+    Scherrer: 2πK/L.  sinc²: the FWHM of sinc²(L·ΔQ/2), 4·1.3916/L
+    (independent of K).  L = 10·size_nm Å.
+    """
+    L = 10.0 * torch.as_tensor(size_nm)
+    if size_kernel == "scherrer":
+        return _TWO_PI * shape_factor / L
+    if size_kernel == "sinc2":
+        return 4 * _SINC2_HWHM / L
+    raise ValueError(f"size_kernel: must be 'scherrer' or 'sinc2', got {size_kernel!r}")
+
+
+def _chebyshev(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """Σ_k c_k T_k(t), t = x mapped to [-1, 1]; coeffs (B, K) -> (B, M)."""
+    t = 2 * (x - x[0]) / (x[-1] - x[0]).clamp_min(1e-30) - 1 if x.numel() > 1 else x * 0
+    tk = [torch.ones_like(t), t]
+    K = coeffs.shape[-1]
+    while len(tk) < K:
+        tk.append(2 * t * tk[-1] - tk[-2])
+    T = torch.stack(tk[:K], 0)  # (K, M)
+    return coeffs @ T
+
+
+def xrd_profile(
+    refl: Reflections,
+    x: torch.Tensor,
+    *,
+    x_kind: str = "2theta",
+    wavelength: float = 1.540598,
+    wavelength2: float | None = None,
+    ka2_ratio: float = 0.5,
+    size_nm=None,
+    shape_factor: float = 0.9,
+    size_kernel: str = "scherrer",
+    U=0.0,
+    V=0.0,
+    W=0.0,
+    eta=0.5,
+    zero_deg=0.0,
+    background: torch.Tensor | None = None,
+    scale=1.0,
+    lorentz_polarization: bool = True,
+    monochromator_2theta_deg: float | None = None,
+    peak_window: float = 20.0,
+    min_fwhm: float | None = None,
+    chunk_elements: int = 1 << 22,
+) -> torch.Tensor:
+    """Powder pattern on a grid from a peak list.
+
+    Parameters
+    ----------
+    refl : Reflections
+        Peak list (:func:`reflections` or :meth:`Reflections.from_lists`).
+    x : torch.Tensor, shape (M,)
+        Strictly increasing grid: 2θ in degrees (``x_kind="2theta"``) or Q in
+        Å⁻¹ (``"q"``).
+    wavelength, wavelength2 : float
+        Kα1 (or monochromatic) and optional Kα2 wavelengths, Å.  On a Q grid
+        the Kα2 peaks appear at the Q the Kα1 wavelength assigns to their 2θ.
+    ka2_ratio : float
+        Kα2/Kα1 intensity ratio.
+    size_nm : float or (B,) tensor, optional
+        Crystallite size L in nm (None: no size broadening).
+    shape_factor : float
+        Scherrer constant K.
+    size_kernel : {"scherrer", "sinc2"}
+    U, V, W : float or (B,) tensor
+        Caglioti coefficients, degrees².
+    eta : float or (B,) tensor
+        Lorentzian fraction of the instrument pseudo-Voigt.
+    zero_deg : float or (B,) tensor
+        Zero shift in degrees 2θ (peaks at 2θ + zero).
+    background : (B, K) tensor, optional
+        Chebyshev coefficients over the grid range (added after ``scale``).
+    scale : float or (B,) tensor
+    lorentz_polarization : bool
+    monochromator_2theta_deg : float, optional
+    peak_window : float
+        Profiles are evaluated within ± ``peak_window`` FWHM of each peak.
+    min_fwhm : float, optional
+        Width (grid units) used when neither instrument nor size broadening is
+        given; default 2 × the mean grid step.
+
+    Returns
+    -------
+    torch.Tensor, shape (B, M)
+    """
+    if x_kind not in ("2theta", "q"):
+        raise ValueError(f"x_kind: must be '2theta' or 'q', got {x_kind!r}")
+    dtype, device = refl.q.dtype, refl.q.device
+    x = torch.as_tensor(x, dtype=dtype, device=device)
+    _check_grid(x, "x")
+    if x_kind == "2theta" and (float(x[0]) < 0 or float(x[-1]) >= 180):
+        raise ValueError("x: 2θ grid must lie within [0, 180) degrees")
+    if not (float(wavelength) > 0):
+        raise ValueError(f"wavelength: must be positive, got {wavelength}")
+    if wavelength2 is not None and not (float(wavelength2) > 0):
+        raise ValueError(f"wavelength2: must be positive, got {wavelength2}")
+    if size_kernel not in ("scherrer", "sinc2"):
+        raise ValueError(f"size_kernel: must be 'scherrer' or 'sinc2', got {size_kernel!r}")
+    B = refl.num_crystals
+    M = x.numel()
+    size_t = None
+    if size_nm is not None:
+        size_t = _as_param(size_nm, B, dtype, device, "size_nm")
+        if bool((size_t.detach() <= 0).any()) or not bool(torch.isfinite(size_t.detach()).all()):
+            raise ValueError(f"size_nm: crystallite size must be positive, got {size_nm}")
+    no_inst = _is_zero(U) and _is_zero(V) and _is_zero(W)
+    Ut, Vt, Wt = (_as_param(v, B, dtype, device, n) for v, n in ((U, "U"), (V, "V"), (W, "W")))
+    eta_t = _as_param(eta, B, dtype, device, "eta")
+    zero_t = _as_param(zero_deg, B, dtype, device, "zero_deg")
+    scale_t = _as_param(scale, B, dtype, device, "scale")
+    if min_fwhm is None:
+        min_fwhm = 2.0 * float(x[-1] - x[0]) / max(M - 1, 1)
+
+    out = torch.zeros(B * M, dtype=dtype, device=device)
+    comps = [(float(wavelength), 1.0)]
+    if wavelength2 is not None and ka2_ratio:
+        comps.append((float(wavelength2), float(ka2_ratio)))
+    c = refl.crystal
+    lam1 = float(wavelength)
+    for lam, weight in comps:
+        s = lam * refl.q / _FOUR_PI
+        valid = (s < 1 - 1e-9) & (s > 0)
+        s = torch.where(valid, s, torch.full_like(s, 0.5))
+        theta = torch.asin(s)
+        inten = refl.intensity * weight * scale_t[c]
+        if lorentz_polarization:
+            inten = inten * _lp_factor(theta, monochromator_2theta_deg)
+        inten = torch.where(valid, inten, torch.zeros_like(inten))
+        tt = 2 * theta * _DEG + zero_t[c]  # observed 2θ, degrees
+        # widths in degrees 2θ
+        tan = torch.tan(theta)
+        if no_inst:
+            h_inst = torch.zeros_like(theta)
+        else:
+            h2 = Ut[c] * tan**2 + Vt[c] * tan + Wt[c]
+            pos = h2 > 0
+            h_inst = torch.where(pos, torch.sqrt(torch.where(pos, h2, torch.ones_like(h2))), torch.zeros_like(h2))
+        if size_t is not None:
+            L = 10.0 * size_t[c]
+            if size_kernel == "scherrer":
+                h_size = shape_factor * lam / (L * torch.cos(theta)) * _DEG
+            else:
+                # sinc²(L ΔQ/2): FWHM_Q = 4·1.3916/L, converted to 2θ
+                h_size = (4 * _SINC2_HWHM / L) / ((_TWO_PI / lam) * torch.cos(theta)) * _DEG
+        else:
+            h_size = None
+        if x_kind == "q":
+            # positions: Q that the Kα1 wavelength assigns to the observed 2θ
+            tt_rad = (tt / _DEG).clamp(0, math.pi)
+            pos_x = _FOUR_PI * torch.sin(tt_rad / 2) / lam1
+            conv = (_TWO_PI / lam1) * torch.cos(tt_rad / 2) / _DEG  # dQ per degree 2θ
+            h_inst = h_inst * conv
+            if h_size is not None:
+                h_size = h_size * conv
+        else:
+            pos_x = tt
+        _add_peaks(
+            out, x, c, pos_x, inten, h_inst, h_size, eta_t[c], no_inst, size_kernel,
+            min_fwhm, peak_window, M, chunk_elements,
+        )
+    y = out.view(B, M)
+    if background is not None:
+        bg = torch.as_tensor(background, dtype=dtype, device=device)
+        if bg.dim() == 1:
+            bg = bg[None].expand(B, -1)
+        if bg.dim() != 2 or bg.shape[0] != B:
+            raise ValueError(f"background: need (B, K) Chebyshev coefficients, got {tuple(bg.shape)}")
+        y = y + _chebyshev(x, bg)
+    return y
+
+
+def _add_peaks(out, x, c, pos, inten, h_inst, h_size, eta, no_inst, kernel, min_fwhm, window, M, chunk_elements):
+    """Accumulate the profile of each peak onto ``out`` (flat (B*M,)) within a window."""
+    if h_size is None:
+        h_i = h_inst if not no_inst else torch.full_like(pos, min_fwhm)
+        parts = [("pv", h_i)]
+        width = h_i
+    elif no_inst:
+        parts = [("size", h_size)]
+        width = h_size
+    else:
+        parts = [("conv", None)]
+        width = h_inst + h_size
+    width_d = width.detach().clamp_min(1e-12)
+    lo = torch.searchsorted(x, (pos.detach() - window * width_d).contiguous())
+    hi = torch.searchsorted(x, (pos.detach() + window * width_d).contiguous(), right=True)
+    n = (hi - lo).clamp_min(0)
+    keep = (n > 0) & (inten.detach() != 0)
+    if not bool(keep.any()):
+        return
+    idx_keep = torch.nonzero(keep).squeeze(-1)
+    n_k = n[idx_keep]
+    order = torch.argsort(n_k)
+    idx_sorted = idx_keep[order]
+    n_sorted = n_k[order].cpu().numpy()
+    start = 0
+    total = len(n_sorted)
+    while start < total:
+        # largest chunk [start, end) with (end-start)*n[end-1] <= budget
+        lw_max = int(n_sorted[start])
+        end = start + 1
+        lo_e, hi_e = start + 1, total
+        while lo_e <= hi_e:
+            mid = (lo_e + hi_e) // 2
+            if (mid - start) * int(n_sorted[mid - 1]) <= chunk_elements:
+                end = mid
+                lo_e = mid + 1
+            else:
+                hi_e = mid - 1
+        lw_max = int(n_sorted[end - 1])
+        sel = idx_sorted[start:end]
+        ar = torch.arange(lw_max, device=x.device)
+        gi = lo[sel][:, None] + ar[None, :]
+        valid = gi < hi[sel][:, None]
+        gi = gi.clamp_max(M - 1)
+        dx = x[gi] - pos[sel][:, None]
+        if parts[0][0] == "pv":
+            h = parts[0][1][sel][:, None]
+            e = eta[sel][:, None]
+            prof = (1 - e) * _gauss(dx, h) + e * _lorentz(dx, h)
+        elif parts[0][0] == "size":
+            h = h_size[sel][:, None]
+            prof = _lorentz(dx, h) if kernel == "scherrer" else _sinc2(dx, h)
+        else:
+            hi_ = h_inst[sel][:, None]
+            hs = h_size[sel][:, None]
+            e = eta[sel][:, None]
+            if kernel == "scherrer":
+                hv, ev = _tch(hi_, hs)
+                prof = (1 - e) * ((1 - ev) * _gauss(dx, hv) + ev * _lorentz(dx, hv)) + e * _lorentz(dx, hi_ + hs)
+            else:
+                # sinc² size kernel ⊗ instrument pseudo-Voigt: approximate the sinc² by a
+                # Gaussian of the same FWHM and combine widths in quadrature (Gaussian part)
+                # and linearly (Lorentzian part).
+                hg = torch.sqrt(hi_**2 + hs**2)
+                prof = (1 - e) * _gauss(dx, hg) + e * _lorentz(dx, hi_ + hs)
+        vals = prof * inten[sel][:, None] * valid
+        flat = (c[sel][:, None] * M + gi).reshape(-1)
+        out.index_add_(0, flat, vals.reshape(-1).to(out.dtype))
+        start = end
+
+
+# ---------------------------------------------------------------------------
+# full pattern
+
+
+def _q_of_2theta(tt_deg: float, lam: float) -> float:
+    return _FOUR_PI * math.sin(math.radians(min(tt_deg, 179.999) / 2)) / lam
+
+
+def xrd_pattern(
+    batch: CrystalBatch,
+    x,
+    *,
+    x_kind: str = "2theta",
+    wavelength: float = 1.540598,
+    wavelength2: float | None = None,
+    ka2_ratio: float = 0.5,
+    size_nm=None,
+    shape_factor: float = 0.9,
+    size_kernel: str = "scherrer",
+    U=0.0,
+    V=0.0,
+    W=0.0,
+    eta=0.5,
+    zero_deg=0.0,
+    background: torch.Tensor | None = None,
+    scale=1.0,
+    radiation: str = "xray",
+    lorentz_polarization: bool = True,
+    monochromator_2theta_deg: float | None = None,
+    q_max: float | None = None,
+    table: str = "wk",
+    peak_window: float = 20.0,
+) -> torch.Tensor:
+    """Powder diffraction patterns of a batch of crystals on a common grid.
+
+    Differentiable w.r.t. ``batch.lattice``, ``batch.frac``, ``batch.uiso`` and
+    every float/tensor parameter.  See the module docstring for conventions and
+    :func:`xrd_profile` for the parameters.
+
+    Parameters
+    ----------
+    batch : CrystalBatch
+    x : array-like, shape (M,)
+        2θ in degrees or Q in Å⁻¹, strictly increasing.
+    q_max : float, optional
+        Largest Q (Å⁻¹) of the enumerated reflections; default: the grid end
+        plus a margin for the tails of broad peaks.
+    table : {"wk", "pymatgen"}
+        X-ray form-factor table.
+
+    Returns
+    -------
+    torch.Tensor, shape (B, M)
+    """
+    _check_batch(batch)
+    x = torch.as_tensor(x, dtype=batch.dtype, device=batch.device)
+    _check_grid(x, "x")
+    if x_kind not in ("2theta", "q"):
+        raise ValueError(f"x_kind: must be '2theta' or 'q', got {x_kind!r}")
+    if size_nm is not None:
+        st = torch.as_tensor(size_nm).detach()
+        if bool((st <= 0).any()):
+            raise ValueError(f"size_nm: crystallite size must be positive, got {size_nm}")
+    lam = float(wavelength)
+    if not lam > 0:
+        raise ValueError(f"wavelength: must be positive, got {wavelength}")
+    if q_max is None:
+        if x_kind == "2theta":
+            zmin = float(torch.as_tensor(zero_deg).detach().min())
+            qm = _q_of_2theta(float(x[-1]) - min(zmin, 0.0) + 1.0, lam)
+            q_lo = _q_of_2theta(max(float(x[0]) - abs(zmin) - 1.0, 0.0), lam)
+        else:
+            qm = float(x[-1]) + 0.05
+            q_lo = max(float(x[0]) - 0.05, 0.0)
+        margin = 0.0
+        if size_nm is not None:
+            smin = float(torch.as_tensor(size_nm).detach().min())
+            margin = 3.0 * _TWO_PI / (10.0 * smin)
+        q_max = min(qm + margin, _FOUR_PI / lam * (1 - 1e-9)) if lorentz_polarization or x_kind == "2theta" else qm + margin
+        q_min = max(q_lo - margin, 0.0)
+    else:
+        q_min = 0.0
+    refl = reflections(batch, q_max, q_min=q_min, radiation=radiation, table=table)
+    return xrd_profile(
+        refl, x, x_kind=x_kind, wavelength=wavelength, wavelength2=wavelength2, ka2_ratio=ka2_ratio,
+        size_nm=size_nm, shape_factor=shape_factor, size_kernel=size_kernel, U=U, V=V, W=W, eta=eta,
+        zero_deg=zero_deg, background=background, scale=scale, lorentz_polarization=lorentz_polarization,
+        monochromator_2theta_deg=monochromator_2theta_deg, peak_window=peak_window,
+    )
+
+
+def xrd_peaks(
+    batch: CrystalBatch,
+    wavelength: float = 1.540598,
+    two_theta_range: tuple[float, float] = (0, 90),
+    *,
+    table: str = "wk",
+    radiation: str = "xray",
+    debye_waller: bool = False,
+    scaled: bool = True,
+) -> list[dict]:
+    """Stick patterns in the conventions of pymatgen's ``XRDCalculator.get_pattern``.
+
+    Reflections whose 2θ agree within 1e-5° are merged (pymatgen's
+    ``TWO_THETA_TOL`` binning), intensities include pymatgen's
+    Lorentz-polarisation factor, are scaled to 100 for the strongest peak
+    (``scaled=True``), and peaks below 1e-3 % are dropped.  Use
+    ``table="pymatgen"`` for pymatgen's form factors.
+
+    Returns
+    -------
+    list of dict
+        Per crystal: ``two_theta`` (degrees), ``intensity``, ``d_hkl`` (Å),
+        ``hkls`` (list of lists of (h, k, l) tuples, one Friedel-half
+        representative per merged reciprocal-lattice point) as numpy/lists.
+    """
+    _check_batch(batch)
+    lam = float(wavelength)
+    if not lam > 0:
+        raise ValueError(f"wavelength: must be positive, got {wavelength}")
+    t0, t1 = float(two_theta_range[0]), float(two_theta_range[1])
+    if not (0 <= t0 < t1 <= 180):
+        raise ValueError(f"two_theta_range: need 0 <= min < max <= 180, got {two_theta_range}")
+    q_min = 2 * math.sin(math.radians(t0 / 2)) / lam * _TWO_PI
+    q_max = 2 * math.sin(math.radians(t1 / 2)) / lam * _TWO_PI
+    b64 = batch.to(dtype=torch.float64)
+    with torch.no_grad():
+        refl = reflections(
+            b64, q_max, q_min=q_min, radiation=radiation, table=table, debye_waller=debye_waller, merge=False
+        )
+    q = refl.q.cpu().numpy()
+    inten = refl.intensity.cpu().numpy()
+    cr = refl.crystal.cpu().numpy()
+    hkl = refl.hkl.cpu().numpy()
+    theta = np.arcsin(np.clip(lam * q / _FOUR_PI, -1, 1))
+    lp = (1 + np.cos(2 * theta) ** 2) / (np.sin(theta) ** 2 * np.cos(theta))
+    inten = inten * lp
+    tt = np.degrees(2 * theta)
+    tol = 1e-5
+    results = []
+    for b in range(batch.num_crystals):
+        m = cr == b
+        tb, ib, qb, hb = tt[m], inten[m], q[m], hkl[m]
+        keys = np.round(tb / tol).astype(np.int64)
+        uk, inv = np.unique(keys, return_inverse=True)
+        isum = np.bincount(inv, weights=ib, minlength=len(uk))
+        # position/d of the first (lowest-Q then largest hkl, as pymatgen) member
+        order = np.lexsort((-hb[:, 2], -hb[:, 1], -hb[:, 0], qb))
+        first = np.full(len(uk), -1)
+        for j in order[::-1]:
+            first[inv[j]] = j
+        two_theta = tb[first]
+        d = _TWO_PI / qb[first]
+        groups: list[list] = [[] for _ in range(len(uk))]
+        for j in order:
+            groups[inv[j]].append(tuple(int(v) for v in hb[j]))
+        if len(isum) == 0:
+            results.append({"two_theta": np.zeros(0), "intensity": np.zeros(0), "d_hkl": np.zeros(0), "hkls": []})
+            continue
+        imax = isum.max()
+        keep = isum / imax * 100 > 1e-3
+        y = isum[keep] * (100.0 / imax if scaled else 1.0)
+        results.append(
+            {
+                "two_theta": two_theta[keep],
+                "intensity": y,
+                "d_hkl": d[keep],
+                "hkls": [g for g, k in zip(groups, keep) if k],
+            }
+        )
+    return results
