@@ -215,7 +215,7 @@ def iter_training_pool(
             df = df.iloc[skip:]
         sg = df["spacegroup.number"] if "spacegroup.number" in df else None
         for i, (mid, cif) in enumerate(zip(df["material_id"], df["cif"])):
-            mid = str(mid) if ds != "perov_5" else f"perov5-{mid}"
+            mid = str(mid) if ds != "perov_5" else f"perov_5:{mid}"
             if mid in banned or mid in seen:
                 continue
             if ds == "mpts_52" and _natoms_from_cif(cif) > max_atoms:

@@ -1,0 +1,517 @@
+"""The ``templates`` backend: the composition substituted into known structures.
+
+For a composition such as ``BaTiO3`` the backend looks up every structure type of the
+library with the same *anonymous* stoichiometry (``ABC3``), maps the library's species
+onto the target's (elements with equal counts are interchangeable; every permutation is
+tried when there are few, ordered by chemical similarity — Pauling electronegativity
+and atomic radius — so the electronegativity order is kept first), rescales the cell to
+the target's sum of atomic volumes and returns one proposal per (type, member,
+assignment), best first.
+
+Libraries
+---------
+* default: pymatgen's bundled AFLOW prototype library (288 prototypes);
+* ``library="training-pool"``: the training pool of DESIGN.md (MP-20 train/val,
+  MP-20 test rows after the first 1,000, MPTS-52 ≤ 20 atoms, perov_5; never an
+  evaluation-set ``material_id``), grouped into structure types by
+  (anonymous formula, atoms per cell, space group);
+* ``library=PATH``: a folder of CIF files, or a CSV file with a ``cif`` column
+  (and optionally ``material_id``).
+
+A library is indexed once and cached as ``.npz`` in ``$DIFFPY_DIFFUSION_CACHE``
+(default ``~/.cache/diffpy-diffusion``); the cache key contains the files' sizes and
+modification times, so editing the library re-indexes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache, reduce
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError, CompositionError, InputFileError
+from ..types import Observation, Proposal
+from .priors import atomic_volume
+
+try:  # the shared marker; identical to pluggy's marker for project "diffpy_diffusion"
+    from ..hookspecs import hookimpl
+except ImportError:  # pragma: no cover - before hookspecs.py exists
+    import pluggy
+
+    hookimpl = pluggy.HookimplMarker("diffpy_diffusion")
+
+__version__ = "0.1.0"
+
+#: Tried assignments per (type, member) when elements share a count: all when ≤ this many.
+MAX_PERMUTATIONS = 24
+
+
+def cache_dir() -> Path:
+    """Folder for indexed libraries: ``$DIFFPY_DIFFUSION_CACHE`` or ``~/.cache/diffpy-diffusion``."""
+    d = Path(os.environ.get("DIFFPY_DIFFUSION_CACHE") or Path.home() / ".cache" / "diffpy-diffusion")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def integer_counts(composition: dict[str, float], max_mult: int = 100) -> dict[str, int]:
+    """Smallest integer multiple of a composition (``{"Ti":1,"O":2}`` stays; ``{"Fe":0.5,"O":0.75}`` -> 2, 3).
+
+    Raises
+    ------
+    CompositionError
+        When no multiple up to ``max_mult`` makes every amount integral.
+    """
+    for m in range(1, max_mult + 1):
+        vals = [v * m for v in composition.values()]
+        if all(abs(v - round(v)) < 1e-6 for v in vals):
+            ints = [int(round(v)) for v in vals]
+            g = reduce(math.gcd, ints)
+            return {el: n // g for el, n in zip(composition, ints)}
+    raise CompositionError(
+        f"composition {composition}: amounts are not a ratio of small integers; "
+        "give an ordered (stoichiometric) formula"
+    )
+
+
+# --------------------------------------------------------------------------- library index
+
+@dataclass
+class Library:
+    """An indexed template library (flat arrays, as cached).
+
+    Attributes
+    ----------
+    name : str
+    lattices : (M, 3, 3) Å rows
+    frac : (N, 3); numbers : (N,); offsets : (M+1,) site ranges per member
+    anon : list[str] anonymous reduced formula key per member, e.g. ``"1-1-3"``
+    type_key : list[str] structure-type key per member ``anon|natoms|spacegroup``
+    ids : list[str] material id / prototype label per member
+    spacegroup : (M,) int
+    """
+
+    name: str
+    lattices: np.ndarray
+    frac: np.ndarray
+    numbers: np.ndarray
+    offsets: np.ndarray
+    anon: list[str]
+    type_key: list[str]
+    ids: list[str]
+    spacegroup: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def member(self, i: int):
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.lattices[i], self.frac[a:b], self.numbers[a:b]
+
+    @lru_cache(maxsize=None)  # noqa: B019 - one library object per process
+    def by_anon(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for i, k in enumerate(self.anon):
+            out.setdefault(k, []).append(i)
+        return out
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def anon_key(numbers) -> str:
+    """Anonymous reduced stoichiometry, counts sorted ascending, e.g. BaTiO3 -> ``"1-1-3"``."""
+    c = sorted(Counter(int(z) for z in numbers).values())
+    g = reduce(math.gcd, c)
+    return "-".join(str(x // g) for x in c)
+
+
+def _spacegroup(lat, frac, numbers, symprec=0.1) -> int:
+    import spglib
+
+    try:
+        d = spglib.get_symmetry_dataset((lat, frac, numbers), symprec=symprec)
+        return int(d.number) if d is not None else 1
+    except Exception:  # noqa: BLE001 - spglib raises various errors on odd cells
+        return 1
+
+
+def _primitive(lat, frac, numbers, symprec=0.01):
+    import spglib
+
+    try:
+        res = spglib.standardize_cell((lat, frac, numbers), to_primitive=True, no_idealize=True,
+                                      symprec=symprec)
+    except Exception:  # noqa: BLE001
+        res = None
+    if res is None or len(res[2]) >= len(numbers):
+        return lat, frac, numbers
+    return np.asarray(res[0]), np.asarray(res[1]), np.asarray(res[2])
+
+
+def _build(name: str, items) -> Library:
+    """Index (id, lattice, frac, numbers, spacegroup or None) tuples."""
+    lats, fracs, nums, offs, anon, tkey, ids, sgs = [], [], [], [0], [], [], [], []
+    for mid, lat, frac, z, sg in items:
+        z = np.asarray(z, dtype=np.int64)
+        if sg is None:
+            sg = _spacegroup(lat, frac, z)
+        a = anon_key(z)
+        lats.append(np.asarray(lat, float))
+        fracs.append(np.asarray(frac, float) % 1.0)
+        nums.append(z)
+        offs.append(offs[-1] + len(z))
+        anon.append(a)
+        tkey.append(f"{a}|{len(z)}|{sg}")
+        ids.append(str(mid))
+        sgs.append(int(sg))
+    if not ids:
+        raise InputFileError(name, "template library holds no readable structure")
+    return Library(name, np.stack(lats), np.concatenate(fracs), np.concatenate(nums),
+                   np.asarray(offs), anon, tkey, ids, np.asarray(sgs))
+
+
+def _save(lib: Library, path: Path) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, name=lib.name, lattices=lib.lattices, frac=lib.frac, numbers=lib.numbers,
+                        offsets=lib.offsets, anon=np.array(lib.anon), type_key=np.array(lib.type_key),
+                        ids=np.array(lib.ids), spacegroup=lib.spacegroup)
+    os.replace(tmp, path)
+
+
+def _load(path: Path) -> Library:
+    d = np.load(path, allow_pickle=False)
+    return Library(str(d["name"]), d["lattices"], d["frac"], d["numbers"], d["offsets"],
+                   [str(x) for x in d["anon"]], [str(x) for x in d["type_key"]],
+                   [str(x) for x in d["ids"]], d["spacegroup"])
+
+
+def _aflow_items():
+    from pymatgen.analysis.prototypes import AFLOW_PROTOTYPE_LIBRARY
+
+    for entry in AFLOW_PROTOTYPE_LIBRARY:
+        s = entry["snl"].structure
+        if not s.is_ordered:
+            continue
+        z = np.array([sp.Z for sp in s.species])
+        lat, frac, z = _primitive(s.lattice.matrix, s.frac_coords, z)
+        tags = entry.get("tags", {})
+        label = tags.get("aflow") or tags.get("mineral") or s.composition.reduced_formula
+        yield label, lat, frac, z, None
+
+
+def _pool_items():
+    from ..datasets import iter_training_pool
+
+    for e in iter_training_pool():
+        lat, frac, z = e.arrays()
+        yield e.material_id, lat, frac, z, e.spacegroup
+
+
+def _path_items(path: Path):
+    from ..datasets import cif_to_structure, parse_p1_cif
+
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() == ".cif")
+        for f in files:
+            try:
+                s = cif_to_structure(f.read_text(errors="replace"))
+            except Exception as exc:  # noqa: BLE001 - skip unreadable library files, say which
+                warnings.warn(f"template library: skipping {f}: {exc}", stacklevel=2)
+                continue
+            if not s.is_ordered:
+                continue
+            yield f.stem, s.lattice.matrix, s.frac_coords, [sp.Z for sp in s.species], None
+    else:
+        import pandas as pd
+
+        df = pd.read_csv(path)
+        if "cif" not in df.columns:
+            raise InputFileError(path, "template library CSV needs a 'cif' column")
+        idcol = "material_id" if "material_id" in df.columns else None
+        for i, cif in enumerate(df["cif"]):
+            try:
+                lat, frac, z = parse_p1_cif(cif)
+            except Exception as exc:  # noqa: BLE001
+                warnings.warn(f"template library {path}: skipping row {i + 2}: {exc}", stacklevel=2)
+                continue
+            yield (df[idcol].iloc[i] if idcol else f"row{i + 2}"), lat, frac, z, None
+
+
+def _fingerprint(paths) -> str:
+    h = hashlib.sha1(b"templates-index-v1")
+    for p in paths:
+        st = Path(p).stat()
+        h.update(f"{Path(p).resolve()}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=8)
+def load_library(library: str | None = None) -> Library:
+    """Index (or load from cache) a template library.
+
+    Parameters
+    ----------
+    library : str, optional
+        ``None``/``"aflow"`` (pymatgen's AFLOW prototypes), ``"training-pool"``, or a path
+        to a folder of CIFs or a CSV file with a ``cif`` column.
+    """
+    if library in (None, "", "aflow"):
+        import pymatgen.analysis.prototypes as protos
+
+        key = _fingerprint([Path(protos.__file__).parent / "aflow_prototypes.json.gz"])
+        name, items = "aflow", _aflow_items
+    elif library == "training-pool":
+        from ..datasets import data_dir
+
+        root = data_dir()
+        key = _fingerprint(sorted(root.glob("*/*.csv.gz")))
+        name, items = "training-pool", _pool_items
+    else:
+        p = Path(library).expanduser()
+        if not p.exists():
+            raise InputFileError(p, "template library not found (give a folder of CIFs, a CSV with a "
+                                    "'cif' column, 'aflow' or 'training-pool')")
+        files = sorted(p.rglob("*.cif")) if p.is_dir() else [p]
+        key = _fingerprint(files)
+        name, items = str(p), (lambda: _path_items(p))
+    cache = cache_dir() / f"templates-{name if name in ('aflow', 'training-pool') else 'user'}-{key}.npz"
+    if cache.exists():
+        try:
+            return _load(cache)
+        except Exception:  # noqa: BLE001 - a broken cache is rebuilt
+            pass
+    lib = _build(name, items())
+    try:
+        _save(lib, cache)
+    except OSError as exc:  # read-only home: work uncached
+        warnings.warn(f"could not cache template index at {cache}: {exc}", stacklevel=2)
+    return lib
+
+
+# --------------------------------------------------------------------------- chemistry
+
+@lru_cache(maxsize=None)
+def _elem_props(z: int) -> tuple[float, float]:
+    """(Pauling electronegativity, atomic radius Å) with fallbacks for missing values."""
+    from pymatgen.core.periodic_table import Element
+
+    el = Element.from_Z(int(z))
+    x = el.X if el.X and not math.isnan(el.X) else 1.5
+    r = float(el.atomic_radius or el.atomic_radius_calculated or 1.5)
+    return float(x), r
+
+
+def _symbol(z: int) -> str:
+    from pymatgen.core.periodic_table import Element
+
+    return Element.from_Z(int(z)).symbol
+
+
+def assignments(template_counts: dict[int, int], target_counts: dict[int, int], limit: int = MAX_PERMUTATIONS):
+    """Species maps template Z -> target Z that conserve the anonymous stoichiometry.
+
+    Elements whose reduced counts are equal may be exchanged; returns a list of
+    ``(distance, mapping)`` sorted by chemical distance (count-weighted mean of
+    ``|ΔX| + |Δr|/Å``), at most ``limit`` per call (all of them when few).
+    """
+    gt = reduce(math.gcd, template_counts.values())
+    gs = reduce(math.gcd, target_counts.values())
+    groups_t: dict[int, list[int]] = {}
+    groups_s: dict[int, list[int]] = {}
+    for z, n in template_counts.items():
+        groups_t.setdefault(n // gt, []).append(z)
+    for z, n in target_counts.items():
+        groups_s.setdefault(n // gs, []).append(z)
+    if sorted((k, len(v)) for k, v in groups_t.items()) != sorted((k, len(v)) for k, v in groups_s.items()):
+        return []
+    keys = sorted(groups_t)
+    per_group = []
+    for k in keys:
+        # electronegativity order first: the order-preserving map leads the permutations
+        src = sorted(groups_t[k], key=lambda z: _elem_props(z)[0])
+        dst = sorted(groups_s[k], key=lambda z: _elem_props(z)[0])
+        per_group.append([(src, list(p)) for p in itertools.permutations(dst)])
+    total = sum(template_counts.values())
+    out = []
+    for combo in itertools.islice(itertools.product(*per_group), 2000):
+        mapping = {}
+        for src, dst in combo:
+            mapping.update(zip(src, dst))
+        d = 0.0
+        for zt, zs in mapping.items():
+            xt, rt = _elem_props(zt)
+            xs, rs = _elem_props(zs)
+            d += template_counts[zt] / total * (abs(xt - xs) + abs(rt - rs))
+        out.append((d, mapping))
+    out.sort(key=lambda t: t[0])
+    return out[:limit]
+
+
+def substitute(lat, frac, numbers, mapping: dict[int, int]):
+    """Replace species by ``mapping`` and rescale the cell to the target's sum of atomic volumes.
+
+    Returns a pymatgen ``Structure``.
+    """
+    from pymatgen.core import Lattice, Structure
+
+    new = [mapping[int(z)] for z in numbers]
+    v_old = sum(atomic_volume(_symbol(z)) for z in numbers)
+    v_new = sum(atomic_volume(_symbol(z)) for z in new)
+    f = (v_new / v_old) ** (1.0 / 3.0) if v_old > 0 else 1.0
+    return Structure(Lattice(np.asarray(lat) * f), new, frac)
+
+
+# --------------------------------------------------------------------------- backend
+
+class TemplatesBackend:
+    """Known structure types of the same anonymous stoichiometry, re-decorated with the target's species.
+
+    Parameters
+    ----------
+    library : str, optional
+        ``"aflow"`` (default: pymatgen's AFLOW prototypes), ``"training-pool"``, or a path
+        (folder of CIFs, or CSV with a ``cif`` column).
+    members_per_type : int
+        How many library members of one structure type may become proposals (the most
+        similar in chemistry first): members differ in axial ratios and free coordinates.
+    """
+
+    name = "templates"
+    version = __version__
+    capabilities = {"composition", "spacegroup"}
+
+    def __init__(self, library: str | None = None, members_per_type: int = 3, **_ignored):
+        self.library_name = library or "aflow"
+        self.members_per_type = int(members_per_type)
+        self._lib: Library | None = None
+
+    @property
+    def library(self) -> Library:
+        if self._lib is None:
+            self._lib = load_library(None if self.library_name == "aflow" else self.library_name)
+        return self._lib
+
+    def candidates(self, observation: Observation):
+        """All (distance, member index, mapping) tuples usable for ``observation``, ranked.
+
+        The order interleaves structure types: first the best (member, assignment) of every
+        type (types ranked by chemical distance, ties by how common the type is), then the
+        second-best of every type, and so on.
+        """
+        lib = self.library
+        target = integer_counts(observation.composition)
+        from pymatgen.core.periodic_table import Element
+
+        tz = {Element(el).Z: n for el, n in target.items()}
+        key = anon_key(np.repeat(list(tz), list(tz.values())))
+        idx = lib.by_anon().get(key, [])
+        per_formula = sum(target.values())
+        sg_hint = _sg_number(observation.spacegroup)
+        by_type: dict[str, list] = {}
+        for i in idx:
+            lat, frac, z = lib.member(i)
+            natoms = len(z)
+            if natoms > observation.max_atoms:
+                continue
+            if observation.z and natoms != observation.z * per_formula:
+                continue
+            if sg_hint and lib.spacegroup[i] != sg_hint:
+                continue
+            if observation.crystal_system and _crystal_system(lib.spacegroup[i]) != observation.crystal_system.lower():
+                continue
+            tc = Counter(int(x) for x in z)
+            for rank, (d, mapping) in enumerate(assignments(dict(tc), tz)):
+                by_type.setdefault(lib.type_key[i], []).append((d + 0.05 * rank, i, mapping))
+        if not by_type:
+            return []
+        # within a type keep distinct members first (a member's alternative assignments later)
+        tiers: list[list] = []
+        for tkey, lst in by_type.items():
+            lst.sort(key=lambda t: t[0])
+            seen_members: set[int] = set()
+            firsts, rest = [], []
+            for t in lst:
+                (firsts if t[1] not in seen_members else rest).append(t)
+                seen_members.add(t[1])
+            ordered = firsts[: self.members_per_type] + rest
+            pop = len(firsts)
+            for j, t in enumerate(ordered):
+                while len(tiers) <= j:
+                    tiers.append([])
+                tiers[j].append((t[0] - 0.02 * math.log(pop), tkey, t))
+        out = []
+        for tier in tiers:
+            tier.sort(key=lambda u: u[0])
+            out.extend((u[2][0], u[2][1], u[2][2], u[1]) for u in tier)
+        return out
+
+    def sample(self, observation: Observation, n: int, *, seed: int | None = None, progress=None) -> list[Proposal]:
+        """Up to ``n`` substituted templates (fewer when the library holds fewer matches).
+
+        Raises
+        ------
+        BackendError
+            When the library has no structure of the composition's anonymous stoichiometry
+            within ``observation.max_atoms``.
+        """
+        cands = self.candidates(observation)
+        if not cands:
+            raise BackendError(
+                f"templates: no structure with the stoichiometry of {observation.formula} "
+                f"(≤ {observation.max_atoms} atoms) in library {self.library_name!r}; "
+                "try --library training-pool, a larger --max-atoms, or another backend"
+            )
+        lib = self.library
+        out = []
+        for d, i, mapping, tkey in cands[: max(int(n), 0)]:
+            lat, frac, z = lib.member(i)
+            s = substitute(lat, frac, z, mapping)
+            out.append(Proposal(
+                structure=s, backend=self.name, seed=seed,
+                scores={"template_distance": float(d)},
+                provenance={"template": lib.ids[i], "library": lib.name, "type": tkey,
+                            "template_spacegroup": int(lib.spacegroup[i]),
+                            "assignment": {_symbol(a): _symbol(b) for a, b in mapping.items()}},
+            ))
+            if progress:
+                progress(1)
+        return out
+
+
+def _sg_number(sg) -> int | None:
+    if sg in (None, ""):
+        return None
+    if isinstance(sg, (int, np.integer)):
+        return int(sg)
+    s = str(sg).strip()
+    if s.isdigit():
+        return int(s)
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    try:
+        return int(SpaceGroup(s).int_number)
+    except Exception:  # noqa: BLE001
+        raise CompositionError(f"unknown space group {sg!r}") from None
+
+
+def _crystal_system(n: int) -> str:
+    n = int(n)
+    for lim, name in ((2, "triclinic"), (15, "monoclinic"), (74, "orthorhombic"), (142, "tetragonal"),
+                      (167, "trigonal"), (194, "hexagonal"), (230, "cubic")):
+        if n <= lim:
+            return name
+    return "triclinic"
+
+
+@hookimpl
+def register_backends(register):
+    """Register the ``templates`` backend."""
+    register("templates", TemplatesBackend)
