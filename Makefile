@@ -1,0 +1,62 @@
+# diffpy-diffusion developer commands.  The two that matter:
+#   make demo   create/update .venv, then propose structures for the bundled example pattern
+#   make test   create/update .venv, then run the test suite (what CI runs: .ci/run)
+#
+# The virtual environment is (re)installed only when pyproject.toml, constraints.txt
+# or a plugin's pyproject.toml changed since the last install (stamp file in .venv),
+# so a second run starts in seconds.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.diffpy-diffusion-installed
+# plugins installed editable next to the core (all folders with a pyproject.toml)
+PLUGINS    := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
+HASH_FILES := pyproject.toml constraints.txt $(wildcard plugins/*/pyproject.toml)
+HASH       := $(shell cat $(HASH_FILES) 2>/dev/null | sha256sum | cut -c1-16)
+PIP_FLAGS  ?=
+PYTEST_ARGS ?=
+DEMO_DATA  := diffpy_diffusion/examples_data/nacl_3nm_cuka.xy
+DEMO_OUT   ?= demo_output
+
+.PHONY: demo test test-fast venv clean-venv help
+
+help:
+	@echo "make demo       install (if needed) and run diffpy-diffuse propose on the bundled example"
+	@echo "make test       install (if needed) and run the tests (PYTEST_ARGS='-k io' to select)"
+	@echo "make test-fast  same, skipping tests marked slow"
+	@echo "make venv       only create/update $(VENV)"
+
+venv:
+	@set -e; \
+	if [ -f "$(STAMP)" ] && [ "$$(cat $(STAMP))" = "$(HASH)" ] && [ -x "$(PY)" ]; then \
+	  echo "[make] $(VENV) is up to date ($(HASH))"; \
+	else \
+	  if [ ! -x "$(PY)" ]; then echo "[make] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); fi; \
+	  echo "[make] installing diffpy-diffusion + plugins into $(VENV) (constraints.txt)"; \
+	  $(PY) -m pip install $(PIP_FLAGS) -q -c constraints.txt -e ".[dev]"; \
+	  for p in $(PLUGINS); do \
+	    echo "[make]   plugin $$p"; $(PY) -m pip install $(PIP_FLAGS) -q --no-deps -e "$$p"; \
+	  done; \
+	  echo "$(HASH)" > $(STAMP); \
+	fi
+
+demo: venv
+	@test -f $(DEMO_DATA) || { echo "[make] missing $(DEMO_DATA)"; exit 1; }
+	$(VENV)/bin/diffpy-diffuse propose $(DEMO_DATA) --composition NaCl --wavelength CuKa --size 3nm \
+	  --n 48 --top 5 --seed 0 -o $(DEMO_OUT) --force
+
+# pytest exit status 5 = "no tests collected": an error for the full suite (collection
+# broke), but fine when PYTEST_ARGS/PYTEST_ADDOPTS selected nothing on purpose.
+test: venv
+	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then \
+	  if [ -n "$(PYTEST_ARGS)$$PYTEST_ADDOPTS" ]; then echo "[make] no tests matched the selection"; rc=0; \
+	  else echo "[make] pytest collected no tests: the suite failed to load"; rc=1; fi; \
+	fi; exit $$rc
+
+test-fast: PYTEST_ARGS += -m "not slow"
+test-fast: test
+
+clean-venv:
+	rm -rf $(VENV)
