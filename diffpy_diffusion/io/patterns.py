@@ -30,7 +30,8 @@ XRD_EXTENSIONS = (".xy", ".xye", ".dat", ".csv", ".txt", ".chi", ".iq", ".xyd")
 PDF_EXTENSIONS = (".gr", ".fgr", ".rdf")
 
 _NUM = r"([-+]?\d*\.?\d+(?:[eEdD][-+]?\d+)?)"
-_RE_TTH = re.compile(r"2\s*-?\s*th(?:eta)?\b|two[\s_-]*theta|2θ|\btth\b|\bangle\b|\bdeg(?:ree)?s?\b", re.I)
+_RE_TTH = re.compile(r"2\s*-?\s*th(?:eta)?(?![a-z])|two[\s_-]*theta|2θ|(?<![a-z])tth(?![a-z])|\bangle\b|"
+                     r"(?<![a-z])deg(?:ree)?s?(?![a-z])", re.I)
 _RE_Q_NAME = re.compile(r"^q(?:\s*[\(\[_/].*)?$|^q\s*\(.*", re.I)
 _RE_Q_TEXT = re.compile(r"(?<![a-z])q\s*[\(\[]\s*(?:1/|a|å|inv)|1/\s*(?:a|å)\b|(?:a|å)\s*\^?\s*-1|(?:a|å)⁻¹|"
                         r"inverse\s+angstrom|\bq\s*-?\s*space\b|\bq\s+\(", re.I)

@@ -58,7 +58,7 @@ def read_text(path: str | Path) -> str:
         raise ResourceLimitError(f"{p}: file is {size / 2**20:.0f} MiB, larger than the "
                                  f"{MAX_FILE_BYTES / 2**20:.0f} MiB limit for pattern files")
     raw = p.read_bytes()
-    if not raw.strip():
+    if not raw.strip(b" \t\r\n\f\v,;"):
         raise InputFileError(p, "file is empty; expected columns of numbers", line=1)
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
@@ -157,7 +157,7 @@ def parse_table(path: str | Path, text: str | None = None, *, csv: bool = False)
     first = None
     for i in range(start, n_lines):
         s = lines[i].strip()
-        if not s or _is_comment(s):
+        if not s or _is_comment(s) or not _tokens(s, csv):
             header.append(lines[i])
             continue
         if _numeric(_tokens(s, csv)) is not None:
@@ -189,7 +189,7 @@ def parse_table(path: str | Path, text: str | None = None, *, csv: bool = False)
     nxt = None
     for j in range(first + 1, n_lines):
         s = lines[j].strip()
-        if s and not _is_comment(s):
+        if s and not _is_comment(s) and _tokens(s, csv):
             nxt = (j, _tokens(s, csv))
             break
     if nxt is not None and ncols in (1, 3) and len(nxt[1]) != ncols:
@@ -211,6 +211,8 @@ def parse_table(path: str | Path, text: str | None = None, *, csv: bool = False)
         if not s or _is_comment(s):
             continue
         toks = _tokens(s, csv)
+        if not toks:
+            continue
         vals = []
         for k, t in enumerate(toks):
             v = _as_float(t)

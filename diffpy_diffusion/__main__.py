@@ -1,0 +1,5 @@
+"""``python -m diffpy_diffusion`` = ``diffpy-diffuse``."""
+
+from .cli import main
+
+main()
