@@ -1,0 +1,56 @@
+"""Refinement with diffpy.srfit (the only package that imports srfit) and pdffit2.
+
+- :func:`refine_structure` — staged, space-group-constrained refinement of a
+  proposal against a PXRD pattern or a PDF -> :class:`RefinementResult`.
+- :func:`build_recipe` — the srfit FitRecipe behind it, for scripting.
+- :class:`XRDGenerator`, :class:`TorchPDFGenerator` — srfit ProfileGenerators
+  backed by the torch physics (no srreal needed).
+- :func:`propose_structure`, :func:`seed_recipe` — one line for existing SrFit scripts.
+- :func:`write_stru`, :func:`pdffit2_script`, :func:`write_pdfgui_project` — PDFgui-style output.
+
+Names are imported lazily so ``import diffpy_diffusion.refine`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "refine_structure": ".core",
+    "build_recipe": ".core",
+    "RefinementResult": ".core",
+    "RecipeBundle": ".core",
+    "rw_factor": ".core",
+    "DEFAULT_STAGES": ".core",
+    "XRDGenerator": ".generators",
+    "TorchPDFGenerator": ".generators",
+    "HookPDFGenerator": ".generators",
+    "symmetrize": ".symmetry",
+    "propose_structure": ".oneline",
+    "seed_recipe": ".oneline",
+    "observation_from_profile": ".oneline",
+    "add_phase": ".oneline",
+    "write_stru": ".pdffit2_engine",
+    "stru_text": ".pdffit2_engine",
+    "pdffit2_plan": ".pdffit2_engine",
+    "pdffit2_script": ".pdffit2_engine",
+    "refine_pdffit2": ".pdffit2_engine",
+    "write_pdfgui_project": ".pdffit2_engine",
+    "write_refinement_files": ".pdffit2_engine",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    try:
+        mod = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'diffpy_diffusion.refine' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(mod, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
