@@ -412,7 +412,17 @@ def write_pdfgui_project(path, structure, observation, *, name: str = "fit", for
         raise OutputExistsError(f"{path} exists; use force=True to overwrite")
     import tempfile
 
-    stru = _as_diffpy(structure)
+    from diffpy.pdfgui.control.constraint import Constraint
+    from diffpy.pdfgui.control.parameter import Parameter
+
+    rp = refined or {}
+    stru, plan = pdffit2_plan(
+        structure,
+        scale=rp.get("scale", {}).get("value", 1.0),
+        qdamp=rp.get("qdamp", {}).get("value", qdamp if qdamp is not None else (observation.qdamp or 0.04)),
+        delta2=rp.get("delta2", {}).get("value", 0.0),
+        spdiameter=rp.get("spdiameter", {}).get("value"),
+    )
     control = PDFGuiControl()
     fitting = control.newFitting(name)
     with tempfile.TemporaryDirectory() as tmp:
@@ -434,7 +444,76 @@ def write_pdfgui_project(path, structure, observation, *, name: str = "fit", for
         ds.stype = _stype(observation)
         if observation.qmax:
             ds.qmax = float(observation.qmax)
-        if qdamp is not None or observation.qdamp is not None:
-            ds.qdamp = float(qdamp if qdamp is not None else observation.qdamp)
+        ds.qdamp = plan.pars[21][1]
+        # The symmetry constraints and parameters of the plan, as PDFgui stores them.
+        for var, formula in plan.constraints:
+            target = ds if var in ("dscale", "qdamp") else phase
+            target.constraints[var] = Constraint(formula)
+        for idx, (_, value) in plan.pars.items():
+            fitting.parameters[idx] = Parameter(idx, initial=value)
         control.save(str(path))
     return path
+
+
+def write_refinement_files(result, observation, outdir, stem: str, *, data_file: str | None = None,
+                           force: bool = False, pdfgui_project: bool = False) -> dict[str, Path]:
+    """PDFgui-style files for one refined candidate.
+
+    Writes ``{stem}.stru`` always; for PDF data also ``{stem}_pdffit2.py`` (a
+    ready-to-run pdffit2 refinement of that ``.stru`` against ``data_file``,
+    default: the observation's source file, else ``{stem}_data.gr`` written here)
+    and, when ``pdfgui_project`` and diffpy.pdfgui is importable, ``{stem}.ddp``.
+
+    Returns
+    -------
+    dict
+        Kind ("stru", "script", "data", "ddp") -> path written.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    stru = result.diffpy_structure if getattr(result, "diffpy_structure", None) is not None else result.structure
+    out["stru"] = write_stru(stru, outdir / f"{stem}.stru", force=force)
+    if observation is None or observation.kind != "pdf":
+        return out
+    if data_file is None:
+        if observation.source and os.path.exists(observation.source):
+            data_file = os.path.abspath(observation.source)
+        else:
+            path = outdir / f"{stem}_data.gr"
+            cols = [observation.x, observation.y]
+            if observation.sigma is not None:
+                cols = [observation.x, observation.y, np.zeros_like(observation.x), observation.sigma]
+            if path.exists() and not force:
+                from ..errors import OutputExistsError
+
+                raise OutputExistsError(f"{path} exists; use force=True to overwrite")
+            np.savetxt(path, np.column_stack(cols), header="r(A) G(r)", comments="# ")
+            out["data"] = path
+            data_file = path.name
+    p = result.params
+    _, plan = pdffit2_plan(
+        result.structure,
+        scale=p.get("scale", {}).get("value", 1.0),
+        qdamp=p.get("qdamp", {}).get("value", observation.qdamp if observation.qdamp is not None else 0.04),
+        delta2=p.get("delta2", {}).get("value", 0.0),
+        spdiameter=p.get("spdiameter", {}).get("value"),
+    )
+    text = pdffit2_script(
+        f"{stem}.stru", str(data_file), plan, stype=_stype(observation),
+        qmax=float(observation.qmax or 0.0), rmin=float(np.min(result.x)), rmax=float(np.max(result.x)),
+    )
+    spath = outdir / f"{stem}_pdffit2.py"
+    if spath.exists() and not force:
+        from ..errors import OutputExistsError
+
+        raise OutputExistsError(f"{spath} exists; use force=True to overwrite")
+    spath.write_text(text)
+    out["script"] = spath
+    if pdfgui_project:
+        try:
+            out["ddp"] = write_pdfgui_project(outdir / f"{stem}.ddp", result.structure, observation, name=stem,
+                                              force=force, refined=p)
+        except NotAvailableError:
+            pass
+    return out
