@@ -193,9 +193,9 @@ def _collect(st: _State, hookname: str, kind: str, validate: Callable | None = N
     """Call a ``register_*`` hook one implementation at a time, isolating failures."""
     out: dict[str, Registration] = {}
     hook = getattr(st.pm.hook, hookname)
-    # pluggy calls later-registered plugins first; we want built-ins first so
-    # duplicate errors name the newcomer, hence reversed().
-    for impl in reversed(hook.get_hookimpls()):
+    # get_hookimpls() is in registration order (built-ins first, then entry
+    # points by name), so a duplicate error names the newcomer.
+    for impl in hook.get_hookimpls():
         pname = impl.plugin_name
         pver = st.plugin_info.get(pname, {}).get("version", "?")
 
@@ -350,7 +350,7 @@ def get_pdf_calculator(kind: str = "pdf"):
 def call_rerank(observation, proposals) -> None:
     """Run the ``rerank`` hooks, storing their scores in ``proposal.scores`` (errors are recorded, not raised)."""
     st = _state_()
-    for impl in reversed(st.pm.hook.rerank.get_hookimpls()):
+    for impl in st.pm.hook.rerank.get_hookimpls():
         try:
             res = impl.function(observation=observation, proposals=proposals)
             if not res:
@@ -368,7 +368,7 @@ def call_rerank(observation, proposals) -> None:
 def notify_recipe_seeded(recipe, proposal) -> None:
     """Run the ``recipe_seeded`` hooks (errors are recorded, not raised)."""
     st = _state_()
-    for impl in reversed(st.pm.hook.recipe_seeded.get_hookimpls()):
+    for impl in st.pm.hook.recipe_seeded.get_hookimpls():
         try:
             impl.function(recipe=recipe, proposal=proposal)
         except Exception as exc:
@@ -380,7 +380,7 @@ def add_plugin_commands(cli) -> list[str]:
     st = _state_()
     errs = []
     builtin = set(getattr(cli, "commands", {}))
-    for impl in reversed(st.pm.hook.register_commands.get_hookimpls()):
+    for impl in st.pm.hook.register_commands.get_hookimpls():
         before = dict(cli.commands)
         try:
             impl.function(cli=cli)
