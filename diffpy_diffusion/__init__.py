@@ -21,15 +21,18 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "propose": ("diffpy_diffusion.pipeline", "propose"),
-    "propose_structure": ("diffpy_diffusion.pipeline", "propose_structure"),
-    "seed_recipe": ("diffpy_diffusion.pipeline", "seed_recipe"),
-    "simulate": ("diffpy_diffusion.simulation", "simulate"),
-    "hookimpl": ("diffpy_diffusion.hookspecs", "hookimpl"),
-    "Observation": ("diffpy_diffusion.types", "Observation"),
-    "Proposal": ("diffpy_diffusion.types", "Proposal"),
-    "read_observation": ("diffpy_diffusion.io", "read_observation"),
-    "read_structure": ("diffpy_diffusion.io", "read_structure"),
+    # name: candidate (module, attribute) pairs, first importable wins
+    "propose": [("diffpy_diffusion.pipeline", "propose")],
+    "propose_structure": [("diffpy_diffusion.refine.oneline", "propose_structure"),
+                          ("diffpy_diffusion.pipeline", "propose_structure")],
+    "seed_recipe": [("diffpy_diffusion.refine.oneline", "seed_recipe"),
+                    ("diffpy_diffusion.pipeline", "seed_recipe")],
+    "simulate": [("diffpy_diffusion.simulation", "simulate")],
+    "hookimpl": [("diffpy_diffusion.hookspecs", "hookimpl")],
+    "Observation": [("diffpy_diffusion.types", "Observation")],
+    "Proposal": [("diffpy_diffusion.types", "Proposal")],
+    "read_observation": [("diffpy_diffusion.io", "read_observation")],
+    "read_structure": [("diffpy_diffusion.io", "read_structure")],
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -37,21 +40,27 @@ __all__ = ["__version__", *_LAZY]
 
 def __getattr__(name: str):
     try:
-        modname, attr = _LAZY[name]
+        candidates = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module 'diffpy_diffusion' has no attribute {name!r}") from None
-    try:
-        mod = importlib.import_module(modname)
-    except ModuleNotFoundError as exc:
-        if exc.name == modname:
-            from .errors import NotAvailableError
+    for modname, attr in candidates:
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:
+                continue  # not in this installation: try the next candidate
+            raise
+        if hasattr(mod, attr):
+            value = getattr(mod, attr)
+            globals()[name] = value
+            return value
+    from .errors import NotAvailableError
 
-            raise NotAvailableError(f"diffpy_diffusion.{name} is not available yet in this installation "
-                                    f"({modname} is missing)") from exc
-        raise
-    value = getattr(mod, attr)
-    globals()[name] = value
-    return value
+    class NotAvailableAttributeError(NotAvailableError, AttributeError):
+        """Missing optional part; an AttributeError too, so hasattr() works."""
+
+    raise NotAvailableAttributeError(f"diffpy_diffusion.{name} is not available yet in this installation "
+                            f"(looked in {', '.join(m for m, _ in candidates)})")
 
 
 def __dir__():

@@ -256,3 +256,14 @@ def test_python_dash_m(tmp_path):
     out = subprocess.run([sys.executable, "-m", "diffpy_diffusion", "--version"], capture_output=True, text=True,
                          timeout=60, env={**os.environ})
     assert out.returncode == 0 and "diffpy-diffuse" in out.stdout
+
+
+def test_public_api_is_lazy():
+    code = ("import sys, diffpy_diffusion as d\n"
+            "from diffpy_diffusion.hookspecs import hookimpl\n"
+            "assert d.hookimpl is hookimpl and d.Observation.__name__ == 'Observation'\n"
+            "assert d.Proposal.__name__ == 'Proposal' and callable(d.read_observation)\n"
+            "assert 'torch' not in sys.modules\n"
+            "for name in ('propose', 'propose_structure', 'seed_recipe', 'simulate'):\n"
+            "    assert name in dir(d)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
