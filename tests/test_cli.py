@@ -267,3 +267,43 @@ def test_public_api_is_lazy():
             "for name in ('propose', 'propose_structure', 'seed_recipe', 'simulate'):\n"
             "    assert name in dir(d)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_simulate_plugin_simulator(monkeypatch, tmp_path):
+    import importlib.metadata as md
+    import textwrap
+
+    (tmp_path / "tp_sim.py").write_text(textwrap.dedent("""
+        import numpy as np
+        from diffpy_diffusion import hookimpl
+        from diffpy_diffusion.types import Observation
+
+        def toy(structure, x=None, **params):
+            x = np.linspace(1, 5, 50) if x is None else x
+            return Observation(kind="xrd", x=x, y=np.full(len(x), float(len(structure))), x_kind="q")
+
+        @hookimpl
+        def register_simulators(register):
+            register("toy", toy)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    real = md.entry_points
+    monkeypatch.setattr(md, "entry_points", lambda **kw: list(real(**kw)) + (
+        [md.EntryPoint("sim", "tp_sim", "diffpy_diffusion")] if kw.get("group") == "diffpy_diffusion" else []))
+    plugins.reset()
+    try:
+        from pymatgen.core import Lattice, Structure
+
+        from diffpy_diffusion.io import read_observation, write_cif
+
+        cif = write_cif(Structure(Lattice.cubic(3.52), ["Ni"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5],
+                                                                     [0, 0.5, 0.5]]), tmp_path / "ni.cif")
+        out = tmp_path / "ni.xy"
+        res = run(["simulate", str(cif), "--kind", "toy", "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        obs = read_observation(out)
+        assert obs.x_kind == "q" and np.allclose(obs.y, 4.0)
+        res = run(["simulate", str(cif), "--kind", "nope"])
+        assert res.exit_code == 2 and "toy" in res.output
+    finally:
+        plugins.reset()
