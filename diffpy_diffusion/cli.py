@@ -282,7 +282,12 @@ def cli():
 
 
 def resolve_backend(name: str, quiet: bool = False) -> str:
-    """Turn ``auto`` into a concrete backend name, with a notice when falling back."""
+    """Turn ``auto`` into a concrete backend name, with a notice when falling back.
+
+    A comma list (``--backend random,templates``) is normalised to the merged
+    form ``random+templates`` that the pipeline understands.
+    """
+    name = "+".join(p.strip() for p in str(name).replace(",", "+").split("+") if p.strip()) or "auto"
     if name != "auto":
         return name
     from . import plugins
