@@ -630,7 +630,10 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
     best_rw = np.inf
     best_snap = None
     for st in stages:
+        new_vars = [n for t in st if t not in freed for n in bundle.tags.get(t, [])]
         freed = freed + [t for t in st if t not in freed]
+        if not new_vars:  # nothing new to refine (e.g. no free coordinates in Fm-3m)
+            continue
         snap = _snapshot(recipe)
         try:
             r = _run_stage(bundle, problem, freed, max_nfev)

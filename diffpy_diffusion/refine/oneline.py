@@ -63,11 +63,9 @@ def observation_from_profile(profile, *, composition=None, kind: str | None = No
         radiation="neutron" if stype == "N" else "xray",
         meta={"srfit_meta": {k: v for k, v in meta.items() if isinstance(v, (int, float, str))}},
     )
-    for key in ("qmax", "qmin", "qdamp", "qbroad", "wavelength"):
+    for key in ("qmax", "qdamp", "qbroad", "wavelength"):  # qmin: PDFgui ignores it too
         if meta.get(key) is not None:
             kw[key] = float(meta[key])
-    if kind == "pdf" and kw.get("qmin") == 0.0:
-        kw.pop("qmin")
     kw.update(fields)
     return Observation(**kw)
 
