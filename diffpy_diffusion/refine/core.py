@@ -262,6 +262,7 @@ def build_recipe(
     fast = True
     if kind == "xrd":
         gen = XRDGenerator("xrd", nbkg=nbkg)
+        gen.bkg_domain = (float(x.min()), float(x.max()))
         profile.meta.update(
             {
                 "wavelength": observation.wavelength or 1.540598,
@@ -376,23 +377,31 @@ def _free_names(recipe) -> list[str]:
 
 
 class _Problem:
-    """Residual and batched-FD Jacobian over the currently free variables of a bundle."""
+    """Residual and batched-FD Jacobian over the currently free variables of a bundle.
 
-    def __init__(self, bundle: RecipeBundle):
+    ``stride`` > 1 evaluates every stride-th point only (a uniform sub-grid, so
+    the PDF band limit still applies): the early stages of a fit on a fine grid
+    do not need every point of peaks that are many points wide.
+    """
+
+    def __init__(self, bundle: RecipeBundle, stride: int = 1):
         self.b = bundle
         self.nfev = 0
-        self.w = 1.0 / bundle.sigma if bundle.sigma is not None else np.ones_like(bundle.y)
+        sl = slice(None, None, max(int(stride), 1))
+        self.x = bundle.x[sl]
+        self.y = bundle.y[sl]
+        self.w = 1.0 / bundle.sigma[sl] if bundle.sigma is not None else np.ones_like(self.y)
 
     def model_batch(self, states) -> np.ndarray:
         self.nfev += 1
-        return self.b.generator.compute_batch(self.b.x, states)
+        return self.b.generator.compute_batch(self.x, states)
 
     def residual(self, p) -> np.ndarray:
         b = self.b
         if b.fast:
             _update_constraints(b.recipe, p)
             yc = self.model_batch([b.generator.state()])[0]
-            return (yc - b.y) * self.w
+            return (yc - self.y) * self.w
         self.nfev += 1
         return b.recipe.residual(p)
 
@@ -453,14 +462,14 @@ def _linear_start(bundle: RecipeBundle, problem: _Problem) -> None:
         Y = problem.model_batch(states)
         from .generators import chebyshev_background
 
-        V = np.stack([chebyshev_background(bundle.x, np.eye(gen.nbkg)[k]) for k in range(gen.nbkg)], 1)
+        V = np.stack([chebyshev_background(problem.x, np.eye(gen.nbkg)[k], gen.bkg_domain) for k in range(gen.nbkg)], 1)
         best = None
         for s, yc in zip(sizes, Y):
             A = np.column_stack([yc, V]) * w[:, None]
-            coef, *_ = np.linalg.lstsq(A, bundle.y * w, rcond=None)
+            coef, *_ = np.linalg.lstsq(A, problem.y * w, rcond=None)
             if coef[0] <= 0:
-                coef[0] = max(float(np.dot(yc, bundle.y) / max(np.dot(yc, yc), 1e-300)), 1e-12)
-            r = float(np.sum((A @ coef - bundle.y * w) ** 2))
+                coef[0] = max(float(np.dot(yc, problem.y) / max(np.dot(yc, yc), 1e-300)), 1e-12)
+            r = float(np.sum((A @ coef - problem.y * w) ** 2))
             if best is None or r < best[0]:
                 best = (r, s, coef)
         _, s, coef = best
@@ -474,7 +483,7 @@ def _linear_start(bundle: RecipeBundle, problem: _Problem) -> None:
         yc = problem.model_batch([d])[0]
         den = float(np.dot(yc * w, yc * w))
         if den > 0:
-            recipe.scale.setValue(max(float(np.dot(yc * w, bundle.y * w) / den), 1e-12))
+            recipe.scale.setValue(max(float(np.dot(yc * w, problem.y * w) / den), 1e-12))
 
 
 def _run_stage(bundle, problem, tags: Sequence[str], max_nfev: int) -> Any:
@@ -532,6 +541,7 @@ def refine_structure(
     max_nfev: int = 60,
     start: dict[str, float] | None = None,
     keep_recipe: bool = True,
+    max_points: int | None = 600,
 ) -> RefinementResult:
     """Refine ``structure`` against ``observation`` with space-group constraints.
 
@@ -562,6 +572,10 @@ def refine_structure(
         least_squares iterations per stage.
     start : dict, optional
         Starting values by variable name, e.g. ``{"size_nm": 3, "qdamp": 0.05, "W": 0.01}``.
+    max_points : int or None
+        All stages but the last use a uniform sub-grid of at most about this
+        many points (speed); the last stage and every reported figure use all
+        points.  None: always all points.
 
     Returns
     -------
@@ -576,12 +590,12 @@ def refine_structure(
         return _refine_structure(
             observation, structure, engine=engine, stages=stages, spacegroup_tol=spacegroup_tol,
             use_symmetry=use_symmetry, nbkg=nbkg, calculator=calculator, xrange=xrange, max_nfev=max_nfev,
-            start=start, keep_recipe=keep_recipe,
+            start=start, keep_recipe=keep_recipe, max_points=max_points,
         )
 
 
 def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol, use_symmetry, nbkg, calculator,
-                      xrange, max_nfev, start, keep_recipe) -> RefinementResult:
+                      xrange, max_nfev, start, keep_recipe, max_points) -> RefinementResult:
     t0 = time.perf_counter()
     if engine == "pdffit2":
         from .pdffit2_engine import refine_pdffit2
@@ -612,8 +626,10 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
             getattr(recipe, k).setValue(float(v))
         elif hasattr(bundle.generator, k):
             getattr(bundle.generator, k).setValue(float(v))
-    problem = _Problem(bundle)
-    _linear_start(bundle, problem)
+    full = _Problem(bundle)
+    stride = int(np.ceil(len(bundle.x) / max_points)) if (max_points and bundle.fast) else 1
+    coarse = _Problem(bundle, stride) if stride > 1 else full
+    _linear_start(bundle, coarse)
 
     if stages is None:
         stages = [list(s) for s in DEFAULT_STAGES[bundle.kind]]
@@ -629,14 +645,19 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
     message = ""
     best_rw = np.inf
     best_snap = None
+    last_ok = False
+    # Drop stages that free nothing new (e.g. coordinates in Fm-3m).
+    effective, seen = [], []
     for st in stages:
-        new_vars = [n for t in st if t not in freed for n in bundle.tags.get(t, [])]
+        if [n for t in st if t not in seen for n in bundle.tags.get(t, [])]:
+            effective.append(list(st))
+        seen += [t for t in st if t not in seen]
+    for k, st in enumerate(effective):
         freed = freed + [t for t in st if t not in freed]
-        if not new_vars:  # nothing new to refine (e.g. no free coordinates in Fm-3m)
-            continue
         snap = _snapshot(recipe)
         try:
-            r = _run_stage(bundle, problem, freed, max_nfev)
+            last = k == len(effective) - 1
+            r = _run_stage(bundle, full if last else coarse, freed, max_nfev)
         except (ValueError, np.linalg.LinAlgError, FloatingPointError) as exc:  # non-converging stage
             _restore(recipe, snap)
             converged = False
@@ -645,16 +666,17 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
             continue
         if r is None:
             continue
-        yc = bundle.generator(bundle.x)
-        rw = rw_factor(bundle.y, yc, bundle.sigma)
-        if not np.isfinite(rw) or rw > best_rw * 1.0001:
-            # A stage that made things worse (e.g. ran off into a false minimum) is undone.
+        prob = full if last else coarse
+        # Rw on the grid this stage used (least_squares never ends above its start).
+        rw = float(np.sqrt(np.sum(r.fun**2) / max(np.sum((prob.y * prob.w) ** 2), 1e-300)))
+        if not np.isfinite(rw):
             _restore(recipe, snap)
             stage_log.append({"tags": list(st), "rw": rw, "nfev": int(r.nfev), "undone": True})
             continue
         best_rw = rw
         best_snap = _snapshot(recipe)
         res = r
+        last_ok = last
         stage_log.append({"tags": list(st), "rw": rw, "nfev": int(r.nfev), "status": int(r.status)})
         if r.status == 0:
             converged = False
@@ -669,15 +691,25 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
         recipe.free(*all_free)
     p = np.asarray(recipe.getValues(), float)
     names = _free_names(recipe)
-    yc = bundle.generator(bundle.x)
-    r = (yc - bundle.y) * problem.w
+    # The last stage ran on the full grid with every variable free: reuse its
+    # residual and Jacobian at the solution instead of recomputing them.
+    reuse = (
+        res is not None and bundle.fast and last_ok and res.jac.shape == (len(bundle.y), len(p))
+        and np.allclose(res.x, p)
+    )
+    if reuse:
+        r = np.asarray(res.fun, float)
+        yc = r / full.w + bundle.y
+    else:
+        yc = bundle.generator(bundle.x)
+        r = (yc - bundle.y) * full.w
     chi2 = float(np.dot(r, r))
     dof = max(len(r) - len(p), 1)
     red = chi2 / dof
     esd = np.full(len(p), np.nan)
     if len(p):
         try:
-            J = problem.jacobian(p)
+            J = np.asarray(res.jac if reuse else full.jacobian(p), float)
             cov = np.linalg.pinv(J.T @ J)
             esd = np.sqrt(np.clip(np.diag(cov), 0, None) * max(red, 1e-300))
         except Exception:  # esds are a courtesy; never fail a fit on them
@@ -700,7 +732,7 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
         spacegroup_number=bundle.sym.number,
         kind=bundle.kind,
         engine="srfit",
-        nfev=problem.nfev,
+        nfev=full.nfev + (coarse.nfev if coarse is not full else 0),
         wall_s=time.perf_counter() - t0,
         stages=stage_log,
         converged=converged and np.isfinite(rw),

@@ -34,10 +34,13 @@ def _atomic_number(label: str) -> int:
     return int(Element(element_of(label)).Z)
 
 
-def chebyshev_background(x: np.ndarray, coeffs) -> np.ndarray:
-    """Chebyshev series on ``x`` mapped linearly onto [-1, 1]; ``coeffs`` (K,) or (B, K) -> (M,) or (B, M)."""
+def chebyshev_background(x: np.ndarray, coeffs, domain: tuple[float, float] | None = None) -> np.ndarray:
+    """Chebyshev series on ``x`` with ``domain`` (default: x's range) mapped onto [-1, 1].
+
+    ``coeffs`` (K,) or (B, K) -> (M,) or (B, M).
+    """
     x = np.asarray(x, dtype=float)
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = (float(x.min()), float(x.max())) if domain is None else (float(domain[0]), float(domain[1]))
     t = (2 * x - (lo + hi)) / max(hi - lo, 1e-12)
     V = np.polynomial.chebyshev.chebvander(t, np.shape(coeffs)[-1] - 1)  # (M, K)
     return np.asarray(coeffs, dtype=float) @ V.T
@@ -168,6 +171,8 @@ class XRDGenerator(TorchGenerator):
             **{f"bkg_{k}": 0.0 for k in range(nbkg)},
         }
         self.nbkg = nbkg
+        #: x range mapped onto [-1, 1] for the background (set to the data range by build_recipe)
+        self.bkg_domain: tuple[float, float] | None = None
         TorchGenerator.__init__(self, name)
         self.wavelength = 1.540598
         self.wavelength2: float | None = None
@@ -204,7 +209,7 @@ class XRDGenerator(TorchGenerator):
         )
         bkg = np.stack([pars[f"bkg_{k}"] for k in range(self.nbkg)], axis=1) if self.nbkg else None
         if bkg is not None:
-            y = y + _t(chebyshev_background(x, bkg))
+            y = y + _t(chebyshev_background(x, bkg, self.bkg_domain))
         return y
 
 
