@@ -286,3 +286,18 @@ def test_bad_files_give_file_and_line(tmp_path, ext, case):
     assert str(path) in msg
     assert ei.value.line == line, msg
     assert what in msg, msg
+
+
+def test_fullprof_free_format_step_scan(tmp_path):
+    # FullProf INSTRM=0: "start step end" then counts, several per line
+    counts = [f"{y:.1f}" for y in Y]
+    body = "\n".join(" ".join(counts[i:i + 8]) for i in range(0, len(counts), 8))
+    obs = read_observation(_write(tmp_path / "fp.dat", "10.0 0.5 19.5\n" + body + "\n"))
+    np.testing.assert_allclose(obs.x, X)
+    np.testing.assert_allclose(obs.y, np.round(Y, 1))
+
+
+def test_fullprof_xydata_header(tmp_path):
+    text = "XYDATA\nINTER:   1.00000   1.00000   0\nTEMP 300\nTITLE NaCl 2theta scan\n" + _rows()
+    obs = read_observation(_write(tmp_path / "fp.dat", text), wavelength=1.5406)
+    assert obs.x_kind == "2theta" and len(obs.x) == len(X)

@@ -39,7 +39,7 @@ class TextTable:
     linenos: np.ndarray  # (n_rows,) 1-based line number of each row
     header: list[str] = field(default_factory=list)  # header/comment lines, comment prefix kept
     names: list[str] | None = None  # column labels when the file has them
-    step_scan: tuple[float, float, float] | None = None  # (start, step, end) for 1-column step scans
+    step_scan: tuple[float, float, float] | None = None  # (start, step, end) of a step scan (y only)
 
     @property
     def header_text(self) -> str:
@@ -184,6 +184,7 @@ def parse_table(path: str | Path, text: str | None = None, *, csv: bool = False)
     first_vals = _numeric(_tokens(lines[first], csv))
     ncols = len(first_vals)
     step_scan = None
+    free = False  # step scan with several counts per line (FullProf free format)
     i0 = first
     # FIT2D .chi point count / step-scan header: decide by the next data row
     nxt = None
@@ -199,12 +200,13 @@ def parse_table(path: str | Path, text: str | None = None, *, csv: bool = False)
                 header.append(lines[first])  # point count; verified below
                 i0 = nxt[0]
                 ncols = len(nxt_vals)
-            elif ncols == 3 and len(nxt_vals) == 1:
+            elif ncols == 3:
                 a, b, c = first_vals
                 if b > 0 and c > a:
                     step_scan = (a, b, c)
                     header.append(lines[first])
                     i0 = nxt[0]
+                    free = len(nxt_vals) != 1
                     ncols = 1
     for i in range(i0, n_lines):
         s = lines[i].strip()
@@ -219,6 +221,14 @@ def parse_table(path: str | Path, text: str | None = None, *, csv: bool = False)
             if v is None:
                 raise InputFileError(path, f"expected a number in column {k + 1}, found {t!r}", line=i + 1)
             vals.append(v)
+        if free:
+            for k, v in enumerate(vals):
+                if not math.isfinite(v):
+                    raise InputFileError(path, f"non-finite value {toks[k]!r}; remove or replace NaN/inf values",
+                                         line=i + 1)
+                rows.append([v])
+                linenos.append(i + 1)
+            continue
         if len(vals) != ncols:
             raise InputFileError(path, f"expected {ncols} numbers per row (as in line {linenos[0] if linenos else i0 + 1}),"
                                  f" found {len(vals)}", line=i + 1)
