@@ -301,3 +301,22 @@ def test_fullprof_xydata_header(tmp_path):
     text = "XYDATA\nINTER:   1.00000   1.00000   0\nTEMP 300\nTITLE NaCl 2theta scan\n" + _rows()
     obs = read_observation(_write(tmp_path / "fp.dat", text), wavelength=1.5406)
     assert obs.x_kind == "2theta" and len(obs.x) == len(X)
+
+
+def test_json_observation_roundtrip(tmp_path):
+    import dataclasses
+
+    from diffpy_diffusion.io import write_json
+    from diffpy_diffusion.types import Observation
+
+    obs = Observation(kind="pdf", x=np.arange(1, 5, 0.5), y=np.arange(8.0), x_kind="r", composition="Ni",
+                      qmax=25.0, qdamp=0.04)
+    p = write_json(dataclasses.asdict(obs), tmp_path / "obs.json")
+    back = read_observation(p)
+    np.testing.assert_allclose(back.y, obs.y)
+    assert back.qmax == 25.0 and back.composition == {"Ni": 1.0} and back.kind == "pdf"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"x": [1, 2,\n 3], "y": [1, 2 3]}')
+    with pytest.raises(InputFileError) as ei:
+        read_observation(bad)
+    assert ei.value.line == 2

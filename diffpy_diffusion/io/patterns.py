@@ -254,6 +254,55 @@ def read_pattern_file(path, *, kind=None, x_kind=None, wavelength=None, radiatio
                        source=str(p), meta=meta, **fields)
 
 
+_OBS_FIELDS = ("kind", "x", "y", "x_kind", "composition", "sigma", "wavelength", "wavelength2", "ka2_ratio",
+               "radiation", "size_nm", "qmax", "qmin", "qdamp", "qbroad", "spacegroup", "crystal_system", "z",
+               "max_atoms", "meta")
+
+
+def read_observation_json(path, *, kind=None, x_kind=None, wavelength=None, radiation=None,
+                          composition=None, **fields) -> Observation:
+    """Read an Observation saved as JSON (``io.write_json(dataclasses.asdict(obs), path)``).
+
+    Required keys: ``x``, ``y``, ``x_kind``; ``kind`` defaults from ``x_kind``.
+    Arguments given here override the file.
+    """
+    import json
+
+    p = Path(path)
+    text = read_text(p)
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputFileError(p, f"invalid JSON: {exc.msg}", line=exc.lineno) from None
+    if not isinstance(d, dict) or "x" not in d or "y" not in d:
+        raise InputFileError(p, "expected a JSON object with 'x' and 'y' arrays (and 'x_kind')", line=1)
+    args = {k: d[k] for k in _OBS_FIELDS if d.get(k) is not None}
+    for key, val in (("kind", kind), ("x_kind", x_kind), ("wavelength", wavelength), ("radiation", radiation),
+                     ("composition", composition)):
+        if val is not None:
+            args[key] = float(val) if key == "wavelength" else val
+    args.update(fields)
+    if "x_kind" not in args:
+        raise InputFileError(p, "no 'x_kind' in the file: pass --x 2theta, --x q or --x r")
+    args.setdefault("kind", "pdf" if args["x_kind"] == "r" else "xrd")
+    for key in ("x", "y", "sigma"):
+        if key in args:
+            try:
+                arr = np.asarray(args[key], dtype=float)
+            except (TypeError, ValueError):
+                raise InputFileError(p, f"'{key}' must be an array of numbers") from None
+            if not np.all(np.isfinite(arr)):
+                raise InputFileError(p, f"'{key}' has non-finite values (null, NaN or inf)")
+            args[key] = arr
+    try:
+        obs = Observation(source=str(p), **args)
+    except ValueError as exc:
+        raise InputFileError(p, str(exc)) from None
+    if len(obs.x) < 3:
+        raise InputFileError(p, f"only {len(obs.x)} data point(s); expected at least 3")
+    return obs
+
+
 def _plugin_reader(suffix: str):
     from .. import plugins
 
@@ -275,8 +324,9 @@ def read_observation(path, *, kind=None, x_kind=None, wavelength=None, radiation
     Parameters
     ----------
     path : str or Path
-        ``.xy .xye .dat .csv .txt .chi .iq`` (diffraction) or ``.gr .fgr``
-        (PDF), or any extension a plugin reader registered.
+        ``.xy .xye .dat .csv .txt .chi .iq`` (diffraction), ``.gr .fgr``
+        (PDF), ``.json`` (a saved Observation), or any extension a plugin
+        reader registered.
     kind : {"xrd", "pdf"}, optional
         Override the kind guessed from the extension.
     x_kind : {"2theta", "q", "r"}, optional
@@ -304,6 +354,11 @@ def read_observation(path, *, kind=None, x_kind=None, wavelength=None, radiation
     suffix = p.suffix.lower()
     fields = {k: v for k, v in fields.items() if v is not None}
     reg = _plugin_reader(suffix) if suffix else None
-    reader = reg.obj if reg is not None else read_pattern_file
+    if reg is not None:
+        reader = reg.obj
+    elif suffix == ".json":
+        reader = read_observation_json
+    else:
+        reader = read_pattern_file
     return reader(p, kind=kind, x_kind=x_kind, wavelength=wavelength, radiation=radiation,
                   composition=composition, **fields)
