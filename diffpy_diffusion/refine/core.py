@@ -8,6 +8,7 @@ with a finite-difference Jacobian evaluated as *one batched* physics call
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -237,7 +238,7 @@ def build_recipe(
     if not hasattr(structure, "lattice") or not hasattr(structure, "frac_coords"):
         structure = to_pymatgen(structure)  # diffpy.structure input
     sym = symmetrize(structure, tol=spacegroup_tol, use_symmetry=use_symmetry)
-    stru = to_diffpy(sym.structure, default_uiso=default_uiso)
+    stru = to_diffpy(sym.structure, default_uiso=default_uiso, spacegroup=sym.symbol)
 
     x = np.asarray(observation.x, float)
     y = np.asarray(observation.y, float)
@@ -720,7 +721,7 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
     rw = rw_factor(bundle.y, yc, bundle.sigma)
     result = RefinementResult(
         structure=to_pymatgen(stru),
-        diffpy_structure=stru.copy(),
+        diffpy_structure=copy.deepcopy(stru),
         rw=rw,
         chi2=chi2,
         reduced_chi2=red,

@@ -135,13 +135,17 @@ def propose_structure(
     diffpy.structure.Structure
         Ready for ``generator.setStructure(...)``.
     """
-    from .symmetry import to_diffpy
+    from .symmetry import symmetrize, to_diffpy
 
     obs = _as_observation(profile_or_observation, composition, **observation_fields)
     if not obs.composition:
         raise DiffpyDiffusionError("propose_structure needs a composition, e.g. composition='Ni'")
     best = _best(obs, backend, n, top, seed, backend_options)
-    stru = to_diffpy(best.structure)
+    # Standard conventional cell; its space group travels in stru.pdffit["spcgr"]
+    # (written to .stru files, usable in constrainAsSpaceGroup).
+    sym = symmetrize(best.structure, tol=0.01)
+    stru = to_diffpy(sym.structure, spacegroup=sym.symbol)
+    stru.title = f"{best.formula} proposed by diffpy-diffusion ({best.backend}), {sym.symbol}"
     return (stru, best) if return_proposal else stru
 
 

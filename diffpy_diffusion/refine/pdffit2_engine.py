@@ -125,7 +125,7 @@ def pdffit2_plan(
     if not hasattr(structure, "frac_coords"):
         structure = to_pymatgen(structure)
     sym = symmetrize(structure, tol=spacegroup_tol, use_symmetry=use_symmetry)
-    stru = to_diffpy(sym.structure, default_uiso=default_uiso)
+    stru = to_diffpy(sym.structure, default_uiso=default_uiso, spacegroup=sym.symbol)
     plan = Pdffit2Plan(spacegroup=sym.symbol, spacegroup_number=sym.number)
 
     def par(idx, name, value, group):

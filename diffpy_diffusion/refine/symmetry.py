@@ -186,13 +186,15 @@ def _element_symbol(sp) -> str:
     return str(getattr(el, "symbol", el))
 
 
-def to_diffpy(structure, *, default_uiso: float = 0.005):
-    """pymatgen Structure -> diffpy.structure.Structure (isotropic Uiso, occupancies kept).
+def to_diffpy(structure, *, default_uiso: float = 0.005, spacegroup: str | None = None):
+    """pymatgen Structure -> diffpy.structure.PDFFitStructure (isotropic Uiso, occupancies kept).
 
     Disordered sites become one diffpy atom per species at the same position.
     Uiso from site property ``uiso`` or ``Biso``, else ``default_uiso`` Å².
+    ``spacegroup`` (a symbol) goes to ``pdffit["spcgr"]`` (shown by PDFgui, written to .stru).
     """
-    from diffpy.structure import Atom, Lattice, Structure
+    from diffpy.structure import Atom, Lattice
+    from diffpy.structure import PDFFitStructure as Structure
 
     lat = structure.lattice
     # Exact 90/120 degrees: srfit's trigonal/monoclinic constraints compare angles with ==.
@@ -206,6 +208,8 @@ def to_diffpy(structure, *, default_uiso: float = 0.005):
             a.anisotropy = False
             a.Uisoequiv = float(u)
             out.append(a)
+    if spacegroup:
+        out.pdffit["spcgr"] = str(spacegroup)
     return out
 
 
