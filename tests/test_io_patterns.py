@@ -320,3 +320,18 @@ def test_json_observation_roundtrip(tmp_path):
     with pytest.raises(InputFileError) as ei:
         read_observation(bad)
     assert ei.value.line == 2
+
+
+def test_pyfai_q_nm_header(tmp_path):
+    q_nm = np.linspace(5.0, 80.0, 40)
+    text = ("# == pyFAI calibration ==\n# Distance Sample to Detector: 0.2 m\n# Wavelength: 1.5406e-10\n"
+            "# --> nacl.edf\n#  q_nm^-1             I \n" + "".join(f"{a:.6f} {1 + a:.3f}\n" for a in q_nm))
+    obs = read_observation(_write(tmp_path / "nacl.dat", text))
+    assert obs.x_kind == "q"
+    np.testing.assert_allclose(obs.x, q_nm / 10.0)
+    assert obs.wavelength == pytest.approx(1.5406)
+
+
+def test_pyfai_2th_deg_header(tmp_path):
+    text = "# pyFAI\n#  2th_deg             I \n" + _rows()
+    assert read_observation(_write(tmp_path / "a.xy", text)).x_kind == "2theta"

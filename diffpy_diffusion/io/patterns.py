@@ -69,6 +69,8 @@ def parse_header(text: str) -> dict:
     else:
         for key in ("wavelength", "lambda", "wavelen", "wave_length", "lambda1", "lam"):
             v = _header_float(text, key)
+            if v is not None and 1e-11 < v < 1e-9:  # metres (pyFAI writes "Wavelength: 1.54e-10")
+                v *= 1e10
             if v is not None and 0.01 < v < 10:
                 out["wavelength"] = v
                 break
@@ -178,6 +180,10 @@ def read_pattern_file(path, *, kind=None, x_kind=None, wavelength=None, radiatio
             x_kind, evidence = "2theta", "step scan (start step end) header"
         else:
             x_kind, evidence = _detect_x_kind(table)
+            if x_kind == "q" and re.search(r"nm\s*\^?\s*-\s*1|nm⁻¹|1\s*/\s*nm|inverse\s+nano",
+                                           " ".join(table.names or []) + "\n" + table.header_text, re.I):
+                x = x / 10.0  # Q in nm⁻¹ (pyFAI "q_nm^-1") -> Å⁻¹
+                evidence += "; converted from nm⁻¹ to Å⁻¹"
         if x_kind == "r":
             raise InputFileError(p, "the first column looks like r (Å) but the file was read as a "
                                  "diffraction pattern; use a .gr extension or pass --x r")
