@@ -197,10 +197,10 @@ def rerank(observation, proposals):
     -------
     dict or None
         ``{score_name: list_of_floats}`` with one value per proposal (lower is
-        better), stored in each ``proposal.scores[score_name]``; the pipeline
-        keeps its own ranking unless the user asks for ``--rank-by
-        score_name``.  Return ``None`` to add nothing.  Do not reorder or
-        modify the list itself.
+        better), stored in each ``proposal.scores[score_name]`` and shown in
+        ``results.json``; the pipeline's own ranking is not changed.  Return
+        ``None`` to add nothing.  Do not reorder or modify the list itself.
+        A wrong number of values is reported as a plugin error and ignored.
     """
 
 
