@@ -12,8 +12,8 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.diffpy-diffusion-installed
 # plugins installed editable next to the core (all folders with a pyproject.toml)
 PLUGINS    := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
-HASH_FILES := pyproject.toml constraints.txt $(wildcard plugins/*/pyproject.toml)
-HASH       := $(shell cat $(HASH_FILES) 2>/dev/null | sha256sum | cut -c1-16)
+HASH_FILES := pyproject.toml constraints.txt $(sort $(wildcard plugins/*/pyproject.toml))
+HASH       := $(shell cat $(HASH_FILES) 2>/dev/null | { sha256sum 2>/dev/null || shasum -a 256; } | cut -c1-16)
 PIP_FLAGS  ?=
 PYTEST_ARGS ?=
 DEMO_DATA  := diffpy_diffusion/examples_data/nacl_3nm_cuka.xy
