@@ -337,3 +337,38 @@ class HookPDFGenerator(TorchPDFGenerator):
             out.append(np.asarray(y, float))
         y = np.stack(out)
         return np.where(np.isfinite(y), y, 0.0)
+
+
+def pdffit2_pdf(structure, r, *, qmax=None, qmin=0.0, qdamp=0.0, qbroad=0.0, delta1=0.0, delta2=0.0, scale=1.0,
+                spdiameter=None, radiation="xray") -> np.ndarray:
+    """G(r) of a diffpy Structure computed by pdffit2 (PDFgui's engine), same signature as a
+    ``pdf_calculator`` hook answer.  ``qmin`` is ignored, as in PDFgui.
+
+    pdffit2 is C++ and needs no pair search per call in Python, so it is the
+    fast choice for refining PDFs (``calculator="pdffit2"``); the torch model is
+    the differentiable one used for screening.
+    """
+    import io
+    import sys
+
+    from diffpy.pdffit2 import PdfFit, redirect_stdout
+
+    r = np.asarray(r, float)
+    redirect_stdout(io.StringIO())
+    try:
+        pf = PdfFit()
+        pf.add_structure(structure)
+        pf.alloc("N" if radiation == "neutron" else "X", float(qmax or 0.0), float(qdamp), float(r[0]), float(r[-1]),
+                 len(r))
+        pf.setvar("dscale", float(scale))
+        pf.setvar("delta1", float(delta1))
+        pf.setvar("delta2", float(delta2))
+        pf.setvar("qbroad", float(qbroad))
+        if spdiameter:
+            pf.setvar("spdiameter", float(spdiameter))
+        pf.calc()
+        r0 = np.asarray(pf.getR(), float)
+        g0 = np.asarray(pf.getpdf_fit(), float)
+    finally:
+        redirect_stdout(sys.stdout)
+    return np.interp(r, r0, g0)
