@@ -26,7 +26,7 @@ from . import __version__
 from .errors import DiffpyDiffusionError, NotAvailableError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-BUILTIN_COMMANDS = ("propose", "simulate", "refine", "train", "evaluate", "backends", "bench")
+BUILTIN_COMMANDS = ("propose", "propose-batch", "simulate", "refine", "train", "evaluate", "backends", "bench")
 
 
 # --------------------------------------------------------------------------- errors
@@ -458,6 +458,71 @@ def _print_proposals(results, obs, output, as_json: bool, seconds: float) -> Non
     con.print(table)
     where = f"outputs in {output}/" if output else "no files written (use -o DIR to save CIF/.stru)"
     con.print(f"{len(rows)} candidate(s) in {seconds:.1f} s; {where}")
+
+
+# --------------------------------------------------------------------------- propose-batch
+
+
+@cli.command("propose-batch", context_settings=CONTEXT_SETTINGS)
+@click.argument("patterns", type=click.Path(exists=True, path_type=Path))
+@click.option("--composition-from", "composition_table", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="CSV with columns file,composition (optional: wavelength,size,spacegroup,x,"
+                                 "radiation), one row per pattern.")
+@composition_option(required=False)
+@wavelength_option
+@radiation_option
+@size_option
+@x_option
+@backend_option()
+@n_option(200)
+@top_option(5)
+@seed_option
+@click.option("--screen-only", is_flag=True, help="Sample and screen only, no srfit refinement (fast first pass).")
+@click.option("--screen-steps", type=click.IntRange(0, 10000), default=None,
+              help="Gradient steps of the screen (with --screen-only; 0 = grid search only, fastest).")
+@click.option("--workers", "-j", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Local worker processes.")
+@click.option("--dask-scheduler", default=None, metavar="ADDRESS",
+              help="Run the patterns on an existing Dask distributed cluster, e.g. tcp://host:8786 "
+                   "(needs the 'dask' extra). Overrides --workers.")
+@click.option("--limit", type=click.IntRange(1, None), default=None, help="Only the first N patterns.")
+@output_option(None, "Output folder: one sub-folder per pattern, batch.json, summary.csv.")
+@force_option
+@json_option
+@quiet_option
+@debug_option
+def propose_batch(patterns, composition_table, composition, wavelength, radiation, size_nm, x_kind, backend, n, top,
+                  seed, screen_only, screen_steps, workers, dask_scheduler, limit, output, force, as_json, quiet):
+    """Propose structures for every pattern file in the folder PATTERNS (resumable).
+
+    Each finished pattern is written atomically to OUTPUT/<name>/; running the
+    same command again after an interruption computes only the patterns that
+    are not finished. --force redoes all of them.
+
+    \b
+    Example:
+      diffpy-diffuse propose-batch patterns/ --composition-from names.csv -o out/ --workers 2
+    """
+    from .batch import print_summary
+    from .batch import propose_batch as run_batch
+
+    if output is None:
+        raise click.UsageError("propose-batch needs -o/--output (results are written per pattern)")
+    summary = run_batch(patterns, output, compositions=composition_table, composition=composition,
+                        wavelength=wavelength, size_nm=size_nm, x_kind=x_kind, radiation=radiation,
+                        backend=resolve_backend(backend, quiet or as_json), n=n, top=top, seed=seed,
+                        screen_only=screen_only,
+                        screen_options=None if screen_steps is None else {"gradient_steps": screen_steps},
+                        workers=workers, scheduler=dask_scheduler, force=force, progress=not (quiet or as_json),
+                        limit=limit)
+    if as_json:
+        from .io.writers import to_json_text
+
+        click.echo(to_json_text({"output": str(output), "computed": summary.computed, "skipped": summary.skipped,
+                                 "failed": summary.failed, "seconds": summary.seconds, "patterns": summary.rows}),
+                   nl=False)
+    elif not quiet:
+        print_summary(summary)
 
 
 # --------------------------------------------------------------------------- simulate
