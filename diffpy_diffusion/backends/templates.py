@@ -264,9 +264,11 @@ def load_library(library: str | None = None) -> Library:
         to a folder of CIFs or a CSV file with a ``cif`` column.
     """
     if library in (None, "", "aflow"):
-        import pymatgen.analysis.prototypes as protos
+        import importlib.util
 
-        key = _fingerprint([Path(protos.__file__).parent / "aflow_prototypes.json.gz"])
+        # locate the bundled JSON without importing the module (its import parses all 288 prototypes)
+        spec = importlib.util.find_spec("pymatgen.analysis.prototypes")
+        key = _fingerprint([Path(spec.origin).parent / "aflow_prototypes.json.gz"])
         name, items = "aflow", _aflow_items
     elif library == "training-pool":
         from ..datasets import data_dir

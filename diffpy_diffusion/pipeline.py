@@ -1,0 +1,400 @@
+"""The propose pipeline: observation -> backend.sample -> screen -> refine -> ranked results.
+
+:func:`propose` is what ``diffpy-diffuse propose`` and
+``diffpy_diffusion.propose`` run; :func:`refine_file` is ``diffpy-diffuse refine``.
+
+* ``backend="a+b"`` samples with every named backend and merges all candidates into
+  one screening and one ranking (a backend that cannot serve the composition is
+  skipped with a warning as long as another one can).
+* The output folder gets ``rankNN.cif``, ``rankNN.stru``, ``rankNN.png`` and
+  ``results.json``; files are rewritten atomically after each finished refinement,
+  so Ctrl-C keeps every candidate finished so far (``results.json`` then says
+  ``"interrupted": true``).  An existing result is never overwritten without ``force``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BackendError, DiffpyDiffusionError, OutputExistsError
+from .types import Observation, Proposal
+
+#: Output files whose presence means "a previous result lives here".
+_RESULT_MARKERS = ("results.json", "rank01.cif")
+
+
+def _check_output_dir(output_dir, force: bool) -> Path | None:
+    if output_dir is None:
+        return None
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder")
+    if not force:
+        for m in _RESULT_MARKERS:
+            if (out / m).exists():
+                raise OutputExistsError(f"{out / m}: exists; pass --force (Python: force=True) to overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _backend_options(name: str, factory, backend_options: dict | None) -> dict:
+    """Options for one backend: a per-backend sub-dict, or the flat dict filtered by the factory's signature."""
+    if not backend_options:
+        return {}
+    if name in backend_options and isinstance(backend_options[name], dict):
+        return dict(backend_options[name])
+    flat = {k: v for k, v in backend_options.items() if not isinstance(v, dict)}
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return flat
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return flat
+    return {k: v for k, v in flat.items() if k in sig.parameters}
+
+
+def get_backends(backend: str, backend_options: dict | None = None) -> list:
+    """Instantiate the backends named in ``backend`` ("a", "a+b")."""
+    from . import plugins
+
+    names = [b.strip() for b in backend.replace(",", "+").split("+") if b.strip()]
+    if not names:
+        raise BackendError("no backend named: give e.g. --backend templates")
+    out = []
+    for name in names:
+        reg = plugins.get_backend_registration(name)
+        factory = getattr(reg, "factory", None) or getattr(reg, "obj", None)
+        opts = _backend_options(name, factory, backend_options) if factory is not None else {}
+        out.append(plugins.get_backend(name, **opts))
+    return out
+
+
+class _Progress:
+    """A rich progress display on stderr, or nothing."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.prog = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.prog = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            self.prog.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.prog is not None:
+            self.prog.__exit__(*exc)
+        return False
+
+    def task(self, description: str, total: int):
+        if self.prog is None:
+            return None
+        tid = self.prog.add_task(description, total=total)
+        return lambda k=1: self.prog.advance(tid, k)
+
+
+def sample_all(observation: Observation, backends: list, n: int, seed: int | None, progress: _Progress | None = None):
+    """Raw proposals of every backend (merged), and per-backend timings/errors."""
+    props: list[Proposal] = []
+    info: dict[str, Any] = {}
+    errors = []
+    for be in backends:
+        t0 = time.perf_counter()
+        adv = progress.task(f"sampling ({be.name})", n) if progress else None
+        try:
+            got = list(be.sample(observation, n, seed=seed, progress=adv))
+        except DiffpyDiffusionError as exc:
+            if len(backends) == 1:
+                raise
+            errors.append(f"{be.name}: {exc}")
+            warnings.warn(f"backend {be.name!r} skipped: {exc}", stacklevel=2)
+            info[be.name] = {"error": str(exc), "sample_s": time.perf_counter() - t0}
+            continue
+        for p in got:
+            p.provenance.setdefault("backend_version", getattr(be, "version", None))
+        info[be.name] = {"proposals": len(got), "sample_s": round(time.perf_counter() - t0, 3),
+                         "version": getattr(be, "version", None)}
+        props.extend(got)
+    if not props:
+        raise BackendError("no backend produced a proposal: " + "; ".join(errors))
+    return props, info
+
+
+#: Refined candidates whose Rw differ by less than this fraction count as equally good;
+#: the one with fewer refined parameters (higher symmetry) then ranks first.
+RW_TIE = 0.02
+
+
+def _rank_key(p: Proposal):
+    rw = p.scores.get("rw")
+    refined = rw is not None and np.isfinite(rw)
+    return (0 if refined else 1, rw if refined else p.scores.get("screen_rwp", np.inf))
+
+
+def rank_refined(done: list) -> list:
+    """Sort (proposal, result) pairs by Rw; among near-ties (within :data:`RW_TIE`) fewer parameters first,
+    and drop refined structures that ``StructureMatcher`` finds equal to a better-ranked one
+    (a supercell or a distorted variant that refined back into the same structure)."""
+    from .screen import dedupe
+
+    base = sorted(done, key=lambda pr: _rank_key(pr[0]))
+    out: list = []
+    for pr in base:
+        # insertion with parsimony: move ahead of near-tied candidates with more parameters
+        pos = len(out)
+        rw = pr[0].scores.get("rw")
+        while pos > 0 and rw is not None:
+            prev = out[pos - 1][0]
+            prw = prev.scores.get("rw")
+            if prw is None or rw > prw * (1 + RW_TIE) + 1e-12 or len(pr[0].refined) >= len(prev.refined):
+                break
+            pos -= 1
+        out.insert(pos, pr)
+    props = [pr[0] for pr in out]
+    kept, _ = dedupe(props)
+    keep_ids = {id(p) for p in kept}
+    return [pr for pr in out if id(pr[0]) in keep_ids]
+
+
+def refine_candidates(observation: Observation, candidates: list[Proposal], *, engine: str = "srfit",
+                      on_done=None, progress: _Progress | None = None, refine_options: dict | None = None):
+    """Refine each candidate (H3's :func:`refine.refine_structure`); failures keep the screened candidate.
+
+    ``on_done(list_of_(proposal, result))`` is called after each candidate (for incremental output).
+    Returns the list of (proposal, RefinementResult or None).
+    """
+    from .refine import refine_structure
+
+    done: list[tuple[Proposal, Any]] = []
+    adv = progress.task("refining", len(candidates)) if progress else None
+    for p in candidates:
+        t0 = time.perf_counter()
+        start = {}
+        scr = p.provenance.get("screen", {})
+        if observation.kind == "xrd" and scr.get("size_nm"):
+            start["size_nm"] = float(scr["size_nm"])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = refine_structure(observation, p.structure, engine=engine, start=start or None,
+                                       **(refine_options or {}))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed fit keeps the screened candidate
+            p.provenance["refine_error"] = f"{type(exc).__name__}: {exc}"
+            p.provenance["refine_s"] = round(time.perf_counter() - t0, 3)
+            done.append((p, None))
+        else:
+            q = Proposal(structure=res.structure, backend=p.backend, seed=p.seed,
+                         scores={**p.scores, "rw": float(res.rw), "chi2": float(res.chi2)},
+                         refined=dict(res.params),
+                         provenance={**p.provenance, "spacegroup_refined": res.spacegroup,
+                                     "spacegroup_number_refined": int(res.spacegroup_number),
+                                     "refine_s": round(time.perf_counter() - t0, 3),
+                                     "refine_converged": bool(res.converged), "refine_message": res.message,
+                                     "engine": res.engine})
+            done.append((q, res))
+        if adv:
+            adv(1)
+        if on_done:
+            on_done(done)
+    return done
+
+
+def write_outputs(out: Path, observation: Observation, done, meta: dict, *, interrupted: bool = False) -> list[dict]:
+    """(Re)write rankNN.* and results.json for the candidates finished so far; returns the records."""
+    from . import report
+    from .io import write_json
+
+    ranked = rank_refined(done)
+    records = []
+    for rank, (p, res) in enumerate(ranked, 1):
+        files = report.write_candidate_files(p, rank, out, observation, res, force=True)
+        records.append(report.candidate_record(p, rank, files))
+    doc = {**meta, "interrupted": interrupted, "candidates": records}
+    write_json(doc, out / "results.json", force=True)
+    return records
+
+
+def propose(
+    observation: Observation,
+    *,
+    backend: str = "diffusion",
+    n: int = 200,
+    top: int = 5,
+    seed: int | None = 0,
+    output_dir=None,
+    force: bool = False,
+    progress: bool = True,
+    backend_options: dict | None = None,
+    refine: bool = True,
+    engine: str = "srfit",
+    screen_options: dict | None = None,
+    refine_options: dict | None = None,
+) -> list[Proposal]:
+    """Propose, screen and refine structures for ``observation``; best first.
+
+    Parameters
+    ----------
+    observation : Observation
+        PXRD or PDF with its composition.
+    backend : str
+        Backend name, or several joined by ``+`` whose candidates are merged.
+    n : int
+        Raw proposals per backend.
+    top : int
+        Distinct candidates refined and returned.
+    seed : int, optional
+        Seed handed to every backend (reproducible runs).
+    output_dir : path-like, optional
+        Folder for rankNN.cif/.stru/.png and results.json.
+    force : bool
+        Overwrite an earlier result in ``output_dir``.
+    progress : bool
+        Show progress bars on stderr.
+    backend_options : dict, optional
+        Options for the backend factories: flat (``{"library": "training-pool"}``, passed to
+        the backends that accept them) or per backend (``{"templates": {...}}``).
+    refine : bool
+        False stops after screening (ranked by screening Rwp).
+    engine : {"srfit", "pdffit2"}
+    screen_options, refine_options : dict, optional
+        Passed to :func:`screen.screen` and :func:`refine.refine_structure`.
+
+    Returns
+    -------
+    list of Proposal
+        Ranked: refined ones by Rw (``scores["rw"]``), then unrefined by screening Rwp.
+        ``refined`` holds the refined parameters with esds.
+
+    Raises
+    ------
+    OutputExistsError
+        ``output_dir`` holds a result and ``force`` is false (checked before any work).
+    BackendError
+        No backend could produce a proposal.
+    KeyboardInterrupt
+        Re-raised after the finished candidates are written.
+    """
+    from . import __version__
+    from .report import observation_summary, package_versions
+    from .screen import screen
+
+    out = _check_output_dir(output_dir, force)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    meta: dict[str, Any] = {
+        "program": "diffpy-diffusion", "version": __version__, "command": "propose",
+        "input": observation_summary(observation), "backend": backend, "n": n, "top": top, "seed": seed,
+        "packages": package_versions(), "timings": timings,
+    }
+    done: list = []
+    with _Progress(progress) as prog:
+        backends = get_backends(backend, backend_options)
+        meta["backends"] = {be.name: {"version": getattr(be, "version", None)} for be in backends}
+        t0 = time.perf_counter()
+        raw, info = sample_all(observation, backends, n, seed, prog)
+        timings["sample_s"] = round(time.perf_counter() - t0, 3)
+        for k, v in info.items():
+            meta["backends"].setdefault(k, {}).update(v)
+        t0 = time.perf_counter()
+        sres = screen(observation, raw, top, **(screen_options or {}))
+        timings["screen_s"] = round(time.perf_counter() - t0, 3)
+        meta["screen"] = {"raw": len(raw), "evaluated": len(sres.ranked), "failed": sres.failed,
+                          "duplicates_dropped": sres.duplicates, "kept": len(sres.kept),
+                          "timings": {k: round(v, 3) for k, v in sres.timings.items()}}
+        if not sres.kept:
+            raise BackendError(f"none of the {len(raw)} proposals could be evaluated against the data")
+
+        def checkpoint(d):
+            if out is not None:
+                timings["total_s"] = round(time.perf_counter() - t_start, 3)
+                write_outputs(out, observation, d, meta, interrupted=True)
+
+        t0 = time.perf_counter()
+        try:
+            if refine:
+                done = refine_candidates(observation, sres.kept, engine=engine, on_done=checkpoint,
+                                         progress=prog, refine_options=refine_options)
+            else:
+                done = [(p, None) for p in sres.kept]
+        except KeyboardInterrupt:
+            timings["refine_s"] = round(time.perf_counter() - t0, 3)
+            if out is not None and done:
+                write_outputs(out, observation, done, meta, interrupted=True)
+            raise
+        timings["refine_s"] = round(time.perf_counter() - t0, 3)
+    timings["total_s"] = round(time.perf_counter() - t_start, 3)
+    ranked = rank_refined(done)
+    if out is not None:
+        write_outputs(out, observation, ranked, meta, interrupted=False)
+    result = []
+    for rank, (p, _) in enumerate(ranked, 1):
+        p.scores["rank"] = rank
+        result.append(p)
+    return result
+
+
+def refine_file(data, structure, *, composition=None, wavelength=None, radiation="xray", size_nm=None,
+                x_kind=None, engine: str = "srfit", output_dir=None, force: bool = False, as_json: bool = False,
+                quiet: bool = False):
+    """``diffpy-diffuse refine DATA START``: refine a user's own starting structure, report like ``propose``.
+
+    Returns the :class:`~diffpy_diffusion.refine.RefinementResult`.
+    """
+    from . import __version__
+    from .io import read_observation, read_structure
+    from .refine import refine_structure
+    from .report import candidate_record, observation_summary, package_versions, print_ranked_table
+
+    out = _check_output_dir(output_dir, force)
+    start_s = read_structure(structure)
+    if composition is None:
+        composition = start_s.composition.reduced_formula
+    obs = read_observation(data, x_kind=x_kind, wavelength=wavelength, radiation=radiation,
+                           composition=composition, size_nm=size_nm)
+    t0 = time.perf_counter()
+    res = refine_structure(obs, start_s, engine=engine)
+    p = Proposal(structure=res.structure, backend="user", scores={"rw": float(res.rw), "chi2": float(res.chi2)},
+                 refined=dict(res.params),
+                 provenance={"start": str(structure), "spacegroup_refined": res.spacegroup,
+                             "spacegroup_number_refined": int(res.spacegroup_number),
+                             "refine_s": round(time.perf_counter() - t0, 3), "engine": res.engine,
+                             "refine_converged": bool(res.converged), "refine_message": res.message})
+    meta = {"program": "diffpy-diffusion", "version": __version__, "command": "refine",
+            "input": observation_summary(obs), "start_structure": str(structure),
+            "packages": package_versions(), "timings": {"refine_s": p.provenance["refine_s"]}}
+    if out is not None:
+        records = write_outputs(out, obs, [(p, res)], meta)
+    else:
+        records = [candidate_record(p, 1)]
+    if as_json:
+        import click
+
+        from .io.writers import to_json_text
+
+        click.echo(to_json_text({**meta, "candidates": records}), nl=False)
+    elif not quiet:
+        print_ranked_table(records, title=f"Refinement of {Path(str(structure)).name} against {Path(str(data)).name}")
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title="Refined parameters")
+        t.add_column("name")
+        t.add_column("value", justify="right")
+        t.add_column("esd", justify="right")
+        for name, v in res.params.items():
+            t.add_row(name, f"{v['value']:.6g}", "-" if v.get("esd") is None else f"{v['esd']:.2g}")
+        Console().print(t)
+    return res

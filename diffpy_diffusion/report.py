@@ -1,0 +1,189 @@
+"""Writers of the propose/refine output folder: CIF/.stru per candidate, results.json, plots, terminal table.
+
+Output folder layout (``diffpy-diffuse propose ... -o OUT``)::
+
+    OUT/rank01.cif   rank01.stru   rank01.png   (one set per ranked candidate)
+    OUT/results.json (candidates in rank order + provenance)
+
+Every file is written atomically (temporary file + ``os.replace``), so an
+interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .types import Observation, Proposal
+
+#: Packages whose versions go into the provenance of results.json.
+PROVENANCE_PACKAGES = ("diffpy-diffusion", "numpy", "scipy", "torch", "pymatgen", "spglib",
+                       "diffpy.srfit", "diffpy.structure", "diffpy.pdffit2", "pyxtal")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape a result."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def input_checksum(observation: Observation) -> str:
+    """sha256 of the input file when it exists, else of the (x, y) arrays."""
+    h = hashlib.sha256()
+    if observation.source and Path(observation.source).is_file():
+        h.update(Path(observation.source).read_bytes())
+        return "sha256:" + h.hexdigest()
+    h.update(np.ascontiguousarray(observation.x, dtype=float).tobytes())
+    h.update(np.ascontiguousarray(observation.y, dtype=float).tobytes())
+    return "sha256(xy):" + h.hexdigest()
+
+
+def observation_summary(observation: Observation) -> dict[str, Any]:
+    """JSON-friendly description of the input."""
+    return {
+        "source": observation.source, "checksum": input_checksum(observation), "kind": observation.kind,
+        "x_kind": observation.x_kind, "points": int(len(observation.x)),
+        "x_range": [float(np.min(observation.x)), float(np.max(observation.x))] if len(observation.x) else None,
+        "composition": observation.formula, "wavelength": observation.wavelength,
+        "wavelength2": observation.wavelength2, "radiation": observation.radiation, "size_nm": observation.size_nm,
+        "spacegroup_hint": observation.spacegroup, "max_atoms": observation.max_atoms,
+    }
+
+
+def spacegroup_of(structure, symprec: float = 0.01) -> tuple[str | None, int | None]:
+    """(Hermann–Mauguin symbol, number) found by spglib, or (None, None)."""
+    try:
+        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+        sga = SpacegroupAnalyzer(structure, symprec=symprec)
+        return sga.get_space_group_symbol(), int(sga.get_space_group_number())
+    except Exception:  # noqa: BLE001 - odd cells: report unknown
+        return None, None
+
+
+def candidate_record(p: Proposal, rank: int, files: dict[str, str] | None = None) -> dict[str, Any]:
+    """One entry of ``results.json``'s ``candidates`` list."""
+    s = p.structure
+    sg = p.provenance.get("spacegroup_refined")
+    sgn = p.provenance.get("spacegroup_number_refined")
+    if not sg:
+        sg, sgn = spacegroup_of(s)
+    rw = p.scores.get("rw")
+    lat = s.lattice
+    rec = {
+        "rank": rank,
+        "rw": None if rw is None or not math.isfinite(rw) else float(rw),
+        "screen_rwp": p.scores.get("screen_rwp"),
+        "spacegroup": sg,
+        "spacegroup_number": sgn,
+        "formula": s.composition.reduced_formula,
+        "cell_formula": s.composition.formula.replace(" ", ""),
+        "n_atoms": len(s),
+        "lattice": {"a": lat.a, "b": lat.b, "c": lat.c, "alpha": lat.alpha, "beta": lat.beta,
+                    "gamma": lat.gamma, "volume": lat.volume},
+        "backend": p.backend,
+        "backend_version": p.provenance.get("backend_version"),
+        "seed": p.seed,
+        "refined": p.refined,
+        "scores": p.scores,
+        "provenance": {k: v for k, v in p.provenance.items() if not k.startswith("_")},
+    }
+    if files:
+        rec.update(files)
+    return rec
+
+
+def plot_fit(x, y_obs, y_calc, path, *, title: str = "", xlabel: str = "x", force: bool = True) -> Path:
+    """Observed / calculated / difference plot as PNG (matplotlib, Agg backend), written atomically."""
+    import io as _io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .io.writers import atomic_write_bytes
+
+    x = np.asarray(x, float)
+    yo = np.asarray(y_obs, float)
+    yc = np.asarray(y_calc, float)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    ax.plot(x, yo, "o", ms=2, mfc="none", color="tab:blue", label="observed")
+    ax.plot(x, yc, "-", lw=1.2, color="tab:red", label="calculated")
+    span = float(np.nanmax(yo) - np.nanmin(yo)) if len(yo) else 1.0
+    off = float(np.nanmin(yo)) - 0.15 * span - float(np.nanmax(yo - yc)) if len(yo) else 0.0
+    ax.plot(x, yo - yc + off, "-", lw=0.8, color="tab:green", label="difference (offset)")
+    ax.axhline(off, color="0.6", lw=0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("intensity" if "r (" not in xlabel else "G(r) (Å⁻²)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue(), force=force)
+
+
+def xlabel_of(observation: Observation) -> str:
+    return {"2theta": "2θ (deg)", "q": "Q (Å⁻¹)", "r": "r (Å)"}[observation.x_kind]
+
+
+def write_candidate_files(p: Proposal, rank: int, out: Path, observation: Observation, result=None,
+                          *, force: bool = True, stem: str | None = None) -> dict[str, str]:
+    """rankNN.cif, rankNN.stru and rankNN.png (when a fit result is given) -> their file names."""
+    from .io import write_cif, write_stru
+
+    stem = stem or f"rank{rank:02d}"
+    files = {"cif": f"{stem}.cif", "stru": f"{stem}.stru"}
+    write_cif(p.structure, out / files["cif"], force=force)
+    try:
+        write_stru(p.structure, out / files["stru"], force=force)
+    except Exception as exc:  # noqa: BLE001 - .stru is a convenience; say why it is missing
+        files["stru"] = None
+        p.provenance["stru_error"] = str(exc)
+    if result is not None and getattr(result, "y_calc", None) is not None:
+        rw = p.scores.get("rw")
+        title = f"#{rank} {p.structure.composition.reduced_formula} {p.provenance.get('spacegroup_refined') or ''}"
+        if rw is not None:
+            title += f"  Rw = {100 * rw:.2f} %"
+        plot_fit(result.x, result.y_obs, result.y_calc, out / f"{stem}.png", title=title,
+                 xlabel=xlabel_of(observation), force=force)
+        files["png"] = f"{stem}.png"
+    return files
+
+
+def ranked_table(candidates: list[dict], title: str = "Ranked candidates"):
+    """A rich Table of results.json-style candidate records."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("rank", "formula", "space group", "atoms", "a, b, c (Å)", "Rw (%)", "screen Rwp (%)", "backend"):
+        t.add_column(col, justify="right" if col in ("rank", "atoms", "Rw (%)", "screen Rwp (%)") else "left")
+    for c in candidates:
+        lat = c["lattice"]
+        rw = c.get("rw")
+        sr = c.get("screen_rwp")
+        t.add_row(str(c["rank"]), c["formula"], str(c.get("spacegroup") or "?"), str(c["n_atoms"]),
+                  f"{lat['a']:.4f}, {lat['b']:.4f}, {lat['c']:.4f}",
+                  "-" if rw is None else f"{100 * rw:.2f}", "-" if sr is None else f"{100 * sr:.1f}",
+                  c["backend"])
+    return t
+
+
+def print_ranked_table(candidates: list[dict], title: str = "Ranked candidates", console=None) -> None:
+    """Print :func:`ranked_table` to the terminal."""
+    from rich.console import Console
+
+    (console or Console()).print(ranked_table(candidates, title))

@@ -1,0 +1,612 @@
+"""Fast screening of raw proposals: batched pre-fit against the data, dedupe, rank, keep the top k.
+
+Raw proposals (hundreds) are compared with the observation in two batched stages,
+so that only a handful reach the (slow, exact) srfit refinement:
+
+**Stage A — all candidates at once, no gradients.**  The expensive part of a
+forward model (the structure factors / the pair list) is computed once per
+candidate; then a grid over an isotropic lattice scale ``s`` (0.90–1.10, coarse
+then fine), crystallite size (PXRD) or displacement width (PDF) is evaluated for
+every candidate together:
+
+* PXRD: merged Bragg peaks from :func:`physics.xrd.reflections`, moved to ``Q/s``,
+  binned on a fine Q grid and convolved with the Scherrer (Lorentzian, FWHM_Q =
+  2πK/L, Q-independent) kernel by FFT, times the Lorentz-polarisation factor; Kα2
+  sticks at ``Q λ2/λ1``.
+* PDF: a weighted pair-distance histogram ``R0(r)`` once per candidate; for a scale
+  ``s``, ``G(r) = R0(r/s)/(s r) − 4π r ρ0/s³`` convolved with a Gaussian.
+
+The scale of the pattern and the background (PXRD: Chebyshev, 4 terms; PDF: a
+linear envelope ``a + b r`` standing in for qdamp/particle size) are solved in
+closed form (linear least squares) for every grid point.
+
+**Stage B — the best few, by gradient (PXRD).**  Adam on a symmetric lattice strain
+(projected onto the candidate's point group, so cubic stays cubic), crystallite size
+and zero shift through :func:`physics.xrd.xrd_profile` with the peak list fixed.
+
+Candidates are then ranked by their screening Rwp (unit weights, on the data scale),
+near-duplicates removed with pymatgen's ``StructureMatcher`` and the best ``k`` kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .types import Observation, Proposal
+
+#: Isotropic lattice scale grid of stage A: coarse, then fine around the best.
+COARSE_SCALES = np.linspace(0.90, 1.10, 21)
+FINE_STEP = 0.002
+#: Chebyshev background terms of the PXRD screen.
+N_BKG = 4
+#: Uiso (Å²) used for every atom during screening.
+SCREEN_UISO = 0.006
+
+
+@dataclass
+class ScreenResult:
+    """What screening made of the raw proposals.
+
+    Attributes
+    ----------
+    kept : list[Proposal]
+        The best ``k`` distinct candidates, best first, structures strained/scaled to the fit,
+        ``scores["screen_rwp"]`` set and ``provenance["screen"]`` holding the fitted
+        ``scale``, ``size_nm``, ``zero_deg``, ``uiso``.
+    ranked : list[Proposal]
+        Every candidate that could be evaluated, best first (before dedupe).
+    failed : int
+        Candidates the forward model could not evaluate.
+    duplicates : int
+        Candidates dropped as duplicates of a better one.
+    timings : dict
+        Seconds per stage.
+    """
+
+    kept: list[Proposal]
+    ranked: list[Proposal]
+    failed: int = 0
+    duplicates: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _cheb_basis(x: np.ndarray, k: int) -> np.ndarray:
+    t = 2 * (x - x[0]) / max(x[-1] - x[0], 1e-12) - 1
+    T = [np.ones_like(t), t]
+    while len(T) < k:
+        T.append(2 * t * T[-1] - T[-2])
+    return np.stack(T[:k], 0)
+
+
+def _linear_fit(model: np.ndarray, y: np.ndarray, extra: np.ndarray, w: np.ndarray | None = None):
+    """Least squares ``y ≈ c0·model + Σ c_k extra_k`` for a batch of models.
+
+    model : (..., M); extra : (K, M) shared basis, or None; y : (M,).
+    Returns (coefficients (..., 1+K), rwp (...)).
+    """
+    if w is None:
+        w = np.ones_like(y)
+    sh = model.shape[:-1]
+    m = model.reshape(-1, model.shape[-1])
+    K = 0 if extra is None else extra.shape[0]
+    # normal equations, assembled blockwise so the shared basis is not copied per model
+    A = np.empty((m.shape[0], 1 + K, 1 + K))
+    A[:, 0, 0] = (m * m * w).sum(-1)
+    rhs = np.empty((m.shape[0], 1 + K))
+    rhs[:, 0] = (m * (w * y)).sum(-1)
+    if K:
+        ew = extra * w
+        cross = m @ ew.T  # (n, K)
+        A[:, 0, 1:] = cross
+        A[:, 1:, 0] = cross
+        A[:, 1:, 1:] = ew @ extra.T
+        rhs[:, 1:] = ew @ y
+    scale = np.maximum(np.abs(np.diagonal(A, axis1=1, axis2=2)), 1e-30)
+    ridge = 1e-10 * scale
+    A = A + ridge[:, :, None] * np.eye(1 + K)[None]
+    coef = np.linalg.solve(A, rhs[..., None])[..., 0]
+    pred = coef[:, :1] * m
+    if K:
+        pred = pred + coef[:, 1:] @ extra
+    rwp = np.sqrt(((y - pred) ** 2 * w).sum(-1) / max(float((y * y * w).sum()), 1e-30))
+    return coef.reshape(*sh, 1 + K), rwp.reshape(sh)
+
+
+def _downsample(x: np.ndarray, y: np.ndarray, max_points: int):
+    if len(x) <= max_points:
+        return x, y
+    step = int(math.ceil(len(x) / max_points))
+    n = len(x) // step * step
+    return x[:n].reshape(-1, step).mean(1), y[:n].reshape(-1, step).mean(1)
+
+
+def _point_group_ops(structure, symprec: float = 0.05) -> np.ndarray:
+    """Rotation matrices (fractional basis of ``structure``) of its space group, (n, 3, 3)."""
+    import spglib
+
+    try:
+        ds = spglib.get_symmetry_dataset(
+            (structure.lattice.matrix, structure.frac_coords, [sp.Z for sp in structure.species]),
+            symprec=symprec)
+        rots = np.asarray(ds.rotations, dtype=float) if ds is not None else np.eye(3)[None]
+    except Exception:  # noqa: BLE001 - spglib fails on odd cells: no constraint then
+        rots = np.eye(3)[None]
+    return np.unique(np.round(rots).astype(int), axis=0).astype(float)
+
+
+def _scaled_structure(structure, s: float):
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(Lattice(structure.lattice.matrix * s), structure.species, structure.frac_coords,
+                     site_properties=structure.site_properties or None)
+
+
+# --------------------------------------------------------------------------- PXRD
+
+class _XRDScreen:
+    """Stage A and B of the PXRD screen for one observation."""
+
+    def __init__(self, obs: Observation, max_points: int = 1000):
+        self.obs = obs
+        q = obs.q()
+        order = np.argsort(q)
+        q, y = q[order], obs.y[order]
+        ok = np.isfinite(q) & np.isfinite(y)
+        q, y = q[ok], y[ok]
+        self.q, y = _downsample(q, y, max_points)
+        self.ynorm = float(np.max(np.abs(y))) or 1.0
+        self.y = y / self.ynorm
+        self.lam = obs.wavelength
+        self.lam2 = obs.wavelength2
+        self.ka2 = float(obs.ka2_ratio) if obs.wavelength2 else 0.0
+        self.lp = self._lp(self.q) if self.lam else np.ones_like(self.q)
+        self.bkg = _cheb_basis(self.q, N_BKG)
+        if obs.size_nm:
+            self.sizes = np.array([0.6, 1.0, 1.6]) * float(obs.size_nm)
+        else:
+            self.sizes = np.array([1.5, 3.0, 6.0, 12.0, 30.0])
+        # fine-grid step: a quarter of the narrowest Scherrer FWHM scanned, at most 0.004 Å⁻¹
+        self.dq = float(min(0.004, 2 * math.pi * 0.9 / (10 * self.sizes.max()) / 4))
+        self.qmax_model = float(self.q[-1]) / COARSE_SCALES[0] + 0.05
+        if self.lam:
+            self.qmax_model = min(self.qmax_model, 4 * math.pi / self.lam * (1 - 1e-9))
+        if self.lam2:
+            self.qmax_model = min(self.qmax_model * self.lam2 / self.lam, 4 * math.pi / self.lam2 * (1 - 1e-9))
+        pad = 3.0
+        self.nq = int(2 ** math.ceil(math.log2((self.qmax_model + pad) / self.dq)))
+
+    def _lp(self, q):
+        th = np.arcsin(np.clip(q * self.lam / (4 * math.pi), 0, 1 - 1e-9))
+        return (1 + np.cos(2 * th) ** 2) / (np.sin(th) ** 2 * np.cos(th)).clip(1e-6)
+
+    def lp_stick(self, q1, ratio: float = 1.0):
+        """LP factor of reflections at Kα1-equivalent Q ``q1`` seen with wavelength ``λ1·ratio`` (0 if unreachable)."""
+        if not self.lam:
+            return np.ones_like(q1)
+        lam = self.lam * ratio
+        sin_t = q1 * lam / (4 * math.pi)
+        out = np.zeros_like(q1)
+        ok = (sin_t > 1e-3) & (sin_t < 1 - 1e-9)
+        th = np.arcsin(sin_t[ok])
+        out[ok] = (1 + np.cos(2 * th) ** 2) / (np.sin(th) ** 2 * np.cos(th))
+        return out
+
+    def peaks(self, structures):
+        """Merged peak lists (numpy) of every structure, Debye–Waller with SCREEN_UISO."""
+        import torch
+
+        from .physics.crystal import CrystalBatch
+        from .physics.xrd import reflections
+
+        batch = CrystalBatch.from_structures(structures, uiso=SCREEN_UISO, dtype=torch.float64)
+        with torch.no_grad():
+            refl = reflections(batch, self.qmax_model * 1.0, radiation=self.obs.radiation, merge=True)
+        out = []
+        q, inten, cr = refl.q.numpy(), refl.intensity.numpy(), refl.crystal.numpy()
+        hkl = refl.hkl.numpy() if refl.hkl is not None else None
+        for b in range(len(structures)):
+            m = cr == b
+            out.append((q[m], inten[m], None if hkl is None else hkl[m]))
+        return out
+
+    def _kernels(self, sizes):
+        """rFFT of Scherrer Lorentzians (FWHM_Q = 2π·0.9/L), shape (Z, nq//2+1)."""
+        k = np.fft.rfftfreq(self.nq, d=self.dq)  # cycles per Å⁻¹
+        gam = 2 * math.pi * 0.9 / (10.0 * np.asarray(sizes)) / 2  # HWHM, Å⁻¹
+        # Fourier transform of a unit-area Lorentzian: exp(-2π γ |k|)
+        return np.exp(-2 * math.pi * gam[:, None] * k[None, :])
+
+    def stage_a(self, peaks, scales_per_cand):
+        """Rwp over (scale, size) grids; returns best (rwp, s, size, coef) per candidate.
+
+        scales_per_cand : (B, S) scale grid per candidate.
+        """
+        B, S = scales_per_cand.shape
+        kern = self._kernels(self.sizes)  # (Z, F)
+        grid_idx = self.q / self.dq
+        i0 = np.floor(grid_idx).astype(int)
+        frac = grid_idx - i0
+        best = []
+        for b in range(B):
+            qb, ib, _ = peaks[b]
+            if len(qb) == 0:
+                best.append((np.inf, 1.0, self.sizes[0], None))
+                continue
+            sticks = [(qb, ib, 1.0)]
+            if self.ka2:
+                sticks.append((qb * self.lam2 / self.lam, ib * self.ka2, self.lam2 / self.lam))
+            hist = np.zeros((S, self.nq))
+            for qq, ii, ratio in sticks:
+                pos = qq[None, :] / scales_per_cand[b][:, None]  # (S, R)
+                # Lorentz-polarisation at each reflection's own angle (not on the grid: LP diverges at Q -> 0)
+                w = ii[None, :] * self.lp_stick(pos / ratio, ratio)
+                idx = np.rint(pos / self.dq).astype(int)
+                ok = (idx >= 0) & (idx < self.nq) & np.isfinite(w)
+                rows = np.broadcast_to(np.arange(S)[:, None], idx.shape)
+                np.add.at(hist, (rows[ok], idx[ok]), w[ok])
+            # intensity per unit cell volume² is irrelevant: the scale is fitted
+            spec = np.fft.rfft(hist, axis=-1)  # (S, F)
+            prof = np.fft.irfft(spec[:, None, :] * kern[None], n=self.nq, axis=-1)  # (S, Z, nq)
+            model = prof[..., i0] * (1 - frac) + prof[..., np.minimum(i0 + 1, self.nq - 1)] * frac
+            coef, rwp = _linear_fit(model, self.y, self.bkg)
+            j = np.unravel_index(np.nanargmin(np.where(coef[..., 0] > 0, rwp, np.inf)), rwp.shape)
+            if not np.isfinite(rwp[j]) or coef[j][0] <= 0:
+                best.append((np.inf, 1.0, self.sizes[0], None))
+                continue
+            best.append((float(rwp[j]), float(scales_per_cand[b][j[0]]), float(self.sizes[j[1]]), coef[j]))
+        return best
+
+    def stage_b(self, structures, peaks, s0, size0, steps: int = 30, max_points: int = 500,
+                max_peaks: int = 160):
+        """Adam on symmetric strain, size and Q shift; returns (rwp, metrics, sizes, shifts).
+
+        A dense Lorentzian (Scherrer) profile of the fixed peak list, evaluated for all
+        candidates at once on a ≤ ``max_points`` grid: cheap to differentiate.
+        """
+        import torch
+
+        B = len(structures)
+        dt = torch.float32
+        qg, yg = _downsample(self.q, self.y, max_points)
+        lat0 = torch.tensor(np.stack([s.lattice.matrix * f for s, f in zip(structures, s0)]), dtype=torch.float64)
+        ops = [torch.tensor(_point_group_ops(s), dtype=torch.float64) for s in structures]
+        sets = []
+        for b, (q, i, h) in enumerate(peaks):
+            if h is None:
+                return None
+            keep = np.nonzero(q / s0[b] <= float(qg[-1]) + 0.5)[0]
+            # the strongest peaks carry the fit; weak ones cost time
+            keep = keep[np.argsort(-i[keep])[:max_peaks]]
+            sets.append((i[keep], h[keep]))
+        R = max(1, max(len(i) for i, _ in sets))
+        inten = torch.zeros(B, R, dtype=dt)
+        hkl = torch.zeros(B, R, 3, dtype=dt)
+        for b, (i, h) in enumerate(sets):
+            inten[b, : len(i)] = torch.tensor(i, dtype=dt)
+            hkl[b, : len(i)] = torch.tensor(h, dtype=dt)
+        inten = inten / inten.amax(1, keepdim=True).clamp_min(1e-30)
+        # strongest peaks by LP-weighted intensity were chosen above; LP is applied per step
+        x = torch.tensor(qg, dtype=dt)
+        y = torch.tensor(yg, dtype=dt)
+        bkg = torch.tensor(_cheb_basis(qg, N_BKG), dtype=dt)
+        eps = torch.zeros(B, 3, 3, dtype=torch.float64, requires_grad=True)
+        log_size = torch.tensor(np.log(size0), dtype=dt, requires_grad=True)
+        shift = torch.zeros(B, dtype=dt, requires_grad=True)
+        params = [(eps, 0.003), (log_size, 0.05), (shift, 0.002)]
+        mom = [(torch.zeros_like(p), torch.zeros_like(p)) for p, _ in params]
+        G0 = lat0 @ lat0.transpose(1, 2)
+        ratio2 = (self.lam2 / self.lam) if self.ka2 else None
+
+        def lp_t(q1, ratio):
+            if not self.lam:
+                return torch.ones_like(q1)
+            sin_t = (q1 * self.lam * ratio / (4 * math.pi)).clamp(1e-3, 1 - 1e-6)
+            th = torch.asin(sin_t)
+            return (1 + torch.cos(2 * th) ** 2) / (torch.sin(th) ** 2 * torch.cos(th))
+
+        def model():
+            e = 0.5 * (eps + eps.transpose(1, 2))
+            dG = lat0 @ (2 * e) @ lat0.transpose(1, 2)
+            # project onto the point group: invariant metrics satisfy R^T G R = G
+            dGs = torch.stack([(Rop.transpose(1, 2) @ dG[b] @ Rop).mean(0) for b, Rop in enumerate(ops)])
+            G = G0 + dGs
+            Gs = torch.linalg.inv(G).to(dt)
+            qv = 2 * math.pi * torch.sqrt(torch.einsum("bri,bij,brj->br", hkl, Gs, hkl).clamp_min(1e-12))
+            qv = qv + shift[:, None]
+            gam = (2 * math.pi * 0.9 / (10.0 * torch.exp(log_size).clamp(0.5, 200.0)) / 2)[:, None, None]
+            w1 = inten * lp_t(qv, 1.0)
+            prof = (w1[..., None] * gam / math.pi / ((x - qv[..., None]) ** 2 + gam**2)).sum(1)
+            if ratio2:
+                q2 = qv * ratio2
+                w2 = inten * lp_t(qv, ratio2) * self.ka2
+                prof = prof + (w2[..., None] * gam / math.pi / ((x - q2[..., None]) ** 2 + gam**2)).sum(1)
+            return prof, G
+
+        def fit(prof):
+            basis = torch.cat([prof[:, None, :], bkg[None].expand(B, -1, -1)], 1)  # (B, 1+K, M)
+            A = basis @ basis.transpose(1, 2)
+            ridge = 1e-6 * torch.diagonal(A, dim1=1, dim2=2).clamp_min(1e-12)
+            A = A + torch.diag_embed(ridge)
+            c = torch.linalg.solve(A, (basis @ y)[..., None])[..., 0]
+            pred = (c[:, :, None] * basis).sum(1)
+            return torch.sqrt(((pred - y) ** 2).sum(-1) / (y * y).sum())
+
+        best = None
+        b1, b2 = 0.9, 0.999
+        for it in range(steps):
+            prof, G = model()
+            rwp = fit(prof)
+            cur = (rwp.detach().clone(), G.detach().clone(), log_size.detach().clone(), shift.detach().clone())
+            if best is None:
+                best = cur
+            else:
+                better = cur[0] < best[0]
+                for t_best, t_cur in zip(best, cur):
+                    t_best[better] = t_cur[better]
+            if it == steps - 1:
+                break
+            loss = rwp.sum() + 10.0 * (eps**2).sum()
+            grads = torch.autograd.grad(loss, [p for p, _ in params])
+            with torch.no_grad():  # plain Adam (torch.optim imports torch._dynamo: seconds)
+                for (p, lr), (m1, m2), g in zip(params, mom, grads):
+                    m1.mul_(b1).add_(g, alpha=1 - b1)
+                    m2.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    mh = m1 / (1 - b1 ** (it + 1))
+                    vh = m2 / (1 - b2 ** (it + 1))
+                    p.sub_(lr * mh / (vh.sqrt() + 1e-12))
+                eps.clamp_(-0.08, 0.08)
+                shift.clamp_(-0.05, 0.05)
+        # the stage-B Rwp is on a coarser grid: report it only as a relative improvement
+        return best[0].numpy(), best[1].numpy(), np.exp(best[2].numpy()), best[3].numpy()
+
+
+def _lattice_from_metric(G: np.ndarray):
+    from pymatgen.core import Lattice
+
+    a, b, c = np.sqrt(np.diag(G))
+    al = math.degrees(math.acos(np.clip(G[1, 2] / (b * c), -1, 1)))
+    be = math.degrees(math.acos(np.clip(G[0, 2] / (a * c), -1, 1)))
+    ga = math.degrees(math.acos(np.clip(G[0, 1] / (a * b), -1, 1)))
+    return Lattice.from_parameters(a, b, c, al, be, ga)
+
+
+def _with_metric(structure, G):
+    """Same fractional coordinates, lattice with metric G, orientation of the original cell."""
+    from pymatgen.core import Lattice, Structure
+
+    lat = _lattice_from_metric(G)
+    # keep the original orientation: polar decomposition of the deformation
+    F = np.linalg.solve(structure.lattice.matrix, lat.matrix)  # rows: L_new = L_old @ F
+    u, _, vt = np.linalg.svd(F)
+    rot = u @ vt
+    return Structure(Lattice(lat.matrix @ rot.T), structure.species, structure.frac_coords,
+                     site_properties=structure.site_properties or None)
+
+
+# --------------------------------------------------------------------------- PDF
+
+class _PDFScreen:
+    """Stage A of the PDF screen: pair histograms once, isotropic scale × width grid."""
+
+    def __init__(self, obs: Observation, rmax: float = 15.0, max_points: int = 1200):
+        r, y = obs.x, obs.y
+        ok = np.isfinite(r) & np.isfinite(y) & (r >= 1.0) & (r <= rmax)
+        if ok.sum() < 20:
+            ok = np.isfinite(r) & np.isfinite(y) & (r > 0)
+        self.r, y = _downsample(r[ok], y[ok], max_points)
+        self.ynorm = float(np.max(np.abs(y))) or 1.0
+        self.y = y / self.ynorm
+        self.radiation = obs.radiation
+        self.dr = 0.005
+        self.rcap = float(self.r[-1]) / COARSE_SCALES[0] + 1.0
+        self.nr = int(self.rcap / self.dr) + 1
+        self.rg = np.arange(self.nr) * self.dr
+        self.uisos = np.array([0.002, 0.005, 0.010])
+        self.env = np.stack([self.r * 0 + 1.0, self.r])  # linear envelope a + b r, times G
+
+    def histograms(self, structures):
+        """Per structure: (R0 histogram on rg, without 1/r; number density ρ0)."""
+        import torch
+
+        from .physics.scattering import forward_weight
+
+        out = []
+        for s in structures:
+            z = torch.tensor([sp.Z for sp in s.species])
+            w = forward_weight(z, self.radiation, dtype=torch.float64).numpy()
+            wavg = w.mean()
+            n = len(s)
+            ci, pi, _, d = s.get_neighbor_list(self.rcap)
+            h = np.zeros(self.nr)
+            idx = np.rint(d / self.dr).astype(int)
+            ok = idx < self.nr
+            np.add.at(h, idx[ok], (w[ci] * w[pi])[ok] / wavg**2 / n)
+            out.append((h, n / s.volume))
+        return out
+
+    def stage_a(self, hists, scales_per_cand):
+        B, S = scales_per_cand.shape
+        r = self.r
+        best = []
+        k = np.fft.rfftfreq(self.nr * 2, d=self.dr)
+        for b in range(B):
+            h, rho = hists[b]
+            if not h.any():
+                best.append((np.inf, 1.0, self.uisos[0], None))
+                continue
+            spec = np.fft.rfft(h, n=2 * self.nr)
+            sig = np.sqrt(2 * self.uisos)  # pair width for equal Uiso, Å
+            gk = np.exp(-2 * (math.pi * k[None, :] * sig[:, None]) ** 2)
+            R0 = np.fft.irfft(spec[None] * gk, n=2 * self.nr)[:, : self.nr] / self.dr  # (U, nr) density per Å
+            sc = scales_per_cand[b]
+            # G(r; s) = R0(r/s)/(s r) - 4π r ρ0 / s³
+            rr = r[None, :] / sc[:, None]  # (S, M)
+            Rint = np.stack([np.interp(rr, self.rg, R0[u]) for u in range(len(self.uisos))], 1)  # (S, U, M)
+            G = Rint / (sc[:, None, None] * r) - 4 * math.pi * r * rho / sc[:, None, None] ** 3
+            model = np.stack([G, G * r], -2)  # (S, U, 2, M)
+            coef, rwp = _fit_envelope(model, self.y)
+            j = np.unravel_index(np.nanargmin(np.where(coef[..., 0] > 0, rwp, np.inf)), rwp.shape)
+            if not np.isfinite(rwp[j]):
+                best.append((np.inf, 1.0, self.uisos[0], None))
+                continue
+            best.append((float(rwp[j]), float(sc[j[0]]), float(self.uisos[j[1]]), coef[j]))
+        return best
+
+
+def _fit_envelope(model: np.ndarray, y: np.ndarray):
+    """y ≈ a·G + b·r·G for a batch of models (..., 2, M); returns coef (..., 2), rwp (...)."""
+    A = np.einsum("...im,...jm->...ij", model, model) + 1e-12 * np.eye(2)
+    rhs = np.einsum("...im,m->...i", model, y)
+    coef = np.linalg.solve(A, rhs[..., None])[..., 0]
+    pred = np.einsum("...i,...im->...m", coef, model)
+    rwp = np.sqrt(((pred - y) ** 2).sum(-1) / max(float((y * y).sum()), 1e-30))
+    return coef, rwp
+
+
+# --------------------------------------------------------------------------- public API
+
+def _refine_scales(evaluate, n: int, coarse=COARSE_SCALES):
+    """Coarse scale scan for all candidates, then a fine scan around each best scale."""
+    best = evaluate(np.tile(coarse, (n, 1)))
+    centers = np.array([b[1] for b in best])
+    fine = centers[:, None] + FINE_STEP * np.arange(-5, 6)[None, :]
+    best2 = evaluate(fine)
+    return [b2 if b2[0] <= b1[0] else b1 for b1, b2 in zip(best, best2)]
+
+
+def dedupe(proposals, k: int | None = None, *, ltol: float = 0.2, stol: float = 0.3, angle_tol: float = 5.0,
+           max_compare: int = 50):
+    """Drop proposals that pymatgen's ``StructureMatcher`` finds equal to a better one (list order = rank).
+
+    Returns (kept, number dropped).  Stops after ``k`` kept when ``k`` is given.
+    """
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    sm = StructureMatcher(ltol=ltol, stol=stol, angle_tol=angle_tol, primitive_cell=True, scale=True,
+                          attempt_supercell=False)
+    kept, dropped = [], 0
+    for p in proposals:
+        dup = False
+        for q in kept[:max_compare]:
+            if p.structure.composition.reduced_formula != q.structure.composition.reduced_formula:
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if sm.fit(p.structure, q.structure):
+                        dup = True
+                        break
+            except Exception:  # noqa: BLE001 - matcher failures: treat as distinct
+                continue
+        if dup:
+            dropped += 1
+            continue
+        kept.append(p)
+        if k is not None and len(kept) >= k:
+            break
+    return kept, dropped
+
+
+def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, gradient_steps: int = 40,
+           gradient_top: int | None = None, do_dedupe: bool = True) -> ScreenResult:
+    """Pre-fit all proposals against ``observation``, rank by screening Rwp, dedupe, keep the best ``k``.
+
+    Parameters
+    ----------
+    observation : Observation
+        PXRD (2θ needs a wavelength) or PDF.
+    proposals : list of Proposal
+        Raw proposals (any backend).
+    k : int
+        How many distinct candidates to keep.
+    gradient_steps : int
+        Adam steps of stage B (PXRD); 0 skips stage B.
+    gradient_top : int, optional
+        How many stage-A leaders enter stage B (default ``max(3 k, 12)``).
+    do_dedupe : bool
+        Remove StructureMatcher duplicates.
+
+    Returns
+    -------
+    ScreenResult
+    """
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    props = [p for p in proposals if p is not None and p.structure is not None and len(p.structure) > 0]
+    if not props:
+        return ScreenResult([], [], failed=len(proposals), timings={"total": 0.0})
+    structs = [p.structure for p in props]
+    failed = len(proposals) - len(props)
+    if observation.kind == "xrd":
+        scr = _XRDScreen(observation)
+        peaks = scr.peaks(structs)
+        timings["peaks"] = time.perf_counter() - t0
+        best = _refine_scales(lambda sc: scr.stage_a(peaks, sc), len(structs))
+    else:
+        scr = _PDFScreen(observation)
+        hists = scr.histograms(structs)
+        timings["pairs"] = time.perf_counter() - t0
+        best = _refine_scales(lambda sc: scr.stage_a(hists, sc), len(structs))
+    timings["stage_a"] = time.perf_counter() - t0
+    rwp = np.array([b[0] for b in best])
+    order = np.argsort(rwp, kind="stable")
+    new_structs: dict[int, object] = {}
+    info: dict[int, dict] = {}
+    for i, b in enumerate(best):
+        if np.isfinite(b[0]):
+            new_structs[i] = _scaled_structure(structs[i], b[1])
+            if observation.kind == "xrd":
+                info[i] = {"lattice_scale": b[1], "size_nm": b[2]}
+            else:
+                info[i] = {"lattice_scale": b[1], "uiso": b[2]}
+    # stage B: gradient strain/size/zero for the leaders (PXRD)
+    if observation.kind == "xrd" and gradient_steps > 0:
+        m = gradient_top or max(3 * k, 12)
+        lead = [int(i) for i in order[:m] if np.isfinite(rwp[i])]
+        if lead:
+            import torch
+
+            nthreads = torch.get_num_threads()
+            torch.set_num_threads(1)  # small tensors: threads only add synchronisation (5x slower under load)
+            try:
+                res = scr.stage_b([structs[i] for i in lead], [peaks[i] for i in lead],
+                                  np.array([best[i][1] for i in lead]), np.array([best[i][2] for i in lead]),
+                                  steps=gradient_steps)
+            except Exception as exc:  # noqa: BLE001 - stage B is an optional improvement
+                warnings.warn(f"screen: gradient stage skipped ({exc})", stacklevel=2)
+                res = None
+            finally:
+                torch.set_num_threads(nthreads)
+            if res is not None:
+                r2, Gs, sizes, zeros = res
+                for j, i in enumerate(lead):
+                    if np.isfinite(r2[j]) and r2[j] < rwp[i]:
+                        rwp[i] = r2[j]
+                        new_structs[i] = _with_metric(structs[i], Gs[j])
+                        info[i].update(size_nm=float(sizes[j]), zero_q=float(zeros[j]), stage="gradient")
+        timings["stage_b"] = time.perf_counter() - t0
+    order = np.argsort(rwp, kind="stable")
+    ranked = []
+    for i in order:
+        if not np.isfinite(rwp[i]):
+            failed += 1
+            continue
+        p = props[i]
+        q = Proposal(structure=new_structs[i], backend=p.backend, seed=p.seed,
+                     scores={**p.scores, "screen_rwp": float(rwp[i])}, refined=dict(p.refined),
+                     provenance={**p.provenance, "screen": {k2: (float(v) if isinstance(v, (float, np.floating)) else v)
+                                                            for k2, v in info[i].items()}})
+        ranked.append(q)
+    if do_dedupe:
+        kept, dropped = dedupe(ranked, k)
+    else:
+        kept, dropped = ranked[:k], 0
+    timings["total"] = time.perf_counter() - t0
+    return ScreenResult(kept, ranked, failed=failed, duplicates=dropped, timings=timings)
