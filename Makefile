@@ -19,13 +19,14 @@ PYTEST_ARGS ?=
 DEMO_DATA  := diffpy_diffusion/examples_data/nacl_3nm_cuka.xy
 DEMO_OUT   ?= demo_output
 
-.PHONY: demo test test-fast venv clean-venv help
+.PHONY: demo test test-fast venv clean-venv help docs
 
 help:
 	@echo "make demo       install (if needed) and run diffpy-diffuse propose on the bundled example"
 	@echo "make test       install (if needed) and run the tests (PYTEST_ARGS='-k io' to select)"
 	@echo "make test-fast  same, skipping tests marked slow"
 	@echo "make venv       only create/update $(VENV)"
+	@echo "make docs       build the HTML docs (Sphinx, warnings are errors) into docs/_build/html"
 
 venv:
 	@set -e; \
@@ -57,6 +58,11 @@ test: venv
 
 test-fast: PYTEST_ARGS += -m "not slow"
 test-fast: test
+
+# Sphinx docs with warnings as errors (-W); the CLI reference is generated from click.
+docs: venv
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "[make] docs in docs/_build/html/index.html"
 
 clean-venv:
 	rm -rf $(VENV)
