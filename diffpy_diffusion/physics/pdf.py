@@ -37,37 +37,40 @@ def sphere_envelope(r: torch.Tensor, diameter) -> torch.Tensor:
 
 
 def _pairs_one(frac, lattice, r_lo: float, r_hi: float):
-    """All (i, j, n) pairs of one crystal with r_lo <= |x_j + n - x_i| <= r_hi (no autograd).
+    """Unique pairs (i <= j, n) of one crystal with r_lo <= |x_j + n - x_i| <= r_hi (no autograd).
 
-    Returns index tensors i, j and translation vectors n (P, 3).
+    Each unordered pair is listed once: i < j with every translation n, and
+    i == j with n in one half-space; the caller counts each pair twice.
+    Returns the atom-pair rows (iu, ju) (P0,), the row of every pair (P,),
+    integer translations n (P, 3) and the distances (float64, detached).
     """
+    device = lattice.device
     with torch.no_grad():
         lat = lattice.detach().to(torch.float64)
         f = frac.detach().to(torch.float64)
         f = f - torch.floor(f)
+        n_at = f.shape[0]
         recip = torch.linalg.inv(lat).transpose(-1, -2)  # rows: reciprocal vectors (1/Å)
         nmax = torch.ceil(r_hi * recip.norm(dim=-1)).long() + 1
-        rng = [torch.arange(-int(m), int(m) + 1, device=lat.device) for m in nmax]
-        trans = torch.cartesian_prod(*rng).to(torch.float64)  # (T, 3)
-        tcart = trans @ lat  # (T, 3)
-        cart = f @ lat  # (N, 3)
-        n_at = f.shape[0]
-        ii, jj, tt = [], [], []
-        dij = cart[None, :, :] - cart[:, None, :]  # (N, N, 3): x_j - x_i
-        # chunk over translations to bound memory
-        step = max(1, (1 << 22) // max(n_at * n_at, 1))
-        for s in range(0, len(trans), step):
-            tc = tcart[s : s + step]
-            d = (dij[None] + tc[:, None, None, :]).norm(dim=-1)  # (t, N, N)
-            m = (d >= r_lo) & (d <= r_hi)
-            t_idx, i_idx, j_idx = torch.nonzero(m, as_tuple=True)
-            ii.append(i_idx)
-            jj.append(j_idx)
-            tt.append(t_idx + s)
-        i = torch.cat(ii)
-        j = torch.cat(jj)
-        n = trans[torch.cat(tt)]
-    return i, j, n
+        rng = [torch.arange(-int(m), int(m) + 1, device=device) for m in nmax]
+        trans = torch.cartesian_prod(*rng)  # (T, 3) long
+        tcart = trans.to(torch.float64) @ lat
+        # prune translations that cannot reach r_hi from any pair in the cell
+        reach = r_hi + lat.norm(dim=-1).sum()
+        tkeep = tcart.norm(dim=-1) <= reach
+        trans, tcart = trans[tkeep], tcart[tkeep]
+        iu, ju = torch.triu_indices(n_at, n_at, device=device)
+        cart = f @ lat
+        dij = cart[ju] - cart[iu]  # (P0, 3): x_j - x_i
+        d2 = (dij * dij).sum(-1)[:, None] + 2 * dij @ tcart.T + (tcart * tcart).sum(-1)[None, :]  # (P0, T)
+        m = (d2 >= r_lo * r_lo) & (d2 <= r_hi * r_hi)
+        # i == j: keep one of n / -n (lexicographically positive n)
+        t0, t1, t2 = trans.unbind(-1)
+        pos = (t0 > 0) | ((t0 == 0) & (t1 > 0)) | ((t0 == 0) & (t1 == 0) & (t2 > 0))
+        m &= ~((iu == ju)[:, None] & ~pos[None, :])
+        p_idx, t_idx = torch.nonzero(m, as_tuple=True)
+        dist = torch.sqrt(d2[p_idx, t_idx])
+    return iu, ju, p_idx, trans[t_idx], dist
 
 
 def _qmax_cutoff(y: torch.Tensor, dr: float, qmax: float, qmin: float = 0.0) -> torch.Tensor:
@@ -105,7 +108,7 @@ def pdf_gr(
     scale=1.0,
     spdiameter=None,
     radiation: str = "xray",
-    dedupe: bool | None = None,
+    method: str = "binned",
 ) -> torch.Tensor:
     """Reduced PDF G(r) in Å⁻² of each crystal (PDFfit2/PDFgui conventions).
 
@@ -129,9 +132,14 @@ def pdf_gr(
         bulk).
     radiation : {"xray", "neutron"}
         X-ray weights are Z (as pdffit2), neutron weights b_c.
-    dedupe : bool, optional
-        Merge symmetry-degenerate pairs before evaluating Gaussians (speed).
-        Default: when no autograd is needed.
+    method : {"binned", "exact"}
+        ``"exact"`` evaluates one Gaussian per atom pair, like pdffit2.
+        ``"binned"`` (default, much faster) accumulates the pairs of each
+        Uiso class on the r grid with their first moments (zeroth, first and
+        second moment of the offset from the grid point) and evaluates the
+        second-order Taylor expansion of the Gaussian, including the change
+        of σ with r_ij; its relative error is ~(dr/2)³/(6σ³) (< 1e-5 for
+        dr = 0.01 Å, σ > 0.03 Å).  Both are differentiable.
 
     Returns
     -------
@@ -152,7 +160,9 @@ def pdf_gr(
     dr = float(r[1] - r[0]) if M > 1 else 0.01
     if qmax > 0 and M > 1:
         steps = r[1:] - r[:-1]
-        if float((steps - dr).abs().max()) > 1e-6 * max(abs(dr), 1e-12) + 1e-9:
+        dr = float((r[-1] - r[0]) / (M - 1))
+        tol = 1e-4 * dr + 16 * torch.finfo(dtype).eps * float(r.abs().max())
+        if float((steps - dr).abs().max()) > tol:
             raise ValueError("r: grid must be uniformly spaced when qmax is set")
     qdamp_t = _as_param(qdamp, B, dtype, device, "qdamp")
     qbroad_t = _as_param(qbroad, B, dtype, device, "qbroad")
@@ -164,11 +174,8 @@ def pdf_gr(
         sp_t = _as_param(spdiameter, B, dtype, device, "spdiameter")
         if bool((sp_t.detach() <= 0).any()):
             raise ValueError(f"spdiameter: particle diameter must be positive, got {spdiameter}")
-    if dedupe is None:
-        dedupe = not (
-            torch.is_grad_enabled()
-            and (batch.lattice.requires_grad or batch.frac.requires_grad or batch.uiso.requires_grad)
-        )
+    if method not in ("binned", "exact"):
+        raise ValueError(f"method: must be 'binned' or 'exact', got {method!r}")
 
     # extended grid (pdffit2: 6 sinc ripples above rmax before the Qmax cut-off)
     rmin = float(r[0])
@@ -196,36 +203,28 @@ def pdf_gr(
         s0, n_at = int(first[b]), int(counts[b])
         frac = batch.frac[s0 : s0 + n_at]
         lat = batch.lattice[b]
-        i, j, n = _pairs_one(frac, lat, r_lo, r_hi)
-        wn = weights[s0 : s0 + n_at] / bavg[b] * occ[s0 : s0 + n_at]
-        amp = wn[i] * wn[j]
         u = batch.uiso[s0 : s0 + n_at]
-        s2p = u[i] + u[j]
-        if dedupe:
-            with torch.no_grad():
-                f0 = frac - torch.floor(frac)
-                dvec = (f0[j] - f0[i] + n.to(dtype)) @ lat
-                dist = dvec.norm(dim=-1)
-                key = torch.stack(
-                    [torch.round(dist.to(torch.float64) * 1e7), torch.round(s2p.to(torch.float64) * 1e9)], -1
-                )
-                uk, inv = torch.unique(key, dim=0, return_inverse=True)
-                amp = torch.zeros(len(uk), dtype=dtype, device=device).index_add(0, inv, amp)
-                dist = torch.zeros(len(uk), dtype=dtype, device=device).index_add(0, inv, dist)
-                cnt = torch.zeros(len(uk), dtype=dtype, device=device).index_add(0, inv, torch.ones_like(s2p))
-                dist = dist / cnt
-                s2p = torch.zeros(len(uk), dtype=dtype, device=device).index_add(0, inv, s2p) / cnt
-        else:
-            # positions with autograd; wrapping by floor keeps the same images as _pairs_one
+        iu, ju, prow, n, dist0 = _pairs_one(frac, lat, r_lo, r_hi)
+        wn = weights[s0 : s0 + n_at] / bavg[b] * occ[s0 : s0 + n_at]
+        # per atom-pair row: amplitude and σ'^2 (each unordered pair stands for (i, j) and (j, i))
+        amp_row = 2.0 * wn[iu] * wn[ju]
+        s2_row = u[iu] + u[ju]
+        if lat.requires_grad or frac.requires_grad:
+            # positions with autograd; wrapping by floor keeps the images found by _pairs_one
             f0 = frac - torch.floor(frac.detach())
-            dvec = (f0[j] - f0[i] + n.to(dtype)) @ lat
-            dist = dvec.norm(dim=-1)
-        corr = 1 - d1_t[b] / dist - d2_t[b] / dist**2 + qbroad_t[b] ** 2 * dist**2
-        ok = (s2p > 0) & (corr > 0)
-        s2 = torch.where(ok, s2p * corr, torch.ones_like(s2p))
-        sigma = torch.sqrt(s2)
-        amp = torch.where(ok, amp, torch.zeros_like(amp))
-        ppp = _gauss_sum(rc, dist, sigma, amp, rmin, dr)
+            dist = ((f0[ju[prow]] - f0[iu[prow]] + n.to(dtype)) @ lat).norm(dim=-1)
+        else:
+            dist = dist0.to(dtype)
+        pars = (d1_t[b], d2_t[b], qbroad_t[b])
+        if method == "exact":
+            ok = s2_row.detach()[prow] > 0
+            ppp = _gauss_sum_exact(rc, dist[ok], s2_row[prow][ok], amp_row[prow][ok], pars, rmin, dr)
+        else:
+            # classes of rows with equal σ'^2: few, so the Gaussians are evaluated per
+            # (class, grid point) rather than per pair
+            with torch.no_grad():
+                _, row_cls = torch.unique(s2_row.detach(), return_inverse=True)
+            ppp = _gauss_sum_binned(rc, dist, s2_row, amp_row[prow], pars, rmin, dr, row_cls[prow], row_cls)
         g = ppp / (n_b[b] * rc.clamp_min(1e-12)) - 4 * math.pi * rc * rho0[b]
         g = torch.where(rc > 0, g, torch.zeros_like(g))
         if not _zero_param(qdamp):
@@ -245,17 +244,26 @@ def _zero_param(v) -> bool:
     return float(v) == 0.0
 
 
-def _gauss_sum(rc, dist, sigma, amp, rmin, dr, nsig: float = 5.0, chunk_elements: int = 1 << 22):
-    """Σ_p amp_p N(r; dist_p, sigma_p) on the uniform grid rc, within ±nsig σ of each peak."""
+def _sigma(dist, s2p, pars):
+    """Peak width σ_ij and the mask of pairs with a positive width (pdffit2's sharpening)."""
+    d1, d2, qb = pars
+    corr = 1 - d1 / dist - d2 / dist**2 + qb**2 * dist**2
+    ok = corr > 0
+    s2 = torch.where(ok, s2p * corr, s2p)  # masked pairs keep σ' (their amplitude is zeroed)
+    return torch.sqrt(s2), ok
+
+
+_C = 1.0 / math.sqrt(2 * math.pi)
+
+
+def _gauss_sum_exact(rc, dist, s2p, amp, pars, rmin, dr, nsig: float = 5.0, chunk_elements: int = 1 << 22):
+    """Σ_p amp_p N(r; dist_p, σ_p) on the uniform grid rc, within ±nsig σ of each peak."""
     K = rc.numel()
     out = torch.zeros(K, dtype=rc.dtype, device=rc.device)
     if dist.numel() == 0:
         return out
-    keep = amp.detach() != 0
-    if not bool(keep.all()):
-        dist, sigma, amp = dist[keep], sigma[keep], amp[keep]
-        if dist.numel() == 0:
-            return out
+    sigma, ok = _sigma(dist, s2p, pars)
+    amp = torch.where(ok, amp, torch.zeros_like(amp))
     with torch.no_grad():
         lo = torch.round((dist - nsig * sigma - rmin) / dr).long().clamp(0, K - 1)
         hi = torch.round((dist + nsig * sigma - rmin) / dr).long().clamp(-1, K - 1)
@@ -264,13 +272,86 @@ def _gauss_sum(rc, dist, sigma, amp, rmin, dr, nsig: float = 5.0, chunk_elements
         return out
     step = max(1, chunk_elements // width)
     ar = torch.arange(width, device=rc.device)
-    c = 1.0 / math.sqrt(2 * math.pi)
     for s in range(0, dist.numel(), step):
         sl = slice(s, s + step)
         gi = lo[sl, None] + ar[None]
         valid = gi <= hi[sl, None]
         gi = gi.clamp_max(K - 1)
         sg = sigma[sl, None]
-        val = amp[sl, None] * c / sg * torch.exp(-0.5 * ((rc[gi] - dist[sl, None]) / sg) ** 2)
+        val = amp[sl, None] * _C / sg * torch.exp(-0.5 * ((rc[gi] - dist[sl, None]) / sg) ** 2)
         out = out.index_add(0, gi.reshape(-1), (val * valid).reshape(-1))
     return out
+
+
+def _gauss_sum_binned(rc, dist, s2_row, amp, pars, rmin, dr, cls, row_cls, nsig: float = 5.0):
+    """Same sum as :func:`_gauss_sum_exact` via per-(class, grid point) moments.
+
+    Pairs of one class share σ' (amplitudes are summed into the moments); a pair at r_p = r_k + δ (r_k its
+    nearest grid point) contributes N(r − r_k − δ; σ(r_k + δ)) ≈
+    N + δ (−∂_x N + σ_r ∂_σ N) + δ²/2 ∂_x² N, evaluated at (r − r_k, σ(r_k)),
+    σ_r = dσ/dr at r_k.  Classes with σ' = 0 are skipped (as pdffit2 does).
+    """
+    K = rc.numel()
+    dtype, device = rc.dtype, rc.device
+    out = torch.zeros(K, dtype=dtype, device=device)
+    if dist.numel() == 0:
+        return out
+    C = int(row_cls.max()) + 1
+    nrow = torch.bincount(row_cls, minlength=C).to(dtype)
+    s2_c = torch.zeros(C, dtype=dtype, device=device).index_add(0, row_cls, s2_row) / nrow
+    # largest σ: the sharpening factor is largest at the ends of the pair range
+    with torch.no_grad():
+        d1, d2, qb = (float(p) for p in pars)
+        s2max = float(s2_c.max())
+        rr = (float(dist.detach().min()), float(dist.detach().max()))
+        corr_max = max(1 - d1 / r - d2 / r**2 + qb**2 * r**2 for r in rr)
+        sig_max = math.sqrt(max(s2max, 1e-12) * max(corr_max, 1.0))
+    W = int(math.ceil(nsig * sig_max / dr)) + 1
+    # bins: grid points extended by W below and above
+    kb = torch.round((dist.detach() - rmin) / dr).long() + W
+    Kb = K + 2 * W
+    inside = (kb >= 0) & (kb < Kb)
+    if not bool(inside.all()):
+        keep = torch.nonzero(inside).squeeze(-1)
+        dist, kb, cls, amp = dist[keep], kb[keep], cls[keep], amp[keep]
+    delta = dist - (rmin + (kb - W).to(dtype) * dr)
+    flat = cls * Kb + kb
+    z = torch.zeros(C * Kb, dtype=dtype, device=device)
+    ad = amp * delta
+    m0 = z.index_add(0, flat, amp)
+    m1 = z.index_add(0, flat, ad)
+    m2 = z.index_add(0, flat, 0.5 * ad * delta)
+    with torch.no_grad():
+        nz = torch.nonzero((m0 != 0) & (s2_c.detach() > 0).repeat_interleave(Kb)).squeeze(-1)
+    if nz.numel() == 0:
+        return out
+    e_cls = torch.div(nz, Kb, rounding_mode="floor")
+    e_k = nz - e_cls * Kb
+    m0, m1, m2 = m0[nz], m1[nz], m2[nz]
+    r_e = rmin + (e_k - W).to(dtype) * dr
+    # σ(r) and dσ/dr at the grid point
+    d1, d2, qb = pars
+    r_safe = r_e.clamp_min(1e-6)
+    corr = 1 - d1 / r_safe - d2 / r_safe**2 + qb**2 * r_safe**2
+    okc = corr > 0
+    corr = torch.where(okc, corr, torch.ones_like(corr))
+    sg = torch.sqrt(s2_c[e_cls] * corr)
+    dcorr = d1 / r_safe**2 + 2 * d2 / r_safe**3 + 2 * qb**2 * r_safe
+    sr = 0.5 * sg / corr * dcorr  # dσ/dr
+    zero = torch.zeros_like(m0)
+    m0 = torch.where(okc, m0, zero)
+    m1 = torch.where(okc, m1, zero)
+    m2 = torch.where(okc, m2, zero)
+    x = dr * torch.arange(-W, W + 1, dtype=dtype, device=device)  # (L,)
+    sgc = sg[:, None]
+    z2 = (x[None, :] / sgc) ** 2
+    nval = _C / sgc * torch.exp(-0.5 * z2)  # (E, L)
+    val = nval * (
+        m0[:, None]
+        + m1[:, None] * (x[None, :] / sgc**2 + sr[:, None] * (z2 - 1) / sgc)  # -∂_x N + σ_r ∂_σ N
+        + m2[:, None] * (z2 - 1) / sgc**2  # ∂_x² N
+    )
+    # window within ±nsig σ (as pdffit2), then map extended bins onto the grid
+    gi = (e_k - W)[:, None] + torch.arange(-W, W + 1, device=device)[None, :]
+    val = val * ((x[None, :].abs() <= nsig * sgc + 0.5 * dr) & (gi >= 0) & (gi < K))
+    return out.index_add(0, gi.clamp(0, K - 1).reshape(-1), val.reshape(-1))

@@ -175,40 +175,61 @@ class Reflections:
 def _enumerate_hkl(lattice: torch.Tensor, q_max: torch.Tensor, q_min: torch.Tensor):
     """All reciprocal-lattice points of one Friedel half-space with q_min <= Q <= q_max.
 
+    Enumerates (h, k) columns and solves the quadratic |G|² <= g_max² for the
+    l range of each, so only points inside the sphere are generated.
     Returns (hkl (R,3) long, crystal (R,) long), computed without autograd.
     """
     device = lattice.device
     with torch.no_grad():
         lat = lattice.detach().to(torch.float64)
-        g_max = q_max.to(torch.float64) / _TWO_PI  # (B,)
-        # |h_i| <= g_max |a_i|
-        hmax = torch.floor(g_max[:, None] * lat.norm(dim=-1) + 1e-9).long()  # (B, 3)
-        dims = 2 * hmax + 1
-        counts = dims.prod(-1)
-        total = int(counts.sum())
-        crystal = torch.repeat_interleave(torch.arange(len(counts), device=device), counts)
-        offsets = torch.cumsum(counts, 0) - counts
-        local = torch.arange(total, device=device) - offsets[crystal]
-        d = dims[crystal]
-        hm = hmax[crystal]
-        l_ = local % d[:, 2]
-        rest = local // d[:, 2]
-        k_ = rest % d[:, 1]
-        h_ = rest // d[:, 1]
-        hkl = torch.stack([h_, k_, l_], -1) - hm
-        h, k, l = hkl.unbind(-1)
-        half = (h > 0) | ((h == 0) & (k > 0)) | ((h == 0) & (k == 0) & (l > 0))
-        hkl, crystal = hkl[half], crystal[half]
-        recip = torch.linalg.inv(lat).transpose(-1, -2)  # rows: crystallographic reciprocal vectors
-        # Q = 2π |hkl · recip|; chunked to bound memory
-        qs = []
-        step = 1 << 20
-        for s in range(0, len(hkl), step):
-            g = torch.einsum("rk,rkj->rj", hkl[s : s + step].to(torch.float64), recip[crystal[s : s + step]])
-            qs.append(_TWO_PI * g.norm(dim=-1))
-        q = torch.cat(qs) if qs else torch.zeros(0, dtype=torch.float64, device=device)
-        keep = (q <= q_max.to(torch.float64)[crystal] * (1 + 1e-12)) & (q >= q_min.to(torch.float64)[crystal])
-    return hkl[keep], crystal[keep]
+        recip = torch.linalg.inv(lat).transpose(-1, -2)
+        gm = recip @ recip.transpose(-1, -2)  # (B,3,3) reciprocal metric, 1/Å²
+        B = lat.shape[0]
+        coef = torch.stack(
+            [gm[:, 0, 0], gm[:, 1, 1], gm[:, 2, 2], 2 * gm[:, 0, 1], 2 * gm[:, 0, 2], 2 * gm[:, 1, 2]], -1
+        )
+        g_max = q_max.to(torch.float64) / _TWO_PI
+        g_min = q_min.to(torch.float64) / _TWO_PI
+        amax = torch.floor(g_max[:, None] * lat.norm(dim=-1) + 1e-9).long()  # |h_i| <= g_max |a_i|
+        H, K = amax[:, 0], amax[:, 1]
+        nhk = (H + 1) * (2 * K + 1)
+        cb = torch.repeat_interleave(torch.arange(B, device=device), nhk)
+        off = torch.cumsum(nhk, 0) - nhk
+        loc = torch.arange(int(nhk.sum()), device=device) - off.index_select(0, cb)
+        Kc = K.index_select(0, cb)
+        kk = 2 * Kc + 1
+        h = torch.div(loc, kk, rounding_mode="floor")
+        k = loc - h * kk - Kc
+        cc = coef.index_select(0, cb)
+        hf, kf = h.to(torch.float64), k.to(torch.float64)
+        a = cc[:, 2]
+        bq = 0.5 * (hf * cc[:, 4] + kf * cc[:, 5])
+        c = hf * hf * cc[:, 0] + kf * kf * cc[:, 1] + hf * kf * cc[:, 3] - g_max.index_select(0, cb) ** 2
+        disc = bq * bq - a * c
+        sq = torch.sqrt(disc.clamp_min(0))
+        lmin = torch.ceil((-bq - sq) / a - 1e-9).long()
+        lmax = torch.floor((-bq + sq) / a + 1e-9).long()
+        # Friedel half-space: h > 0, or h == 0 and k > 0, or h == k == 0 and l > 0
+        lmin = torch.where((h == 0) & (k == 0), lmin.clamp_min(1), lmin)
+        ok = (disc >= 0) & ((h > 0) | (k >= 0)) & (lmax >= lmin)
+        idx = torch.nonzero(ok).squeeze(-1)
+        h, k, cb, lmin, lmax = (t.index_select(0, idx) for t in (h, k, cb, lmin, lmax))
+        nl = lmax - lmin + 1
+        rep = torch.repeat_interleave(torch.arange(len(nl), device=device), nl)
+        off = torch.cumsum(nl, 0) - nl
+        l = torch.arange(int(nl.sum()), device=device) - (off - lmin).index_select(0, rep)
+        h, k, crystal = h.index_select(0, rep), k.index_select(0, rep), cb.index_select(0, rep)
+        hf, kf, lf = h.to(torch.float64), k.to(torch.float64), l.to(torch.float64)
+        cc = coef.index_select(0, crystal)
+        g2 = (
+            hf * hf * cc[:, 0] + kf * kf * cc[:, 1] + lf * lf * cc[:, 2]
+            + hf * kf * cc[:, 3] + hf * lf * cc[:, 4] + kf * lf * cc[:, 5]
+        )
+        keep = (g2 <= (g_max**2 * (1 + 1e-12)).index_select(0, crystal)) & (g2 >= (g_min**2).index_select(0, crystal))
+        if not bool(keep.all()):
+            idx = torch.nonzero(keep).squeeze(-1)
+            h, k, l, crystal = (t.index_select(0, idx) for t in (h, k, l, crystal))
+    return torch.stack([h, k, l], -1), crystal
 
 
 def _padded_atoms(batch: CrystalBatch):
@@ -305,15 +326,16 @@ def reflections(
         r = cr.shape[0]
         if radiation == "xray":
             f_spec = xray_form_factor(
-                spec_pad[cr].reshape(-1), qq.repeat_interleave(S)[:, None], table=table
+                spec_pad.index_select(0, cr).reshape(-1), qq.repeat_interleave(S)[:, None], table=table
             ).reshape(r, S)
         else:
-            f_spec = b_spec[cr]
-        f_atom = torch.gather(f_spec, 1, sslot_pad[cr])  # (r, nmax)
-        w = f_atom * occ_pad[cr]
+            f_spec = b_spec.index_select(0, cr)
+        f_atom = torch.gather(f_spec, 1, sslot_pad.index_select(0, cr))  # (r, nmax)
+        w = f_atom * occ_pad.index_select(0, cr)
         if use_dw:
-            w = w * torch.exp(-0.5 * u_pad[cr] * qq[:, None] ** 2)
-        phase = _TWO_PI * torch.bmm(frac_pad[cr], hklf[sl, :, None]).squeeze(-1)  # (r, nmax)
+            w = w * torch.exp(-0.5 * u_pad.index_select(0, cr) * qq[:, None] ** 2)
+        phase = torch.bmm(frac_pad.index_select(0, cr), hklf[sl, :, None]).squeeze(-1)  # (r, nmax)
+        phase = _TWO_PI * phase
         a = (w * torch.cos(phase)).sum(-1)
         b = (w * torch.sin(phase)).sum(-1)
         out.append(2.0 * (a * a + b * b))  # x2: the Friedel mate -h
