@@ -161,9 +161,10 @@ def read_pattern_file(path, *, kind=None, x_kind=None, wavelength=None, radiatio
         start, step, end = table.step_scan
         n = data.shape[0]
         x = start + step * np.arange(n)
-        if abs(x[-1] - end) > 0.5 * step + 1e-9 * abs(end):
+        implied = (end - start) / step + 1  # float: may overflow for absurd headers
+        if not np.isfinite(implied) or abs(x[-1] - end) > 0.5 * step + 1e-9 * abs(end):
             raise InputFileError(p, f"step-scan header 'start={start:g} step={step:g} end={end:g}' implies "
-                                 f"{int(round((end - start) / step)) + 1} points, found {n}",
+                                 f"{implied:.0f} points, found {n}",
                                  line=int(table.linenos[0]) - 1)
         y, sigma_col, cols = data[:, 0], None, 1
     else:
@@ -280,6 +281,8 @@ def read_observation_json(path, *, kind=None, x_kind=None, wavelength=None, radi
         d = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputFileError(p, f"invalid JSON: {exc.msg}", line=exc.lineno) from None
+    except RecursionError:  # a JSON bomb ([[[[...]]]]) must be a clean error too
+        raise InputFileError(p, "invalid JSON: nested too deeply", line=1) from None
     if not isinstance(d, dict) or "x" not in d or "y" not in d:
         raise InputFileError(p, "expected a JSON object with 'x' and 'y' arrays (and 'x_kind')", line=1)
     args = {k: d[k] for k in _OBS_FIELDS if d.get(k) is not None}

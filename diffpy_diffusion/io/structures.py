@@ -90,6 +90,29 @@ def diffpy_to_pymatgen(structure):
 def read_structure(path):
     """Read a crystal structure file into a :class:`pymatgen.core.Structure`.
 
+    See :func:`_read_structure_unchecked` for the formats; the result is
+    checked (at least one site, finite lattice with a volume, finite
+    coordinates) so that a malformed file fails here, with its name, and not
+    later in the physics.
+    """
+    s = _read_structure_unchecked(path)
+    p = Path(path)
+    try:
+        m = np.asarray(s.lattice.matrix, dtype=float)
+        ok_lat = bool(np.all(np.isfinite(m))) and abs(float(np.linalg.det(m))) > 1e-6
+        ok_xyz = len(s) > 0 and bool(np.all(np.isfinite(np.asarray(s.frac_coords, dtype=float))))
+    except Exception:  # noqa: BLE001 - anything odd in the object is a bad file
+        ok_lat = ok_xyz = False
+    if not ok_lat:
+        raise InputFileError(p, "the cell is not finite or has no volume (check the cell lengths and angles)")
+    if not ok_xyz:
+        raise InputFileError(p, "no atoms with finite coordinates found")
+    return s
+
+
+def _read_structure_unchecked(path):
+    """Read a crystal structure file into a :class:`pymatgen.core.Structure`.
+
     Supports CIF (pymatgen, falling back to diffpy.structure), PDFfit/PDFgui
     ``.stru`` (diffpy.structure), pymatgen JSON and anything
     ``Structure.from_file`` reads (POSCAR...).  For multi-block CIFs the first
@@ -177,11 +200,18 @@ def _read_cif(p: Path, text: str):
 
 
 def _read_diffpy(p: Path, text: str, fmt: str):
+    import contextlib
+    import io
+
     from diffpy.structure import loadStructure  # noqa: F401  (import check)
     from diffpy.structure.parsers import getParser
 
+    from ..safe_pickle import install_safe_cif_symops
+
+    install_safe_cif_symops()  # diffpy's CIF parser evals symmetry-operation text: never on user files
     parser = getParser(fmt)
-    ds = parser.parse(text)
+    with contextlib.redirect_stdout(io.StringIO()):  # PyCifRW prints syntax errors to stdout
+        ds = parser.parse(text)
     if len(ds) == 0:
         raise InputFileError(p, f"no atoms found (expected a {fmt} structure)")
     return diffpy_to_pymatgen(ds)

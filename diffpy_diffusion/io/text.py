@@ -202,7 +202,7 @@ def parse_table(path: str | Path, text: str | None = None, *, csv: bool = False)
                 ncols = len(nxt_vals)
             elif ncols == 3:
                 a, b, c = first_vals
-                if b > 0 and c > a:
+                if b > 0 and c > a and all(math.isfinite(v) for v in first_vals):
                     step_scan = (a, b, c)
                     header.append(lines[first])
                     i0 = nxt[0]
