@@ -494,7 +494,7 @@ def _linear_start(bundle: RecipeBundle, problem: _Problem) -> None:
             recipe.scale.setValue(max(float(np.dot(yc * w, problem.y * w) / den), 1e-12))
 
 
-def _run_stage(bundle, problem, tags: Sequence[str], max_nfev: int) -> Any:
+def _run_stage(bundle, problem, tags: Sequence[str], max_nfev: int, final: bool = True) -> Any:
     from scipy.optimize import least_squares
 
     recipe = bundle.recipe
@@ -517,8 +517,9 @@ def _run_stage(bundle, problem, tags: Sequence[str], max_nfev: int) -> Any:
             x_scale="jac",
             method="trf",
             max_nfev=max_nfev,
-            ftol=1e-7,
-            xtol=1e-8,
+            # intermediate stages only need to get close; the last one converges tightly
+            ftol=1e-7 if final else 1e-5,
+            xtol=1e-8 if final else 1e-6,
             gtol=1e-8,
         )
     _update_constraints(recipe, res.x)
@@ -669,12 +670,17 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
         if [n for t in st if t not in seen for n in bundle.tags.get(t, [])]:
             effective.append(list(st))
         seen += [t for t in st if t not in seen]
+    linear_tags = {"scale", "bkg"}
     for k, st in enumerate(effective):
         freed = freed + [t for t in st if t not in freed]
+        last = k == len(effective) - 1
+        if k == 0 and not last and bundle.fast and set(freed) <= linear_tags:
+            # scale/background are linear: _linear_start already solved them exactly
+            stage_log.append({"tags": list(st), "rw": None, "nfev": 0, "linear": True})
+            continue
         snap = _snapshot(recipe)
         try:
-            last = k == len(effective) - 1
-            r = _run_stage(bundle, full if last else coarse, freed, max_nfev)
+            r = _run_stage(bundle, full if last else coarse, freed, max_nfev, final=last)
         except (ValueError, np.linalg.LinAlgError, FloatingPointError) as exc:  # non-converging stage
             _restore(recipe, snap)
             converged = False
