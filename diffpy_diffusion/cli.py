@@ -541,14 +541,22 @@ def propose_batch(patterns, composition_table, composition, wavelength, radiatio
 @x_option
 @click.option("--range", "x_range", nargs=3, type=float, default=None, metavar="MIN MAX STEP",
               help="Grid of the x axis, e.g. 10 80 0.02 (2θ, degrees), 0.5 8 0.01 (Q), 0 30 0.01 (r).")
+@click.option("--two-theta", "two_theta", default=None, metavar="MIN:MAX:STEP",
+              help="2θ grid in degrees, e.g. 10:90:0.02 (sets --x 2theta).")
+@click.option("--rmax", type=float, default=None, help="PDF: largest r in Å (grid 0.5..RMAX step 0.01).")
+@click.option("--qmax", type=float, default=None, help="PDF: Qmax termination in 1/Å.")
+@click.option("--qdamp", type=float, default=None, help="PDF: Qdamp in 1/Å.")
+@click.option("--diameter", "diameter_nm", callback=_parse_size, metavar="SIZE",
+              help="Debye: cluster diameter (3nm, 30A); default --size.")
 @output_option(None, "Output .xy/.gr file (default: print a summary only).")
 @force_option
-@click.option("--plot", is_flag=True, help="Also save a PNG plot next to the output.")
+@click.option("--plot", is_flag=False, flag_value="", default=None, metavar="[PNG]",
+              help="Also save a PNG plot (at PNG, or next to the output).")
 @json_option
 @quiet_option
 @debug_option
-def simulate(structure, kind, wavelength, radiation, size_nm, x_kind, x_range, output, force, plot, as_json,
-             quiet):
+def simulate(structure, kind, wavelength, radiation, size_nm, x_kind, x_range, two_theta, rmax, qmax, qdamp,
+             diameter_nm, output, force, plot, as_json, quiet):
     """Simulate the pattern of the crystal structure in STRUCTURE (.cif, .stru).
 
     \b
@@ -586,6 +594,22 @@ def simulate(structure, kind, wavelength, radiation, size_nm, x_kind, x_range, o
         params["size_nm"] = size_nm
     if x_kind is not None:
         params["x_kind"] = x_kind
+    if two_theta is not None:
+        try:
+            x_range = tuple(float(v) for v in two_theta.split(":"))
+            assert len(x_range) == 3
+        except (ValueError, AssertionError):
+            raise click.BadParameter(f"{two_theta!r}: expected MIN:MAX:STEP, e.g. 10:90:0.02",
+                                     param_hint="--two-theta") from None
+        params["x_kind"] = "2theta"
+    if rmax is not None and x_range is None:
+        x_range = (0.5, rmax, 0.01)
+    for key, val in (("qmax", qmax), ("qdamp", qdamp), ("diameter_nm", diameter_nm)):
+        if val is not None:
+            params[key] = val
+    if x_range is not None and not (x_range[2] > 0 and x_range[1] > x_range[0]):
+        hint = "--two-theta" if two_theta is not None else "--rmax" if rmax is not None else "--range"
+        raise click.BadParameter(f"grid {x_range}: need MIN < MAX and STEP > 0", param_hint=hint)
     x = np.arange(x_range[0], x_range[1] + 0.5 * x_range[2], x_range[2]) if x_range else None
     obs = run_simulation(s, kind=kind, x=x, **params)
     if output is not None:
@@ -593,8 +617,13 @@ def simulate(structure, kind, wavelength, radiation, size_nm, x_kind, x_range, o
         ycol = "G_invA2" if obs.kind == "pdf" else "intensity"
         write_xy(obs.x, obs.y, output, header=f"simulated by diffpy-diffuse {__version__} from {structure}\n"
                  + "\n".join(f"{k} = {v}" for k, v in params.items()), columns=(col, ycol), force=force)
+    if plot is not None:
         if plot:
+            _save_plot(obs, Path(plot), force)
+        elif output is not None:
             _save_plot(obs, Path(output).with_suffix(".png"), force)
+        else:
+            raise click.BadParameter("give a PNG path (--plot out.png) or -o", param_hint="--plot")
     summary = {"structure": str(structure), "kind": obs.kind, "x_kind": obs.x_kind, "points": int(len(obs.x)),
                "x_min": float(obs.x[0]), "x_max": float(obs.x[-1]), "output": str(output) if output else None}
     if as_json:
@@ -620,7 +649,7 @@ def _save_plot(obs, path: Path, force: bool) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(obs.x, obs.y, lw=1)
     ax.set_xlabel({"2theta": "2θ (deg)", "q": "Q (Å⁻¹)", "r": "r (Å)"}[obs.x_kind])
-    ax.set_ylabel("G(r) (Å⁻²)" if obs.kind == "pdf" else "intensity")
+    ax.set_ylabel("G(r) (Å⁻²)" if obs.kind == "pdf" else "intensity (arb. units)")
     fig.tight_layout()
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
