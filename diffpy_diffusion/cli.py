@@ -733,12 +733,18 @@ def train(ctx):
 @n_option(20)
 @top_option(1)
 @seed_option
+@click.option("--workers", "-j", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Local worker processes (targets evaluated in parallel).")
+@click.option("--dask-scheduler", default=None, metavar="ADDRESS",
+              help="Run the targets on an existing Dask distributed cluster, e.g. tcp://host:8786 "
+                   "(needs the 'dask' extra). Overrides --workers.")
 @output_option(None, "Folder for per-structure results and the summary.")
 @force_option
 @json_option
 @quiet_option
 @debug_option
-def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, seed, output, force, as_json, quiet):
+def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, seed, workers, dask_scheduler, output,
+             force, as_json, quiet):
     """Benchmark a backend on simulated patterns of known structures (match rate, RMSE, Rwp, time)."""
     try:
         from .evaluate import run_evaluation
@@ -746,7 +752,8 @@ def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, see
         raise not_available("evaluate", "the pipeline issue (#5/#6)") from None
     run_evaluation(dataset=dataset, data_dir=data_dir, limit=limit, size_nm=size_nm, wavelength=wavelength,
                    backend=resolve_backend(backend, quiet or as_json), n=n, top=top, seed=seed,
-                   output_dir=output, force=force, as_json=as_json, quiet=quiet)
+                   output_dir=output, force=force, as_json=as_json, quiet=quiet, workers=workers,
+                   **({"scheduler": dask_scheduler} if dask_scheduler else {}))
 
 
 # --------------------------------------------------------------------------- backends
