@@ -242,6 +242,7 @@ def propose(
     engine: str = "srfit",
     screen_options: dict | None = None,
     refine_options: dict | None = None,
+    refine_top: int | None = None,
 ) -> list[Proposal]:
     """Propose, screen and refine structures for ``observation``; best first.
 
@@ -271,6 +272,9 @@ def propose(
     engine : {"srfit", "pdffit2"}
     screen_options, refine_options : dict, optional
         Passed to :func:`screen.screen` and :func:`refine.refine_structure`.
+    refine_top : int, optional
+        Refine only the best this many of the ``top`` screened candidates (default: all);
+        the others follow in screening order, unrefined (``scores["rw"]`` absent).
 
     Returns
     -------
@@ -291,6 +295,10 @@ def propose(
     from .report import observation_summary, package_versions
     from .screen import screen
 
+    from .limits import check_atoms_per_cell, check_candidates
+
+    check_candidates(n)
+    check_atoms_per_cell(observation.max_atoms, "--max-atoms")
     out = _check_output_dir(output_dir, force)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -324,9 +332,12 @@ def propose(
 
         t0 = time.perf_counter()
         try:
-            if refine:
-                done = refine_candidates(observation, sres.kept, engine=engine, on_done=checkpoint,
-                                         progress=prog, refine_options=refine_options)
+            nref = len(sres.kept) if refine_top is None else max(0, min(int(refine_top), len(sres.kept)))
+            rest = [(p, None) for p in sres.kept[nref:]] if refine else []
+            if refine and nref:
+                done = refine_candidates(observation, sres.kept[:nref], engine=engine,
+                                         on_done=lambda d: checkpoint(d + rest), progress=prog,
+                                         refine_options=refine_options) + rest
             else:
                 done = [(p, None) for p in sres.kept]
         except KeyboardInterrupt:

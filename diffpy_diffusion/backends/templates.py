@@ -305,9 +305,11 @@ def _elem_props(z: int) -> tuple[float, float]:
     """(Pauling electronegativity, atomic radius Å) with fallbacks for missing values."""
     from pymatgen.core.periodic_table import Element
 
-    el = Element.from_Z(int(z))
-    x = el.X if el.X and not math.isnan(el.X) else 1.5
-    r = float(el.atomic_radius or el.atomic_radius_calculated or 1.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pymatgen warns for elements without tabulated radii
+        el = Element.from_Z(int(z))
+        x = el.X if el.X and not math.isnan(el.X) else 1.5
+        r = float(el.atomic_radius or el.atomic_radius_calculated or 1.5)
     return float(x), r
 
 

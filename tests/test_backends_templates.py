@@ -1,0 +1,117 @@
+"""The ``templates`` backend: contract kit, stoichiometry matching, species assignment, libraries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffpy_diffusion.backends import templates as T
+from diffpy_diffusion.errors import BackendError, CompositionError
+from diffpy_diffusion.testing import BackendContract, make_observation
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DIFFPY_DIFFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+class TestTemplatesContract(BackendContract):
+    backend_name = "templates"
+    compositions = ("NaCl", "CdSe", "TiO2")
+    n = 4
+
+
+def test_integer_counts():
+    assert T.integer_counts({"Ti": 1, "O": 2}) == {"Ti": 1, "O": 2}
+    assert T.integer_counts({"Ti": 2, "O": 4}) == {"Ti": 1, "O": 2}
+    assert T.integer_counts({"Fe": 0.5, "O": 0.75}) == {"Fe": 2, "O": 3}
+    with pytest.raises(CompositionError):
+        T.integer_counts({"Fe": 1 / np.pi, "O": 1.0})
+
+
+def test_anon_key():
+    assert T.anon_key([56, 22, 8, 8, 8]) == "1-1-3"
+    assert T.anon_key([30, 30, 16, 16]) == "1-1"
+
+
+def test_assignments_keep_electronegativity_order_first():
+    # template HgS (Hg: X=2.0, S: X=2.58) onto ZnS (Zn 1.65, S 2.58): Hg->Zn, S->S is best
+    out = T.assignments({80: 1, 16: 1}, {30: 1, 16: 1})
+    assert out[0][1] == {80: 30, 16: 16}
+    assert len(out) == 2  # both permutations of an AB compound are tried
+    # counts must match: AB2 template cannot serve ABC
+    assert T.assignments({22: 1, 8: 2}, {56: 1, 22: 1, 8: 1}) == []
+
+
+def test_substitute_rescales_volume():
+    from diffpy_diffusion.backends.priors import atomic_volume
+
+    lat = np.eye(3) * 4.0
+    s = T.substitute(lat, [[0, 0, 0], [0.5, 0.5, 0.5]], [11, 17], {11: 55, 17: 17})
+    ratio = (atomic_volume("Cs") + atomic_volume("Cl")) / (atomic_volume("Na") + atomic_volume("Cl"))
+    assert s.volume == pytest.approx(64.0 * ratio, rel=1e-9)
+    assert s.composition.reduced_formula == "CsCl"
+
+
+@pytest.mark.parametrize("formula, expected_sg", [("NaCl", 225), ("CsCl", 221), ("Ni", 225), ("BaTiO3", 221)])
+def test_aflow_library_contains_the_right_type(formula, expected_sg):
+    obs = make_observation(formula)
+    props = T.TemplatesBackend().sample(obs, 50)
+    sgs = [p.provenance["template_spacegroup"] for p in props]
+    assert expected_sg in sgs[:10]
+
+
+def test_hints_filter():
+    obs = make_observation("ZnS", spacegroup=186)
+    props = T.TemplatesBackend().sample(obs, 20)
+    assert props and all(p.provenance["template_spacegroup"] == 186 for p in props)
+    obs = make_observation("ZnS", crystal_system="cubic")
+    props = T.TemplatesBackend().sample(obs, 20)
+    assert props and all(T._crystal_system(p.provenance["template_spacegroup"]) == "cubic" for p in props)
+
+
+def test_no_match_is_a_clear_error():
+    obs = make_observation("Ba2TiO4", max_atoms=3)
+    with pytest.raises(BackendError, match="stoichiometry"):
+        T.TemplatesBackend().sample(obs, 3)
+
+
+def test_user_library_folder_and_csv(tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    s.to(filename=str(lib / "nacl.cif"))
+    (lib / "broken.cif").write_text("data_x\n_cell_length_a oops\n")
+    with pytest.warns(UserWarning):
+        b = T.TemplatesBackend(library=str(lib))
+        props = b.sample(make_observation("KBr"), 5)
+    assert len(props) == 2  # K->Na/Br->Cl and the swapped assignment
+    assert props[0].structure.composition.reduced_formula == "KBr"
+    assert props[0].provenance["assignment"] == {"Na": "K", "Cl": "Br"}
+    # a CSV with a cif column
+    import pandas as pd
+
+    csv = tmp_path / "lib.csv"
+    pd.DataFrame({"material_id": ["x-1"], "cif": [s.to(fmt="cif")]}).to_csv(csv, index=False)
+    props = T.TemplatesBackend(library=str(csv)).sample(make_observation("KBr"), 5)
+    assert props[0].provenance["template"] == "x-1"
+    # cached: the second index load reads the npz
+    assert list((tmp_path.parent).glob("**/templates-user-*.npz")) or list(T.cache_dir().glob("templates-user-*.npz"))
+
+
+def test_missing_library_path():
+    from diffpy_diffusion.errors import InputFileError
+
+    with pytest.raises(InputFileError):
+        T.TemplatesBackend(library="/nonexistent/lib").sample(make_observation("NaCl"), 2)
+
+
+@pytest.mark.slow
+def test_training_pool_library(shared_data):
+    from diffpy_diffusion.datasets import eval_material_ids
+
+    lib = T.load_library("training-pool")
+    assert len(lib) > 20000
+    assert not set(lib.ids) & eval_material_ids()
