@@ -349,6 +349,8 @@ def diffusion_weights_available() -> bool:
 @click.option("--max-atoms", type=click.IntRange(1, 200), default=20, show_default=True,
               help="Largest number of atoms per cell to propose.")
 @backend_option()
+@click.option("--library", default=None, metavar="NAME|PATH",
+              help="Template library of the templates backend: aflow (default), training-pool, or a folder/CSV.")
 @n_option(200)
 @top_option(5)
 @seed_option
@@ -357,7 +359,7 @@ def diffusion_weights_available() -> bool:
 @json_option
 @quiet_option
 @debug_option
-def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegroup, max_atoms, backend, n, top,
+def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegroup, max_atoms, backend, library, n, top,
             seed, output, force, as_json, quiet):
     """Propose and refine crystal structures for the pattern in DATA.
 
@@ -383,7 +385,8 @@ def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegrou
         pipeline_propose = None
     if pipeline_propose is not None:
         results = pipeline_propose(obs, backend=backend, n=n, top=top, seed=seed, output_dir=output,
-                                   force=force, progress=not (quiet or as_json))
+                                   force=force, progress=not (quiet or as_json),
+                                   backend_options={"library": library} if library else None)
     else:
         results = _propose_without_pipeline(obs, backend, n, top, seed, output, force, quiet or as_json)
     _print_proposals(results, obs, output, as_json, time.perf_counter() - t0)
@@ -733,6 +736,10 @@ def train(ctx):
 @n_option(20)
 @top_option(1)
 @seed_option
+@click.option("--library", default=None, metavar="NAME|PATH",
+              help="Template library of the templates backend: aflow (default), training-pool, or a folder/CSV.")
+@click.option("--refine-top", type=click.IntRange(0, None), default=None,
+              help="Refine only the best this many of --top (default: all).")
 @click.option("--workers", "-j", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Local worker processes (targets evaluated in parallel).")
 @click.option("--dask-scheduler", default=None, metavar="ADDRESS",
@@ -743,8 +750,8 @@ def train(ctx):
 @json_option
 @quiet_option
 @debug_option
-def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, seed, workers, dask_scheduler, output,
-             force, as_json, quiet):
+def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, seed, library, refine_top, workers,
+             dask_scheduler, output, force, as_json, quiet):
     """Benchmark a backend on simulated patterns of known structures (match rate, RMSE, Rwp, time)."""
     try:
         from .evaluate import run_evaluation
@@ -753,6 +760,7 @@ def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, see
     run_evaluation(dataset=dataset, data_dir=data_dir, limit=limit, size_nm=size_nm, wavelength=wavelength,
                    backend=resolve_backend(backend, quiet or as_json), n=n, top=top, seed=seed,
                    output_dir=output, force=force, as_json=as_json, quiet=quiet, workers=workers,
+                   library=library, refine_top=refine_top,
                    **({"scheduler": dask_scheduler} if dask_scheduler else {}))
 
 
