@@ -381,9 +381,9 @@ def read_ddp(path) -> DdpProject:
         raise InputFileError(p, "no such file" if not p.exists() else "not a file")
     try:
         zf = zipfile.ZipFile(p)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-        raise InputFileError(p, f"not a PDFgui project (.ddp is a zip archive): {' '.join(str(exc).split())}") \
-            from None
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, NotImplementedError (zip version), struct.error...
+        raise InputFileError(p, f"not a PDFgui project (.ddp is a zip archive): {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]}") from None
     with zf:
         try:
             infos = zf.infolist()

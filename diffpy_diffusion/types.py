@@ -101,7 +101,7 @@ def composition_formula(comp: dict[str, float]) -> str:
         elif abs(n - round(n)) < 1e-9:
             parts.append(f"{el}{int(round(n))}")
         else:
-            parts.append(f"{el}{n:g}")
+            parts.append(f"{el}{np.format_float_positional(n, trim='-')}")  # no exponent: must re-parse
     return "".join(parts)
 
 

@@ -20,8 +20,7 @@ from ..errors import InputFileError, ResourceLimitError
 
 #: Largest pattern file we read (bytes); a safety cap, not a format limit.
 MAX_FILE_BYTES = 256 * 1024 * 1024
-#: Largest number of data rows.
-MAX_ROWS = 5_000_000
+#: Largest number of data rows: see :data:`diffpy_diffusion.limits.PATTERN_POINTS` (env-configurable).
 
 _COMMENT_PREFIXES = ("#", "!", "%", ";", "//", "'")
 _SPLIT = re.compile(r"[\s,;]+")
@@ -138,6 +137,13 @@ def parse_table(path: str | Path, text: str | None = None, *, csv: bool = False)
     path = str(path)
     if text is None:
         text = read_text(path)
+    from ..limits import PATTERN_POINTS, check_pattern_points
+
+    max_rows = PATTERN_POINTS.value()
+    # before splitting into lines: a file of millions of tiny lines must not blow up memory
+    n_breaks = max(text.count("\n"), text.count("\r"))
+    if n_breaks > 2 * max_rows + 10_000:
+        check_pattern_points(n_breaks // 2, f"{path} ({n_breaks:,} lines)")
     lines = text.splitlines()
     n_lines = len(lines)
 
@@ -228,6 +234,8 @@ def parse_table(path: str | Path, text: str | None = None, *, csv: bool = False)
                                          line=i + 1)
                 rows.append([v])
                 linenos.append(i + 1)
+            if len(rows) > max_rows:
+                check_pattern_points(len(rows), str(path))
             continue
         if len(vals) != ncols:
             raise InputFileError(path, f"expected {ncols} numbers per row (as in line {linenos[0] if linenos else i0 + 1}),"
@@ -238,8 +246,8 @@ def parse_table(path: str | Path, text: str | None = None, *, csv: bool = False)
                                      "remove or replace NaN/inf rows", line=i + 1)
         rows.append(vals)
         linenos.append(i + 1)
-        if len(rows) > MAX_ROWS:
-            raise ResourceLimitError(f"{path}: more than {MAX_ROWS} data rows")
+        if len(rows) > max_rows or len(rows) * ncols > 4 * max_rows:
+            check_pattern_points(max(len(rows), len(rows) * ncols // 4), str(path))
     data = np.asarray(rows, dtype=float).reshape(len(rows), ncols)
     if i0 != first and step_scan is None:
         count = int(first_vals[0])

@@ -89,6 +89,6 @@ def parse_size_nm(text: str | float) -> float:
         v = float(m.group(1))
         unit = (m.group(2) or "nm").lower()
         v *= {"a": 0.1, "å": 0.1, "angstrom": 0.1, "angstroms": 0.1, "um": 1000.0, "µm": 1000.0}.get(unit, 1.0)
-    if not v > 0:
-        raise ValueError(f"size must be positive, got {text!r}")
+    if not 0 < v < float("inf"):
+        raise ValueError(f"size must be positive and finite, got {text!r}")
     return v
