@@ -1,0 +1,115 @@
+"""screen.py: closed-form fits, ranking of the true structure among decoys, strain/scale recovery, dedupe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from diffpy_diffusion import screen as S
+from diffpy_diffusion.types import Observation, Proposal
+
+
+def _nacl(a=5.64):
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def _decoys():
+    cscl = Structure(Lattice.cubic(3.5), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    zb = Structure.from_spacegroup("F-43m", Lattice.cubic(6.0), ["Na", "Cl"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    wz = Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(4.2, 6.9), ["Na", "Cl"],
+                                   [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.375]])
+    return [cscl, zb, wz]
+
+
+def _xrd_obs(structure, size=3.0, noise=0.01, seed=0):
+    import torch
+
+    from diffpy_diffusion.physics.crystal import CrystalBatch
+    from diffpy_diffusion.physics.xrd import xrd_pattern
+
+    x = np.arange(10.0, 90.0, 0.02)
+    b = CrystalBatch.from_structures([structure], uiso=0.008, dtype=torch.float64)
+    y = xrd_pattern(b, x, wavelength=1.540598, wavelength2=1.544426, size_nm=size)[0].numpy()
+    y = y / y.max() + 0.05 + np.random.default_rng(seed).normal(0, noise, len(x))
+    return Observation("xrd", x, y, "2theta", composition=structure.composition.reduced_formula,
+                       wavelength=1.540598, wavelength2=1.544426)
+
+
+def test_linear_fit_recovers_coefficients():
+    x = np.linspace(0, 1, 200)
+    model = np.stack([np.sin(7 * x), np.cos(3 * x)])
+    extra = S._cheb_basis(x, 3)
+    y = 2.5 * model[0] + 0.3 + 0.1 * extra[1]
+    coef, rwp = S._linear_fit(model, y, extra)
+    assert coef[0] == pytest.approx([2.5, 0.3, 0.1, 0.0], abs=1e-6)
+    assert rwp[0] < 1e-8 and rwp[1] > 0.1
+
+
+def test_point_group_projection_keeps_cubic_metric():
+    ops = S._point_group_ops(_nacl())
+    assert len(ops) == 48
+    lat = _nacl().lattice.matrix
+    eps = np.array([[0.01, 0.002, 0], [0.002, -0.02, 0.003], [0, 0.003, 0.005]])
+    dG = lat @ (2 * eps) @ lat.T
+    dGs = np.mean([R.T @ dG @ R for R in ops], axis=0)
+    G = lat @ lat.T + dGs
+    # still cubic: equal diagonal, zero off-diagonal (conventional cubic cell)
+    assert np.allclose(np.diag(G), G[0, 0]) and np.allclose(G - np.diag(np.diag(G)), 0, atol=1e-9)
+
+
+def test_xrd_screen_ranks_truth_first_and_recovers_scale():
+    truth = _nacl()
+    obs = _xrd_obs(truth)
+    start = Structure(Lattice(truth.lattice.matrix * 1.04), truth.species, truth.frac_coords)
+    props = [Proposal(s, "test") for s in [*_decoys(), start]]
+    res = S.screen(obs, props, k=4)
+    best = res.kept[0]
+    assert best.structure.lattice.a == pytest.approx(5.64, rel=0.004)
+    assert best.scores["screen_rwp"] < 0.1
+    assert all(p.scores["screen_rwp"] > 2 * best.scores["screen_rwp"] for p in res.kept[1:])
+    assert best.provenance["screen"]["size_nm"] == pytest.approx(3.0, rel=0.25)
+
+
+def test_xrd_screen_gradient_fixes_axial_ratio():
+    truth = Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.82, 6.26), ["Zn", "S"],
+                                      [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.375]])
+    obs = _xrd_obs(truth)
+    # a = +3 %, c = -2 %: an isotropic scan alone cannot fix it
+    start = Structure(Lattice.hexagonal(3.82 * 1.03, 6.26 * 0.98), truth.species, truth.frac_coords)
+    res = S.screen(obs, [Proposal(start, "test")], k=1, gradient_steps=60)
+    lat = res.kept[0].structure.lattice
+    assert lat.a == pytest.approx(3.82, rel=0.01) and lat.c == pytest.approx(6.26, rel=0.01)
+    assert lat.gamma == pytest.approx(120, abs=0.01)
+
+
+def test_pdf_screen_ranks_truth_first():
+    import torch
+
+    from diffpy_diffusion.physics.crystal import CrystalBatch
+    from diffpy_diffusion.physics.pdf import pdf_gr
+
+    ni = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.52), ["Ni"], [[0, 0, 0]])
+    r = np.arange(1.0, 20.0, 0.01)
+    g = pdf_gr(CrystalBatch.from_structures([ni], uiso=0.006, dtype=torch.float64), r, qmax=25.0, qdamp=0.04)[0]
+    obs = Observation("pdf", r, g.numpy(), "r", composition="Ni", qmax=25.0)
+    bcc = Structure(Lattice.cubic(2.85), ["Ni", "Ni"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    hcp = Structure.from_spacegroup("P6_3/mmc", Lattice.hexagonal(2.6, 4.1), ["Ni"], [[1 / 3, 2 / 3, 0.25]])
+    sc = Structure(Lattice.cubic(2.4), ["Ni"], [[0, 0, 0]])
+    start = Structure(Lattice.cubic(3.52 * 0.96), ["Ni"] * 4, ni.frac_coords)
+    res = S.screen(obs, [Proposal(s, "t") for s in (bcc, hcp, sc, start)], k=4)
+    assert res.kept[0].structure.num_sites == 4
+    assert res.kept[0].structure.lattice.a == pytest.approx(3.52, rel=0.005)
+
+
+def test_dedupe_drops_supercell():
+    a = Proposal(_nacl(), "t")
+    b = _nacl()
+    b.make_supercell([2, 1, 1])
+    kept, dropped = S.dedupe([a, Proposal(b, "t"), Proposal(_decoys()[0], "t")])
+    assert dropped == 1 and len(kept) == 2
+
+
+def test_empty_and_failed():
+    obs = _xrd_obs(_nacl())
+    assert S.screen(obs, [], k=3).kept == []
