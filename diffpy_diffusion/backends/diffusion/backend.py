@@ -1,0 +1,291 @@
+"""The ``diffusion`` backend: sample crystal structures from the shipped (or a given) checkpoint.
+
+``DiffusionBackend(**options).sample(observation, n, seed=...)`` returns ``n`` proposals with
+exactly the observation's composition:
+
+1. Z (formula units) is enumerated up to the atom cap (``observation.max_atoms``, default 20;
+   the model was trained on cells of ≤ 20 atoms); candidates are split across the allowed Z
+   in proportion to how often that cell size occurs in the training pool.
+2. The pattern is mapped to the canonical Q grid and encoded once; PDF observations use the
+   "no pattern" condition (the shipped weights know PXRD only) plus physics guidance.
+3. Reverse diffusion on a short schedule (``steps``, default 60) in batches, with
+   classifier-free guidance (``cfg_scale``; 1 = conditional only) and physics guidance in the
+   last ``guide_frac`` of the steps.
+4. Clean-up: positive-volume lattice, coordinates wrapped to [0, 1), atoms closer than 0.5 Å
+   pushed apart; the structures become pymatgen ``Structure``s.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from functools import reduce
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import BackendError, CompositionError, ResourceLimitError
+from ...types import Observation, Proposal
+
+__version__ = "0.1.0"
+
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "diffusion.pt"
+#: Atoms-per-cell histogram of the training pool (index = atoms; 28,290 cells) — the Z prior.
+POOL_NATOMS_HIST = [0, 19, 394, 435, 3019, 9611, 1744, 451, 1693, 738, 1463, 320, 2087, 395, 1175, 270, 1353,
+                    198, 1108, 188, 1629]
+TRAINED_MAX_ATOMS = 20
+MIN_DIST = 0.5  # Å
+
+
+def integer_counts(composition: dict[str, float], max_mult: int = 100) -> dict[str, int]:
+    """Smallest integer formula of a composition (``{"Fe": 0.5, "O": 0.75}`` -> ``{"Fe": 2, "O": 3}``)."""
+    for m in range(1, max_mult + 1):
+        vals = [v * m for v in composition.values()]
+        if all(abs(v - round(v)) < 1e-6 for v in vals):
+            ints = [int(round(v)) for v in vals]
+            g = reduce(math.gcd, ints)
+            return {el: k // g for el, k in zip(composition, ints)}
+    raise CompositionError(f"composition {composition}: amounts are not a ratio of small integers")
+
+
+def z_options(counts: dict[str, int], max_atoms: int, z: int | None = None) -> list[int]:
+    """Formula units per cell allowed by the atom cap (or the given Z)."""
+    per_fu = sum(counts.values())
+    if z:
+        if z * per_fu > max_atoms:
+            raise ResourceLimitError(
+                f"Z={z} of {per_fu}-atom formula units makes {z * per_fu} atoms per cell, above the atom cap of "
+                f"{max_atoms}; raise it with --max-atoms (Observation.max_atoms)")
+        return [int(z)]
+    zs = list(range(1, max_atoms // per_fu + 1))
+    if not zs:
+        raise ResourceLimitError(
+            f"one formula unit of {''.join(f'{e}{k}' for e, k in counts.items())} has {per_fu} atoms, more than the "
+            f"atom cap of {max_atoms} atoms per cell; raise it with --max-atoms (Observation.max_atoms). "
+            f"The shipped model was trained on cells of at most {TRAINED_MAX_ATOMS} atoms.")
+    return zs
+
+
+def allocate(n: int, zs: list[int], per_fu: int) -> list[tuple[int, int]]:
+    """Split n candidates over Z values ∝ the pool's frequency of Z·per_fu atoms (each Z ≥ 1 when n allows)."""
+    w = np.array([POOL_NATOMS_HIST[z * per_fu] if z * per_fu < len(POOL_NATOMS_HIST) else 50 for z in zs], float)
+    w = np.maximum(w, 1.0) / np.maximum(w, 1.0).sum()
+    counts = np.floor(w * n).astype(int)
+    if n >= len(zs):
+        counts = np.maximum(counts, 1)
+    while counts.sum() > n:
+        counts[np.argmax(counts)] -= 1
+    order = np.argsort(-w)
+    i = 0
+    while counts.sum() < n:
+        counts[order[i % len(zs)]] += 1
+        i += 1
+    return [(z, int(c)) for z, c in zip(zs, counts) if c > 0]
+
+
+class DiffusionBackend:
+    """The pattern-conditioned crystal diffusion sampler (see module docstring).
+
+    Parameters
+    ----------
+    checkpoint : path, optional
+        Checkpoint file (default: the weights shipped in the package).
+    steps : int
+        Reverse-diffusion steps (short schedule).
+    cfg_scale : float
+        Classifier-free guidance weight w: ε = ε_∅ + w (ε_c − ε_∅); 1 = conditional only.
+    physics_guidance : bool
+        Pull the last part of the reverse process toward the observed pattern.
+    guide_frac, guide_step : float
+        Fraction of steps (at the end) that are guided, and the guidance step size.
+    batch_size : int
+        Candidates denoised together.
+    device : str
+    """
+
+    name = "diffusion"
+    version = __version__
+    capabilities = {"composition", "xrd", "pdf"}
+
+    def __init__(self, checkpoint: str | Path | None = None, steps: int = 50, cfg_scale: float = 1.0,
+                 physics_guidance: bool = True, guide_frac: float = 0.3, guide_step: float = 0.02,
+                 batch_size: int = 64, device: str = "cpu", eta: float = 0.0, **_ignored):
+        self.checkpoint = Path(checkpoint) if checkpoint else DEFAULT_WEIGHTS
+        self.steps = int(steps)
+        self.cfg_scale = float(cfg_scale)
+        self.physics_guidance = bool(physics_guidance)
+        self.guide_frac = float(guide_frac)
+        self.guide_step = float(guide_step)
+        self.batch_size = int(batch_size)
+        self.device = device
+        self.eta = float(eta)
+        self._model = None
+
+    # ------------------------------------------------------------------ model
+    def _load(self):
+        if self._model is not None:
+            return
+        from .checkpoint import load_checkpoint
+        from .model import CrystalDiffusionModel, ModelConfig
+        from .process import Process, ProcessConfig
+
+        if not self.checkpoint.is_file():
+            raise BackendError(f"diffusion backend: no weights at {self.checkpoint} (train with `diffpy-diffuse train` "
+                               "or pass checkpoint=...)")
+        ck = load_checkpoint(self.checkpoint)
+        cfg = ck["config"]
+        model = CrystalDiffusionModel(ModelConfig(**cfg["model"]))
+        try:
+            model.load_state_dict(ck["ema"])
+        except RuntimeError as exc:
+            from ...errors import CheckpointError
+
+            raise CheckpointError(f"{self.checkpoint}: weights do not fit the stored configuration: "
+                                  f"{str(exc).splitlines()[0]}") from None
+        model.eval().to(self.device)
+        self._model = model
+        self._process = Process(ProcessConfig(**cfg["process"]), device=self.device)
+        self._elements = set(int(z) for z in cfg.get("elements", []))
+        self._ck_step = int(ck["step"])
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, observation: Observation, n: int, *, seed: int | None = None, progress=None) -> list[Proposal]:
+        """``n`` proposals with exactly the observation's composition (see class docstring)."""
+        import torch
+        from pymatgen.core import Element
+
+        from .conditioning import canonical_pattern
+
+        if n <= 0:
+            return []
+        if not observation.composition:
+            raise CompositionError("the diffusion backend needs a composition (e.g. --composition CdSe)")
+        counts = integer_counts(observation.composition)
+        zs = z_options(counts, int(observation.max_atoms or TRAINED_MAX_ATOMS), observation.z)
+        self._load()
+        numbers_fu = {el: Element(el).Z for el in counts}
+        unseen = [el for el, z in numbers_fu.items() if self._elements and z not in self._elements]
+        if unseen:
+            warnings.warn(f"diffusion backend: element(s) {', '.join(unseen)} never occur in the training data; "
+                          "proposals for them are extrapolations (sampling continues)", UserWarning, stacklevel=2)
+        if int(observation.max_atoms or 0) > TRAINED_MAX_ATOMS and max(zs) * sum(counts.values()) > TRAINED_MAX_ATOMS:
+            warnings.warn(f"diffusion backend: cells above {TRAINED_MAX_ATOMS} atoms are beyond the training data",
+                          UserWarning, stacklevel=2)
+        t0 = time.time()
+        gen = torch.Generator().manual_seed(int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31))
+        pattern = torch.as_tensor(canonical_pattern(observation))[None]
+        use_pattern = observation.kind == "xrd"
+        guide = None
+        if self.physics_guidance and observation.kind == "xrd":
+            from .guidance import PhysicsGuide, canonical_q_range
+
+            guide = PhysicsGuide(pattern[0, 0].numpy(), list(numbers_fu.values()), size_nm=observation.size_nm,
+                                 wavelength=observation.wavelength, q_range=canonical_q_range(observation))
+        with torch.no_grad():
+            c_cond = self._model.encode(pattern, torch.tensor([not use_pattern]))
+            c_null = self._model.encode(pattern, torch.tensor([True]))
+        out: list[Proposal] = []
+        per_fu = sum(counts.values())
+        # one candidate list over all Z, sorted by size, denoised in padded batches (few model calls)
+        cands = [(z, [el for el, c in counts.items() for _ in range(c * z)]) for z, k in allocate(n, zs, per_fu)
+                 for _ in range(k)]
+        for start in range(0, len(cands), self.batch_size):
+            chunk = cands[start : start + self.batch_size]
+            lat, frac = self._reverse([[numbers_fu[el] for el in sp] for _, sp in chunk], c_cond,
+                                      c_null if use_pattern else None, guide, gen)
+            for b, (z, sp) in enumerate(chunk):
+                out.append(self._proposal(lat[b], frac[b, : len(sp)], sp, z, seed, len(out)))
+            if progress:
+                progress(len(chunk))
+        dt = time.time() - t0
+        for p in out:
+            p.provenance["sample_seconds_total"] = dt
+        return out
+
+    def _reverse(self, nums_list, c_cond, c_null, guide, gen):
+        import torch
+
+        from .process import denormalise_lattice
+
+        model, proc = self._model, self._process
+        B = len(nums_list)
+        N = max(len(x) for x in nums_list)
+        numbers = torch.zeros(B, N, dtype=torch.long)
+        mask = torch.zeros(B, N, dtype=torch.bool)
+        for b, x in enumerate(nums_list):
+            numbers[b, : len(x)] = torch.tensor(x)
+            mask[b, : len(x)] = True
+        natoms = mask.sum(1)
+        lat = torch.randn(B, 3, 3, generator=gen)
+        frac = torch.rand(B, N, 3, generator=gen) * mask[..., None]
+        ts = proc.timesteps(self.steps).tolist()
+        n_guided = int(round(self.guide_frac * self.steps)) if guide is not None else 0
+        cc = c_cond.expand(B, -1)
+        cn = c_null.expand(B, -1) if c_null is not None and self.cfg_scale != 1.0 else None
+        for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+            tt = torch.full((B,), t)
+            with torch.no_grad():
+                pl, pf = model(numbers, frac, lat, tt, mask, cond=cc)
+                if cn is not None:
+                    ul, uf = model(numbers, frac, lat, tt, mask, cond=cn)
+                    pl = ul + self.cfg_scale * (pl - ul)
+                    pf = uf + self.cfg_scale * (pf - uf)
+            lat_new, frac_new, lat0 = proc.step(lat, frac, pl.float(), pf.float(), t, s, mask, eta=self.eta, generator=gen)
+            if i >= self.steps - n_guided and s > 0:
+                # guide with the predicted clean lattice and the denoised coordinates
+                from .process import sigma
+
+                sig2 = float(sigma(torch.tensor([s]), proc.cfg)) ** 2
+                f0 = torch.remainder(frac_new + sig2 * pf.float() * proc.lam(torch.tensor([s])).sqrt(), 1.0)
+                chi, g_f, g_l = guide(denormalise_lattice(lat0, natoms), f0, numbers, mask)
+                gnorm = g_f.flatten(1).norm(dim=1).clamp(min=1e-12)[:, None, None] / (3 * natoms.float()).sqrt()[:, None, None]
+                frac_new = torch.where(mask[..., None], torch.remainder(frac_new - self.guide_step * g_f / gnorm, 1.0), frac_new)
+                # lattice: a relative step of size guide_step/2 along -∇χ (direction is unit-free)
+                ldir = g_l / g_l.flatten(1).norm(dim=1).clamp(min=1e-12)[:, None, None]
+                lat_new = lat_new - 0.5 * self.guide_step * ldir * lat0.flatten(1).norm(dim=1)[:, None, None]
+            lat, frac = lat_new, frac_new
+        return denormalise_lattice(lat, natoms).double(), frac.double()
+
+    def _proposal(self, lattice, frac, species, z, seed, index) -> Proposal:
+        from pymatgen.core import Lattice, Structure
+
+        L = lattice.numpy().copy()
+        if not np.isfinite(L).all():
+            L = np.eye(3) * (15.0 * len(species)) ** (1 / 3)
+        if np.linalg.det(L) < 0:
+            L[2] = -L[2]
+            frac = frac.clone()
+            frac[:, 2] = -frac[:, 2]
+        vol = abs(np.linalg.det(L))
+        vmin = 4.0 * len(species)  # Å³: no crystal is denser than ~4 Å³/atom
+        if vol < vmin:
+            L = L * (vmin / max(vol, 1e-9)) ** (1 / 3)
+        f = np.mod(np.nan_to_num(frac.numpy(), nan=0.5), 1.0)
+        s = Structure(Lattice(L), species, f)
+        s = _separate(s)
+        return Proposal(structure=s, backend=self.name, seed=seed,
+                        provenance={"backend_version": self.version, "z": z, "index": index, "steps": self.steps,
+                                    "cfg_scale": self.cfg_scale, "physics_guidance": self.physics_guidance,
+                                    "checkpoint": str(self.checkpoint), "checkpoint_step": self._ck_step})
+
+
+def _separate(s, dmin: float = MIN_DIST, iters: int = 50):
+    """Push apart atoms closer than ``dmin`` Å (minimum image); expand the cell if that fails."""
+    for _ in range(iters):
+        d = s.distance_matrix + np.eye(len(s)) * 1e9
+        if len(s) < 2 or d.min() >= dmin:
+            return s
+        i, j = np.unravel_index(np.argmin(d), d.shape)
+        _, img = s[i].distance_and_image(s[j])
+        vec = s.lattice.get_cartesian_coords(s[j].frac_coords + img - s[i].frac_coords)
+        nrm = np.linalg.norm(vec)
+        u = vec / nrm if nrm > 1e-8 else np.random.default_rng(i * 31 + j).normal(size=3)
+        u = u / np.linalg.norm(u)
+        push = (dmin * 1.05 - nrm) / 2
+        s.translate_sites([i], -push * u, frac_coords=False)
+        s.translate_sites([j], push * u, frac_coords=False)
+    if len(s) > 1 and (s.distance_matrix + np.eye(len(s)) * 1e9).min() < dmin:
+        s.scale_lattice(s.volume * 1.5)
+        return _separate(s, dmin, iters)
+    return s

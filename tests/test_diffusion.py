@@ -1,0 +1,265 @@
+"""Tests of the diffusion backend (issue 6): maths, training, checkpoints, sampling, DDP.
+
+All run on CPU in well under two minutes together.  Tests that train need the staged
+training data (``shared_data`` fixture) and skip with a reason without it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from diffpy_diffusion.backends.diffusion import checkpoint as ckpt  # noqa: E402
+from diffpy_diffusion.backends.diffusion.process import (  # noqa: E402
+    Process,
+    ProcessConfig,
+    score_norm,
+    wrapped_normal_score,
+)
+from diffpy_diffusion.errors import CheckpointError, ResourceLimitError  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "diffpy_diffusion" / "backends" / "diffusion" / "weights" / "diffusion.pt"
+TINY = dict(hidden=32, layers=1, n_freq=4, batch_size=16, warmup=5, lr=3e-3, amp=False, val_fraction=0.0,
+            progress="none", ckpt_every=1e9, log_every=10, threads=1)
+
+
+# ----------------------------------------------------------------------------- maths
+def _log_wn(x, mu, sig, terms=10):
+    k = torch.arange(-terms, terms + 1, dtype=torch.float64)
+    return torch.logsumexp(-((x - mu)[..., None] + k) ** 2 / (2 * sig**2), dim=-1)
+
+
+@pytest.mark.parametrize("sig", [0.01, 0.1, 0.3, 0.5])
+def test_wrapped_normal_score_matches_finite_differences(sig):
+    x = torch.linspace(0.0, 0.999, 37, dtype=torch.float64)
+    mu = torch.full_like(x, 0.31)
+    s = torch.full_like(x, sig)
+    h = 1e-6
+    fd = (_log_wn(x + h, mu, sig) - _log_wn(x - h, mu, sig)) / (2 * h)
+    an = wrapped_normal_score(x, mu, s, terms=3)
+    assert torch.allclose(an, fd, rtol=1e-5, atol=1e-4 / sig**2 * 1e-3)
+
+
+def test_score_norm_small_sigma_is_gaussian():
+    # for small σ the wrapped normal is a normal: E[score²] = 1/σ²
+    sig = torch.tensor([0.01, 0.02])
+    lam = score_norm(sig)
+    assert torch.allclose(lam * sig**2, torch.ones(2), rtol=2e-2)
+
+
+def test_noise_targets_are_unit_scale():
+    proc = Process(ProcessConfig())
+    g = torch.Generator().manual_seed(0)
+    frac = torch.rand(256, 8, 3, generator=g)
+    lat = torch.eye(3).repeat(256, 1, 1)
+    mask = torch.ones(256, 8, dtype=torch.bool)
+    t = torch.rand(256, generator=g)
+    _, _, eps, target = proc.noise(lat, frac, mask, t, g)
+    assert abs(float(target.pow(2).mean()) - 1.0) < 0.15  # normalised score has unit RMS
+
+
+# ----------------------------------------------------------------------------- data split
+def test_training_pool_excludes_evaluation_set(shared_data):
+    from diffpy_diffusion.backends.diffusion.data import evaluation_ids, training_pool_records
+
+    recs = training_pool_records(shared_data)
+    ids = [r.material_id for r in recs]
+    ev = evaluation_ids(shared_data)
+    assert len(ev) == 1000
+    assert not set(ids) & ev, "training pool contains evaluation-set material_ids"
+    assert len(ids) == len(set(ids)) > 20000
+    assert any(i.startswith("perov_5:") for i in ids)
+
+
+@pytest.fixture(scope="module")
+def tiny_pool(shared_data, tmp_path_factory):
+    from diffpy_diffusion.backends.diffusion.data import build_pool_arrays
+
+    out = tmp_path_factory.mktemp("pool") / "pool64.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_pool_arrays(shared_data, out, limit=64, progress=False)
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+def _fixed_loss(state, cfg_kw, pool_path):
+    from diffpy_diffusion.backends.diffusion.model import CrystalDiffusionModel, ModelConfig
+    from diffpy_diffusion.backends.diffusion.train import PoolTensors, TrainConfig, compute_loss
+
+    cfg = TrainConfig(**cfg_kw)
+    model = CrystalDiffusionModel(ModelConfig(hidden=cfg.hidden, layers=cfg.layers, n_freq=cfg.n_freq,
+                                              cond_dim=cfg.hidden))
+    if state is not None:
+        model.load_state_dict(state)
+    pool = PoolTensors(pool_path, "cpu")
+    proc = Process()
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, 64, 32):
+            idx = torch.arange(s, s + 32)
+            b = pool.batch(idx)
+            g = torch.Generator().manual_seed(s)
+            t = (torch.arange(32).float() + 0.5) / 32
+            l1, l2 = compute_loss(model, proc, b, cfg, g, t=t, drop=torch.zeros(32, dtype=torch.bool))
+            total += float(l1 + l2)
+    return total / 2
+
+
+def test_tiny_model_trains_and_loss_falls(tiny_pool, tmp_path):
+    from diffpy_diffusion.backends.diffusion.train import main
+
+    kw = dict(TINY, data=str(tiny_pool), out=str(tmp_path / "run"), steps=80, seed=3)
+    torch.manual_seed(3)
+    from diffpy_diffusion.backends.diffusion.model import CrystalDiffusionModel, ModelConfig
+
+    init = CrystalDiffusionModel(ModelConfig(hidden=32, layers=1, n_freq=4, cond_dim=32)).state_dict()
+    before = _fixed_loss(init, kw, tiny_pool)
+    summary = main(**kw)
+    assert summary["step"] == 80
+    ck = ckpt.load_checkpoint(tmp_path / "run" / "last.pt", with_training_state=True)
+    after = _fixed_loss(ck["model"], kw, tiny_pool)
+    assert after < 0.85 * before, (before, after)
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,epoch,loss") and len(log) > 3
+
+
+def test_checkpoint_round_trip_resumes_at_same_step(tiny_pool, tmp_path):
+    from diffpy_diffusion.backends.diffusion.train import main
+
+    kw = dict(TINY, data=str(tiny_pool), out=str(tmp_path / "run"), seed=1, log_every=1)
+    main(steps=3, **kw)
+    ck = ckpt.load_checkpoint(tmp_path / "run" / "last.pt", with_training_state=True)
+    assert ck["step"] == 3 and ck["config"]["model"]["hidden"] == 32
+    assert set(ck["model"]) == set(ck["ema"]) and ck["optim"] is not None
+    summary = main(steps=5, resume=True, **kw)
+    assert summary["step"] == 5
+    steps = [int(r.split(",")[0]) for r in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]
+             if r.split(",")[2]]
+    assert steps == [1, 2, 3, 4, 5]  # continued at step 4, nothing repeated
+    ck2 = ckpt.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ck2["step"] == 5
+
+
+def test_resume_without_checkpoint_is_clear(tmp_path, tiny_pool):
+    from diffpy_diffusion.backends.diffusion.train import main
+
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        main(steps=1, resume=True, **dict(TINY, data=str(tiny_pool), out=str(tmp_path / "none")))
+
+
+def test_ddp_two_processes_gloo_keep_replicas_equal(tiny_pool, tmp_path):
+    code = (
+        "import json,sys; from diffpy_diffusion.backends.diffusion.train import main; "
+        f"s=main(data={str(tiny_pool)!r}, out={str(tmp_path / 'ddp')!r}, steps=4, hidden=32, layers=1, n_freq=4, "
+        "batch_size=8, amp=False, val_fraction=0.0, progress='none', ckpt_every=1e9, threads=1, device='cpu'); "
+        "print('RESULT', s['world'], s['replica_max_abs_diff'], flush=True)"
+    )
+    script = tmp_path / "ddp_run.py"
+    script.write_text(code)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script)], capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = [line.split() for line in r.stdout.splitlines() if line.startswith("RESULT")]
+    assert len(res) == 2
+    for _, world, diff in res:
+        assert world == "2" and float(diff) == 0.0
+
+
+# ----------------------------------------------------------------------------- checkpoint safety
+def test_corrupt_and_foreign_checkpoints_raise(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(os.urandom(2048))
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        ckpt.load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    with pytest.raises(CheckpointError, match="foreign"):
+        ckpt.load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="not found"):
+        ckpt.load_checkpoint(tmp_path / "missing.pt")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch EVIL_MARKER",))
+
+
+def test_malicious_pickle_is_not_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": ckpt.FORMAT, "payload": _Evil()}, evil)
+    with pytest.raises(CheckpointError):
+        ckpt.load_checkpoint(evil)
+    assert not (tmp_path / "EVIL_MARKER").exists()
+
+
+# ----------------------------------------------------------------------------- sampling
+def _obs(composition, **kw):
+    from diffpy_diffusion.types import Observation
+
+    q = np.linspace(0.5, 5.7, 600)
+    y = np.exp(-((q - 2.0) ** 2) / 0.002) + 0.6 * np.exp(-((q - 2.9) ** 2) / 0.002) + 0.01
+    return Observation(kind="xrd", x=q, y=y, x_kind="q", composition=composition, wavelength=1.5406, size_nm=5, **kw)
+
+
+def _check_structures(props, composition_formula, per_fu):
+    from pymatgen.core import Composition
+
+    target = Composition(composition_formula).reduced_composition
+    for p in props:
+        s = p.structure
+        assert s.composition.reduced_composition == target
+        assert len(s) % per_fu == 0 and len(s) <= 20
+        assert np.isfinite(s.lattice.matrix).all() and s.volume > 0
+        d = s.distance_matrix + np.eye(len(s)) * 1e9
+        assert d.min() >= 0.5 - 1e-9
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped weights not present")
+@pytest.mark.parametrize("guided", [False, True])
+def test_sampling_gives_exact_composition_and_sane_cells(guided):
+    from diffpy_diffusion.backends.diffusion.backend import DiffusionBackend
+
+    be = DiffusionBackend(steps=8, physics_guidance=guided, guide_frac=0.5)
+    props = be.sample(_obs("SrTiO3"), 6, seed=0)
+    assert len(props) == 6
+    _check_structures(props, "SrTiO3", 5)
+    again = be.sample(_obs("SrTiO3"), 6, seed=0)
+    assert np.allclose(props[0].structure.lattice.matrix, again[0].structure.lattice.matrix)  # seeded
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped weights not present")
+def test_unseen_element_warns_and_atom_cap_is_clear():
+    from diffpy_diffusion.backends.diffusion.backend import DiffusionBackend
+
+    be = DiffusionBackend(steps=4, physics_guidance=False)
+    be._load()
+    unseen = next(z for z in range(3, 90) if z not in be._elements)
+    from pymatgen.core import Element
+
+    el = Element.from_Z(unseen).symbol
+    with pytest.warns(UserWarning, match=f"{el}.*never occur in the training data"):
+        props = be.sample(_obs(f"{el}O"), 2, seed=1)
+    assert len(props) == 2
+    with pytest.raises(ResourceLimitError, match="max-atoms"):
+        be.sample(_obs("Ca11O10"), 2, seed=1)
+
+
+def test_backend_registered_through_hook():
+    from diffpy_diffusion.plugins import list_backends
+
+    names = [b["name"] for b in list_backends()]
+    assert "diffusion" in names
