@@ -307,6 +307,8 @@ def reflections(
     spec_pad = torch.ones(B, S, dtype=torch.long, device=device)  # pad with H (unused)
     spec_pad[spec_crystal, spec_slot] = spec_numbers
     atom_spec_slot = spec_slot[atom_species]  # (N,)
+    if radiation == "xray":  # unknown elements fail here, even when no reflection is in range
+        xray_form_factor(spec_numbers, q.new_zeros(1).detach(), table=table)
 
     slot, nmax = _padded_atoms(batch)
     frac_pad = batch.frac.new_zeros(B, nmax, 3).index_put((batch.batch, slot), batch.frac)
@@ -727,12 +729,19 @@ def xrd_pattern(
         else:
             qm = float(x[-1]) + 0.05
             q_lo = max(float(x[0]) - 0.05, 0.0)
-        margin = 0.0
+        # per-crystal margin for the tails of size-broadened peaks (so a crystal's
+        # pattern does not depend on the other crystals of the batch)
+        B = batch.num_crystals
         if size_nm is not None:
-            smin = float(torch.as_tensor(size_nm).detach().min())
-            margin = 3.0 * _TWO_PI / (10.0 * smin)
-        q_max = min(qm + margin, _FOUR_PI / lam * (1 - 1e-9)) if lorentz_polarization or x_kind == "2theta" else qm + margin
-        q_min = max(q_lo - margin, 0.0)
+            st = _as_param(size_nm, B, torch.float64, "cpu", "size_nm").detach()
+            margin = 3.0 * _TWO_PI / (10.0 * st)
+        else:
+            margin = torch.zeros(B, dtype=torch.float64)
+        q_cap = _FOUR_PI / lam * (1 - 1e-9)
+        q_max = (qm + margin).clamp(max=q_cap) if (lorentz_polarization or x_kind == "2theta") else qm + margin
+        q_min = (q_lo - margin).clamp(min=0.0)
+        q_max = q_max.to(dtype=batch.dtype, device=batch.device)
+        q_min = q_min.to(dtype=batch.dtype, device=batch.device)
     else:
         q_min = 0.0
     refl = reflections(batch, q_max, q_min=q_min, radiation=radiation, table=table)

@@ -1,0 +1,189 @@
+"""PXRD forward model: pymatgen agreement, Scherrer widths, gradients, batching, bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffpy_diffusion.physics import reference
+from diffpy_diffusion.physics.crystal import CrystalBatch
+from diffpy_diffusion.physics.xrd import (
+    Reflections,
+    reflections,
+    size_fwhm_q,
+    xrd_pattern,
+    xrd_peaks,
+    xrd_profile,
+)
+
+CU = 1.540598
+
+
+def _structures_for_pymatgen():
+    s = reference.mp20_structures(reference.shared_data_dir(), n=60)
+    return s if s is not None else reference.built_structures(60)
+
+
+def test_peaks_match_pymatgen_xrdcalculator():
+    """≥ 50 structures: every peak ≥ 1 % within 0.002° and 1 % of the strongest peak."""
+    from pymatgen.analysis.diffraction.xrd import XRDCalculator
+
+    structures = _structures_for_pymatgen()
+    assert len(structures) >= 50
+    calc = XRDCalculator(wavelength=CU)
+    ours = xrd_peaks(CrystalBatch.from_structures(structures), CU, (0, 90), table="pymatgen")
+    checked = 0
+    for s, o in zip(structures, ours):
+        ref = calc.get_pattern(s, two_theta_range=(0, 90))
+        rx, ry = np.asarray(ref.x), np.asarray(ref.y)
+        for x0, y0 in zip(rx[ry >= 1], ry[ry >= 1]):
+            j = np.argmin(abs(o["two_theta"] - x0))
+            assert abs(o["two_theta"][j] - x0) <= 0.002, (s.formula, x0)
+            assert abs(o["intensity"][j] - y0) <= 1.0, (s.formula, x0, y0, o["intensity"][j])
+            checked += 1
+        # and no extra strong peak of ours is missing in pymatgen's list
+        for x1 in o["two_theta"][o["intensity"] >= 1]:
+            assert np.min(abs(rx - x1)) <= 0.002, (s.formula, x1)
+    assert checked > 500
+
+
+def _fwhm(x, y):
+    """Full width at half maximum of a single peak on a grid (linear interpolation)."""
+    i = int(np.argmax(y))
+    half = y[i] / 2
+    lo = i
+    while y[lo] > half:
+        lo -= 1
+    hi = i
+    while y[hi] > half:
+        hi += 1
+    xl = x[lo] + (half - y[lo]) * (x[lo + 1] - x[lo]) / (y[lo + 1] - y[lo])
+    xh = x[hi - 1] + (half - y[hi - 1]) * (x[hi] - x[hi - 1]) / (y[hi] - y[hi - 1])
+    return xh - xl
+
+
+@pytest.mark.parametrize("size_nm", [2.0, 5.0, 20.0])
+def test_scherrer_fwhm_isolated_reflection(size_nm):
+    tt0 = 60.0
+    q0 = 4 * math.pi * math.sin(math.radians(tt0 / 2)) / CU
+    refl = Reflections.from_lists([[q0]], [[1.0]], dtype=torch.float64)
+    x = torch.arange(10.0, 150.0, 0.002, dtype=torch.float64)
+    y = xrd_profile(refl, x, wavelength=CU, size_nm=size_nm)[0].numpy()
+    expected = math.degrees(0.9 * CU / (10 * size_nm * math.cos(math.radians(tt0 / 2))))
+    assert _fwhm(x.numpy(), y) == pytest.approx(expected, rel=0.02)
+
+
+def test_scherrer_fwhm_real_crystal_20nm():
+    ni = CrystalBatch.from_structures([reference.ni_fcc()])
+    x = torch.arange(40.0, 49.0, 0.002, dtype=torch.float64)
+    y = xrd_pattern(ni, x, size_nm=20.0)[0].numpy()  # (111) near 44.5°
+    tt = x.numpy()[np.argmax(y)]
+    expected = math.degrees(0.9 * CU / (200 * math.cos(math.radians(tt / 2))))
+    assert _fwhm(x.numpy(), y) == pytest.approx(expected, rel=0.02)
+
+
+def test_sinc2_kernel_width_in_q():
+    q0 = 3.0
+    refl = Reflections.from_lists([[q0]], [[1.0]], dtype=torch.float64)
+    x = torch.arange(0.5, 6.0, 0.0005, dtype=torch.float64)
+    y = xrd_profile(refl, x, x_kind="q", size_nm=5.0, size_kernel="sinc2", lorentz_polarization=False)[0]
+    assert _fwhm(x.numpy(), y.numpy()) == pytest.approx(float(size_fwhm_q(5.0, size_kernel="sinc2")), rel=0.01)
+    # and the Scherrer width is Q-independent on a Q grid
+    y = xrd_profile(refl, x, x_kind="q", size_nm=5.0, lorentz_polarization=False)[0]
+    assert _fwhm(x.numpy(), y.numpy()) == pytest.approx(2 * math.pi * 0.9 / 50.0, rel=0.02)
+
+
+def test_q_grid_peak_at_reflection():
+    ni = CrystalBatch.from_structures([reference.ni_fcc()])
+    x = torch.arange(2.5, 3.5, 0.0005, dtype=torch.float64)
+    y = xrd_pattern(ni, x, x_kind="q", W=0.01)[0]
+    q111 = 2 * math.pi * math.sqrt(3) / 3.52
+    assert float(x[torch.argmax(y)]) == pytest.approx(q111, abs=1e-3)
+
+
+def test_profile_area_is_lp_times_intensity():
+    q0 = 3.0
+    refl = Reflections.from_lists([[q0]], [[2.0]], dtype=torch.float64)
+    x = torch.arange(0.5, 170.0, 0.005, dtype=torch.float64)
+    y = xrd_profile(refl, x, W=0.05, eta=0.0)[0]
+    th = math.asin(CU * q0 / (4 * math.pi))
+    lp = (1 + math.cos(2 * th) ** 2) / (math.sin(th) ** 2 * math.cos(th))
+    assert float(torch.trapezoid(y, x)) == pytest.approx(2.0 * lp, rel=1e-3)
+
+
+def test_batch_equals_individual_and_float32():
+    ss = reference.built_structures(3, seed=4) + [reference.cdse_zincblende()]
+    x = torch.arange(10.0, 80.0, 0.05, dtype=torch.float64)
+    both = xrd_pattern(CrystalBatch.from_structures(ss), x, size_nm=torch.tensor([3.0, 5.0, 8.0, 2.0]), W=0.01)
+    for i, s in enumerate(ss):
+        one = xrd_pattern(CrystalBatch.from_structures([s]), x, size_nm=[3.0, 5.0, 8.0, 2.0][i], W=0.01)[0]
+        assert torch.allclose(both[i], one, rtol=1e-9, atol=1e-9 * float(one.abs().max()))
+    b32 = CrystalBatch.from_structures(ss, dtype=torch.float32)
+    y32 = xrd_pattern(b32, x.float(), size_nm=torch.tensor([3.0, 5.0, 8.0, 2.0]), W=0.01)
+    assert ((y32.double() - both).abs().max(1).values / both.abs().max(1).values).max() < 1e-3
+
+
+def test_ka2_doublet_is_sum_of_two_lines():
+    b = CrystalBatch.from_structures([reference.ni_fcc()])
+    x = torch.arange(40.0, 100.0, 0.01, dtype=torch.float64)
+    kw = dict(W=0.003, eta=0.3)
+    y12 = xrd_pattern(b, x, wavelength=CU, wavelength2=1.544426, ka2_ratio=0.5, **kw)
+    y1 = xrd_pattern(b, x, wavelength=CU, **kw)
+    refl = reflections(b, 4 * math.pi / CU * 0.999)
+    y2 = xrd_profile(refl, x, wavelength=1.544426, **kw)
+    assert torch.allclose(y12, y1 + 0.5 * y2, rtol=1e-6, atol=1e-6 * float(y1.max()))
+
+
+def test_zero_shift_scale_and_background():
+    b = CrystalBatch.from_structures([reference.ni_fcc()])
+    x = torch.arange(40.0, 48.0, 0.001, dtype=torch.float64)
+    y0 = xrd_pattern(b, x, W=0.01)[0]
+    y1 = xrd_pattern(b, x, W=0.01, zero_deg=0.2, scale=3.0, background=torch.tensor([[5.0, 1.0]]))[0]
+    shift = float(x[torch.argmax(y1)] - x[torch.argmax(y0)])
+    assert shift == pytest.approx(0.2, abs=0.002)
+    t = 2 * (x - x[0]) / (x[-1] - x[0]) - 1
+    assert float(y1[0]) == pytest.approx(3.0 * float(y0[0]) + 5.0 + float(t[0]), rel=1e-6, abs=1e-3)
+
+
+def test_gradcheck_xrd_float64():
+    base = CrystalBatch.from_structures([reference.cdse_zincblende()], uiso=0.01)
+    lat0 = base.lattice.clone() * (2 ** 0.5 / 2)  # a smaller, distorted cell keeps the case small
+    lat0[0, 0, 1] += 0.05
+    frac0 = base.frac[:2].clone() + torch.tensor([[0.01, 0.02, 0.0], [0.0, 0.01, 0.03]], dtype=torch.float64)
+    x = torch.arange(20.0, 60.0, 1.0, dtype=torch.float64)
+
+    def f(lat, frac, uiso, size):
+        b = CrystalBatch(lat, frac, base.numbers[:2], base.batch[:2], base.occupancy[:2], uiso)
+        return xrd_pattern(b, x, size_nm=size, W=0.02) / 1e4
+
+    args = (
+        lat0.requires_grad_(),
+        frac0.requires_grad_(),
+        torch.tensor([0.01, 0.02], dtype=torch.float64, requires_grad=True),
+        torch.tensor([2.0], dtype=torch.float64, requires_grad=True),
+    )
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+def _batch_with(**changes):
+    b = CrystalBatch.from_structures([reference.ni_fcc()])
+    return b.replace(**changes)
+
+
+@pytest.mark.parametrize("make, param", [
+    (lambda: CrystalBatch.from_arrays([np.eye(3) * 4], [np.zeros((0, 3))], [[]]), "structure"),
+    (lambda: CrystalBatch.from_arrays([np.zeros((3, 3))], [np.zeros((1, 3))], [[28]]), "lattice"),
+    (lambda: CrystalBatch.from_arrays([np.eye(3) * 4], [np.zeros((1, 3))], [[150]]), "numbers"),
+    (lambda: xrd_pattern(_batch_with(lattice=torch.zeros(1, 3, 3, dtype=torch.float64)), torch.arange(10.0, 20.0)), "lattice"),
+    (lambda: xrd_pattern(_batch_with(numbers=torch.full((4,), 99)), torch.arange(10.0, 20.0)), "numbers"),
+    (lambda: xrd_pattern(_batch_with(), torch.arange(10.0, 20.0), size_nm=0.0), "size_nm"),
+    (lambda: xrd_pattern(_batch_with(), torch.arange(10.0, 20.0), size_nm=-2.0), "size_nm"),
+    (lambda: xrd_pattern(_batch_with(), torch.zeros(0)), "x"),
+    (lambda: xrd_pattern(_batch_with(), torch.arange(20.0, 10.0, -1.0)), "x"),
+    (lambda: xrd_pattern(_batch_with(), torch.arange(10.0, 20.0), wavelength=-1.0), "wavelength"),
+    (lambda: xrd_peaks(_batch_with(), CU, (90, 10)), "two_theta_range"),
+])
+def test_bad_input_names_parameter(make, param):
+    with pytest.raises(ValueError, match=param):
+        make()
