@@ -158,8 +158,14 @@ def write_candidate_files(p: Proposal, rank: int, out: Path, observation: Observ
         title = f"#{rank} {p.structure.composition.reduced_formula} {p.provenance.get('spacegroup_refined') or ''}"
         if rw is not None:
             title += f"  Rw = {100 * rw:.2f} %"
-        plot_fit(result.x, result.y_obs, result.y_calc, out / f"{stem}.png", title=title,
-                 xlabel=xlabel_of(observation), force=force)
+        try:  # obs/calc/diff with reflection tick marks (PXRD), PNG + SVG (plots.py)
+            from .plots import plot_refinement
+
+            plot_refinement(result, out / stem, observation=observation, title=title, force=force)
+            files["svg"] = f"{stem}.svg"
+        except Exception:  # noqa: BLE001 - fall back to the plain plot
+            plot_fit(result.x, result.y_obs, result.y_calc, out / f"{stem}.png", title=title,
+                     xlabel=xlabel_of(observation), force=force)
         files["png"] = f"{stem}.png"
     return files
 
