@@ -221,10 +221,10 @@ def debye_iq(
     a_sin = m0 / rk - m1 / rk**2 + 2 * m2 / rk**3
     b_cos = m1 / rk - 2 * m2 / rk**2
     c_sin = m2 / rk
-    qd = q.to(f64)
+    # Q -> 0: the sums are evaluated at Q = 1e-6 Å⁻¹ (float64 keeps the cancellations exact enough)
+    qd = q.to(f64).clamp_min(1e-6)
     sin_sums, cos_sums = _trig_sums(torch.cat([a_sin, b_cos, c_sin], 0), qd, bin_width)  # (3C, M)
-    qs = qd.clamp_min(1e-6)
-    per_cls = sin_sums[:ncls] / qs + cos_sums[ncls : 2 * ncls] - qd * sin_sums[2 * ncls :]  # (C, M)
+    per_cls = sin_sums[:ncls] / qd + cos_sums[ncls : 2 * ncls] - qd * sin_sums[2 * ncls :]  # (C, M)
     cls = torch.arange(ncls, device=device)
     ta, tb = torch.div(cls, T, rounding_mode="floor"), cls % T
     sa, ua_ = torch.div(ta, nu, rounding_mode="floor"), ta % nu
