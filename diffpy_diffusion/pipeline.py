@@ -176,6 +176,8 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
     """
     from .refine import refine_structure
 
+    # default budget: a screened start is close, 20 least-squares iterations per stage suffice
+    refine_options = {"max_nfev": 20, **(refine_options or {})}
     done: list[tuple[Proposal, Any]] = []
     adv = progress.task("refining", len(candidates)) if progress else None
     for p in candidates:
@@ -188,7 +190,7 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 res = refine_structure(observation, p.structure, engine=engine, start=start or None,
-                                       **(refine_options or {}))
+                                       **refine_options)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed fit keeps the screened candidate

@@ -217,11 +217,17 @@ class _XRDScreen:
         return out
 
     def _kernels(self, sizes):
-        """rFFT of Scherrer Lorentzians (FWHM_Q = 2π·0.9/L), shape (Z, nq//2+1)."""
+        """rFFT of unit-area size kernels, shape (2 Z, nq//2+1): Scherrer Lorentzians, then sinc².
+
+        Lorentzian of FWHM 2π·0.9/L: FT ``exp(-2π γ |k|)`` (γ the HWHM).  Laue function
+        ``sinc²(L ΔQ/2)`` (PXRDnet's kernel): FT ``max(0, 1 − 2π|k|/L)`` (a triangle).
+        """
         k = np.fft.rfftfreq(self.nq, d=self.dq)  # cycles per Å⁻¹
-        gam = 2 * math.pi * 0.9 / (10.0 * np.asarray(sizes)) / 2  # HWHM, Å⁻¹
-        # Fourier transform of a unit-area Lorentzian: exp(-2π γ |k|)
-        return np.exp(-2 * math.pi * gam[:, None] * k[None, :])
+        L = 10.0 * np.asarray(sizes)  # Å
+        gam = 2 * math.pi * 0.9 / L / 2  # HWHM, Å⁻¹
+        lor = np.exp(-2 * math.pi * gam[:, None] * k[None, :])
+        tri = np.clip(1 - 2 * math.pi * k[None, :] / L[:, None], 0, None)
+        return np.concatenate([lor, tri], 0)
 
     def stage_a(self, peaks, scales_per_cand):
         """Rwp over (scale, size) grids; returns best (rwp, s, size, coef) per candidate.
@@ -237,7 +243,7 @@ class _XRDScreen:
         for b in range(B):
             qb, ib, _ = peaks[b]
             if len(qb) == 0:
-                best.append((np.inf, 1.0, self.sizes[0], None))
+                best.append((np.inf, 1.0, self.sizes[0], None, "scherrer"))
                 continue
             sticks = [(qb, ib, 1.0)]
             if self.ka2:
@@ -258,13 +264,15 @@ class _XRDScreen:
             coef, rwp = _linear_fit(model, self.y, self.bkg)
             j = np.unravel_index(np.nanargmin(np.where(coef[..., 0] > 0, rwp, np.inf)), rwp.shape)
             if not np.isfinite(rwp[j]) or coef[j][0] <= 0:
-                best.append((np.inf, 1.0, self.sizes[0], None))
+                best.append((np.inf, 1.0, self.sizes[0], None, "scherrer"))
                 continue
-            best.append((float(rwp[j]), float(scales_per_cand[b][j[0]]), float(self.sizes[j[1]]), coef[j]))
+            nz = len(self.sizes)
+            best.append((float(rwp[j]), float(scales_per_cand[b][j[0]]), float(self.sizes[j[1] % nz]), coef[j],
+                         "sinc2" if j[1] >= nz else "scherrer"))
         return best
 
     def stage_b(self, structures, peaks, s0, size0, steps: int = 30, max_points: int = 500,
-                max_peaks: int = 160):
+                max_peaks: int = 160, kernels=None):
         """Adam on symmetric strain, size and Q shift; returns (rwp, metrics, sizes, shifts).
 
         A dense Lorentzian (Scherrer) profile of the fixed peak list, evaluated for all
@@ -303,6 +311,7 @@ class _XRDScreen:
         mom = [(torch.zeros_like(p), torch.zeros_like(p)) for p, _ in params]
         G0 = lat0 @ lat0.transpose(1, 2)
         ratio2 = (self.lam2 / self.lam) if self.ka2 else None
+        use_sinc = torch.tensor([k == "sinc2" for k in (kernels or ["scherrer"] * B)])
 
         def lp_t(q1, ratio):
             if not self.lam:
@@ -320,13 +329,24 @@ class _XRDScreen:
             Gs = torch.linalg.inv(G).to(dt)
             qv = 2 * math.pi * torch.sqrt(torch.einsum("bri,bij,brj->br", hkl, Gs, hkl).clamp_min(1e-12))
             qv = qv + shift[:, None]
-            gam = (2 * math.pi * 0.9 / (10.0 * torch.exp(log_size).clamp(0.5, 200.0)) / 2)[:, None, None]
+            L = (10.0 * torch.exp(log_size).clamp(0.5, 200.0))[:, None, None]
+            gam = 2 * math.pi * 0.9 / L / 2
+
+            def shape(dx):
+                lor = gam / math.pi / (dx**2 + gam**2)
+                if not use_sinc.any():
+                    return lor
+                u = 0.5 * L * dx
+                sinc2 = torch.where(u.abs() < 1e-6, torch.ones_like(u), torch.sin(u) / u.where(u.abs() >= 1e-6, torch.ones_like(u))) ** 2
+                sinc2 = sinc2 * L / (2 * math.pi)  # unit area
+                return torch.where(use_sinc[:, None, None], sinc2, lor)
+
             w1 = inten * lp_t(qv, 1.0)
-            prof = (w1[..., None] * gam / math.pi / ((x - qv[..., None]) ** 2 + gam**2)).sum(1)
+            prof = (w1[..., None] * shape(x - qv[..., None])).sum(1)
             if ratio2:
                 q2 = qv * ratio2
                 w2 = inten * lp_t(qv, ratio2) * self.ka2
-                prof = prof + (w2[..., None] * gam / math.pi / ((x - q2[..., None]) ** 2 + gam**2)).sum(1)
+                prof = prof + (w2[..., None] * shape(x - q2[..., None])).sum(1)
             return prof, G
 
         def fit(prof):
@@ -563,7 +583,7 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
         if np.isfinite(b[0]):
             new_structs[i] = _scaled_structure(structs[i], b[1])
             if observation.kind == "xrd":
-                info[i] = {"lattice_scale": b[1], "size_nm": b[2]}
+                info[i] = {"lattice_scale": b[1], "size_nm": b[2], "size_kernel": b[4]}
             else:
                 info[i] = {"lattice_scale": b[1], "uiso": b[2]}
     # stage B: gradient strain/size/zero for the leaders (PXRD)
@@ -578,7 +598,7 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
             try:
                 res = scr.stage_b([structs[i] for i in lead], [peaks[i] for i in lead],
                                   np.array([best[i][1] for i in lead]), np.array([best[i][2] for i in lead]),
-                                  steps=gradient_steps)
+                                  steps=gradient_steps, kernels=[best[i][4] for i in lead])
             except Exception as exc:  # noqa: BLE001 - stage B is an optional improvement
                 warnings.warn(f"screen: gradient stage skipped ({exc})", stacklevel=2)
                 res = None

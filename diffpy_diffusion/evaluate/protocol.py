@@ -46,8 +46,13 @@ MATCH = {"stol": 0.3, "ltol": 0.2, "angle_tol": 5.0}
 KS = (1, 5, 10)
 
 
-def simulate_target(structure, size_nm: float, *, seed: int = 0, n_q: int = N_Q) -> Observation:
-    """PXRDnet-style simulated pattern of ``structure`` (see the module docstring) as an Observation."""
+def simulate_target(structure, size_nm: float, *, seed: int = 0, n_q: int = N_Q,
+                    size_kernel: str = "sinc2") -> Observation:
+    """PXRDnet-style simulated pattern of ``structure`` (see the module docstring) as an Observation.
+
+    The pattern is computed on PXRDnet's grid (``n_q`` points over 0–8.15 Å⁻¹) and the
+    observation holds the points with 2θ ≤ 90° (Q ≤ 5.763 Å⁻¹ for Cu Kα).
+    """
     import torch
 
     from ..physics.crystal import CrystalBatch
@@ -61,15 +66,19 @@ def simulate_target(structure, size_nm: float, *, seed: int = 0, n_q: int = N_Q)
         y = np.zeros_like(q)
         m = q > 0.05
         y[m] = xrd_pattern(batch, q[m], x_kind="q", wavelength=WAVELENGTH, size_nm=float(size_nm),
-                           size_kernel="sinc2", q_max=q_cut)[0].numpy()
+                           size_kernel=size_kernel, q_max=q_cut)[0].numpy()
     ymax = float(y.max()) or 1.0
     y = y / ymax
     rng = np.random.default_rng(seed)
     y = y + rng.normal(0.0, NOISE, size=y.shape)
+    # the measured range is 2θ ≤ 90°: beyond it the grid holds no information (only noise), and
+    # a model fitted there would predict reflections the "instrument" never recorded
+    keep = (q > 0) & (q <= q_cut)
     comp = {el.symbol: float(n) for el, n in structure.composition.reduced_composition.items()}
-    return Observation(kind="xrd", x=q, y=y, x_kind="q", composition=comp, wavelength=WAVELENGTH,
+    return Observation(kind="xrd", x=q[keep], y=y[keep], x_kind="q", composition=comp, wavelength=WAVELENGTH,
                        size_nm=float(size_nm), max_atoms=max(20, len(structure)),
-                       meta={"simulated": "pxrdnet", "noise": NOISE, "uiso": UISO})
+                       meta={"simulated": "pxrdnet", "noise": NOISE, "uiso": UISO, "size_kernel": size_kernel,
+                             "q_grid": [0.0, Q_MAX_GRID, n_q]})
 
 
 def match(candidate, truth, matcher=None) -> float | None:
