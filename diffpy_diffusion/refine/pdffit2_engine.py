@@ -451,7 +451,17 @@ def write_pdfgui_project(path, structure, observation, *, name: str = "fit", for
             target.constraints[var] = Constraint(formula)
         for idx, (_, value) in plan.pars.items():
             fitting.parameters[idx] = Parameter(idx, initial=value)
-        control.save(str(path))
+        # PDFgui's save copies over the target (not atomic): save under the same name in a
+        # hidden folder beside it (the name is the project name inside the file), then rename
+        import shutil
+
+        tmp_dir = path.parent / f".{path.name}.{os.getpid()}.tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            control.save(str(tmp_dir / path.name))
+            os.replace(tmp_dir / path.name, path)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
 
 
@@ -488,7 +498,11 @@ def write_refinement_files(result, observation, outdir, stem: str, *, data_file:
                 from ..errors import OutputExistsError
 
                 raise OutputExistsError(f"{path} exists; use force=True to overwrite")
-            np.savetxt(path, np.column_stack(cols), header="r(A) G(r)", comments="# ")
+            buf = io.StringIO()
+            np.savetxt(buf, np.column_stack(cols), header="r(A) G(r)", comments="# ")
+            from ..io import atomic_write_text
+
+            atomic_write_text(path, buf.getvalue(), force=True)  # atomic: no half-written file after a crash
             out["data"] = path
             data_file = path.name
     p = result.params
@@ -508,7 +522,9 @@ def write_refinement_files(result, observation, outdir, stem: str, *, data_file:
         from ..errors import OutputExistsError
 
         raise OutputExistsError(f"{spath} exists; use force=True to overwrite")
-    spath.write_text(text)
+    from ..io import atomic_write_text
+
+    atomic_write_text(spath, text, force=True)  # existence checked above; atomic like every output
     out["script"] = spath
     if pdfgui_project:
         try:
