@@ -354,13 +354,15 @@ def diffusion_weights_available() -> bool:
 @n_option(200)
 @top_option(5)
 @seed_option
+@click.option("--refine/--no-refine", "do_refine", default=True, show_default=True,
+              help="Refine the screened candidates with srfit (--no-refine: screen only, much faster).")
 @output_option(None, "Folder for CIF/.stru files, results.json and plots (default: print only).")
 @force_option
 @json_option
 @quiet_option
 @debug_option
 def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegroup, max_atoms, backend, library, n, top,
-            seed, output, force, as_json, quiet):
+            seed, do_refine, output, force, as_json, quiet):
     """Propose and refine crystal structures for the pattern in DATA.
 
     DATA is a powder pattern (.xy .xye .dat .csv .chi: 2θ or Q vs intensity)
@@ -386,7 +388,8 @@ def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegrou
     if pipeline_propose is not None:
         results = pipeline_propose(obs, backend=backend, n=n, top=top, seed=seed, output_dir=output,
                                    force=force, progress=not (quiet or as_json),
-                                   backend_options={"library": library} if library else None)
+                                   backend_options={"library": library} if library else None,
+                                   refine=do_refine)
     else:
         results = _propose_without_pipeline(obs, backend, n, top, seed, output, force, quiet or as_json)
     _print_proposals(results, obs, output, as_json, time.perf_counter() - t0)
