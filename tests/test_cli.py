@@ -191,6 +191,7 @@ def test_unknown_backend(xy):
 def test_propose_example_backend_writes_and_refuses_overwrite(xy, tmp_path):
     out = tmp_path / "res"
     args = ["propose", str(xy), "-c", "NaCl", "-w", "CuKa", "--backend", "example", "--n", "3", "--top", "1",
+            "--no-refine",
             "-o", str(out), "-q"]
     res = run(args)
     assert res.exit_code == 0, res.output

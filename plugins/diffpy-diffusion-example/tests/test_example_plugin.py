@@ -53,7 +53,7 @@ def test_cli_backend_example(tmp_path):
     obs = make_observation("NaCl")
     data = write_xy(obs.x, obs.y, tmp_path / "nacl.xy", columns=("2theta", "intensity"))
     res = CliRunner().invoke(cli, ["propose", str(data), "-c", "NaCl", "-w", "CuKa1", "--backend", "example",
-                                   "--n", "3", "--top", "2", "--json", "-o", str(tmp_path / "out")])
+                                   "--n", "3", "--top", "2", "--no-refine", "--json", "-o", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
     import json
 
