@@ -350,7 +350,7 @@ def _settings_key(settings: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _write_pattern_result(out: Path, name: str, record: dict, meta: dict) -> Path:
+def _write_pattern_result(out: Path, name: str, record: dict, meta: dict, plot: bool = False) -> Path:
     """Write one pattern's folder atomically: build it under a temporary name, then rename."""
     from pymatgen.core import Structure
 
@@ -371,6 +371,15 @@ def _write_pattern_result(out: Path, name: str, record: dict, meta: dict) -> Pat
         except Exception:  # noqa: BLE001 - .stru needs diffpy.structure; CIF is the primary output
             pass
         cands.append({k: v for k, v in c.items() if k != "structure"} | {"cif": f"{stem}.cif"})
+    if plot and cands:  # candidates overview: Rw/Rwp, structure type, space group
+        from . import plots
+
+        rows = []
+        for c in record["candidates"]:
+            st = plots.structure_type(Structure.from_dict(c["structure"]))
+            rows.append({**{k: c[k] for k in ("rank", "formula", "score", "score_name")},
+                         **{k: st[k] for k in ("spacegroup", "pearson")}})
+        plots.save_figure(plots.overview_figure(rows, title=f"{name}: candidates"), tmp / "candidates")
     write_json({**meta, "seconds": record.get("seconds"), "candidates": cands,
                 "structures": [c["structure"] for c in record["candidates"]]}, tmp / RESULT_FILE)
     if final.exists():  # an unfinished earlier attempt (no results.json) or --force
@@ -498,7 +507,7 @@ def propose_batch(patterns: str | os.PathLike | Sequence[str | os.PathLike], out
                   seed: int = 0, screen_only: bool = False, screen_options: dict | None = None,
                   backend_options: dict | None = None,
                   workers: int = 1, scheduler: Any = None, force: bool = False, progress: bool = True,
-                  limit: int | None = None) -> BatchSummary:
+                  limit: int | None = None, plot: bool = False) -> BatchSummary:
     """Propose structures for every pattern in a folder, resumably, locally or on Dask.
 
     Parameters
@@ -532,6 +541,8 @@ def propose_batch(patterns: str | os.PathLike | Sequence[str | os.PathLike], out
         Show a rich progress bar.
     limit : int, optional
         Only the first ``limit`` patterns.
+    plot : bool
+        Also write ``<pattern>/candidates.png`` and ``.svg`` (:func:`diffpy_diffusion.plots.overview_figure`).
 
     Returns
     -------
@@ -608,7 +619,7 @@ def propose_batch(patterns: str | os.PathLike | Sequence[str | os.PathLike], out
                 failed.append(name)
             else:
                 name = result["name"]
-                _write_pattern_result(out, name, result, metas[name])
+                _write_pattern_result(out, name, result, metas[name], plot=plot)
                 computed.append(name)
             advance(name)
     rows = [_summary_row(f.stem, rows_comp[f.stem], out) for f in files]

@@ -492,13 +492,15 @@ def _print_proposals(results, obs, output, as_json: bool, seconds: float) -> Non
               help="Run the patterns on an existing Dask distributed cluster, e.g. tcp://host:8786 "
                    "(needs the 'dask' extra). Overrides --workers.")
 @click.option("--limit", type=click.IntRange(1, None), default=None, help="Only the first N patterns.")
+@click.option("--plot", is_flag=True, help="Also write a candidates overview (PNG + SVG) per pattern.")
 @output_option(None, "Output folder: one sub-folder per pattern, batch.json, summary.csv.")
 @force_option
 @json_option
 @quiet_option
 @debug_option
 def propose_batch(patterns, composition_table, composition, wavelength, radiation, size_nm, x_kind, backend, n, top,
-                  seed, screen_only, screen_steps, workers, dask_scheduler, limit, output, force, as_json, quiet):
+                  seed, screen_only, screen_steps, workers, dask_scheduler, limit, plot, output, force, as_json,
+                  quiet):
     """Propose structures for every pattern file in the folder PATTERNS (resumable).
 
     Each finished pattern is written atomically to OUTPUT/<name>/; running the
@@ -520,7 +522,7 @@ def propose_batch(patterns, composition_table, composition, wavelength, radiatio
                         screen_only=screen_only,
                         screen_options=None if screen_steps is None else {"gradient_steps": screen_steps},
                         workers=workers, scheduler=dask_scheduler, force=force, progress=not (quiet or as_json),
-                        limit=limit)
+                        limit=limit, plot=plot)
     if as_json:
         from .io.writers import to_json_text
 

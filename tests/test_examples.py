@@ -1,8 +1,8 @@
 """Every script in examples/ runs as it is, on small settings (``--quick``), in a subprocess.
 
-``srfit_pdf_oneline.py`` is run by tests/test_refine_oneline.py and
-``make_demo_pattern.py`` (which rewrites the bundled demo file) by the foundation's
-tests.  The measured-data example skips with a message when ../shared/data is absent
+``srfit_pdf_oneline.py`` is run by tests/test_refine_oneline.py; ``make_demo_pattern.py``
+rewrites the bundled demo file (its output is checked by the foundation), so it is not run
+here.  The measured-data example skips with a message when ../shared/data is absent
 and must then still exit 0.
 """
 
