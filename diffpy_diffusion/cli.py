@@ -796,12 +796,16 @@ def backends(as_json):
 
     con = Console()
     table = Table(title="diffpy-diffusion backends")
-    for col in ("backend", "plugin", "version", "capabilities", "description"):
-        table.add_column(col)
+    table.add_column("backend", style="bold", no_wrap=True)
+    table.add_column("plugin", no_wrap=True)
+    table.add_column("version", no_wrap=True)
+    table.add_column("capabilities")
+    table.add_column("description", overflow="ellipsis", no_wrap=True, ratio=1)
     for r in rows:
         plugin = f"{r['plugin']} {r['plugin_version']}"
-        table.add_row(r["name"], plugin, r["version"], ", ".join(r["capabilities"]) or "-",
-                      r["description"] if not r["error"] else f"[red]cannot start: {r['error']}[/red]")
+        desc = r["description"].split(". ")[0].rstrip(".")
+        table.add_row(r["name"], plugin, r["version"], " ".join(r["capabilities"]) or "-",
+                      desc if not r["error"] else f"[red]cannot start: {r['error']}[/red]")
     con.print(table)
     if not rows:
         con.print("no backends installed")
