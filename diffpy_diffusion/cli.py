@@ -800,7 +800,7 @@ def backends(as_json):
     table.add_column("plugin", no_wrap=True)
     table.add_column("version", no_wrap=True)
     table.add_column("capabilities")
-    table.add_column("description", overflow="ellipsis", no_wrap=True, ratio=1)
+    table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=40)
     for r in rows:
         plugin = f"{r['plugin']} {r['plugin_version']}"
         desc = r["description"].split(". ")[0].rstrip(".")

@@ -27,11 +27,11 @@ DATA = Path("measured") / "pt_nanoparticles_xray" / "Pt-nanoparticles.gr"
 REFERENCE_SPACEGROUP = "Fm-3m"
 
 
-def find_data() -> Path | None:
+def find_data(folder: Path | None = None) -> Path | None:
     try:
         from diffpy_diffusion.datasets import data_dir
 
-        path = data_dir() / DATA
+        path = (folder if folder is not None else data_dir()) / DATA
     except Exception:  # noqa: BLE001 - NotAvailableError: no shared data folder here
         return None
     return path if path.is_file() else None
@@ -42,9 +42,11 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--output", type=Path, default=Path("pt_nanoparticles_results"))
     ap.add_argument("--backend", default="templates", help="structure proposer (default: templates)")
     ap.add_argument("--quick", action="store_true", help="small settings (CI): fewer candidates, r < 20 Å")
+    ap.add_argument("--data-dir", type=Path, default=None,
+                    help="shared data folder (default: $DIFFPY_DIFFUSION_DATA, else ../shared/data)")
     args = ap.parse_args(argv)
 
-    path = find_data()
+    path = find_data(args.data_dir)
     if path is None:
         print(f"skipped: {DATA} not found (set DIFFPY_DIFFUSION_DATA to the shared data folder)")
         return 0

@@ -44,7 +44,7 @@ def test_backend_plugin_is_short_and_runs():
 @pytest.mark.slow
 def test_measured_pdf_example(tmp_path, shared_data):
     res = run_example("measured_pdf_nanoparticles.py", "--quick", "-o", str(tmp_path / "pt"),
-                      env={"DIFFPY_DIFFUSION_DATA": str(shared_data)})
+                      "--data-dir", str(shared_data))
     assert "rank 1 is Fm-3m" in res.stdout and ": yes" in res.stdout  # reference structure type at rank 1
     for stem in ("pt_fit", "pt_candidates"):
         for ext in ("png", "svg"):
@@ -54,9 +54,8 @@ def test_measured_pdf_example(tmp_path, shared_data):
 
 def test_measured_pdf_example_skips_without_data(tmp_path):
     res = run_example("measured_pdf_nanoparticles.py", "--quick", "-o", str(tmp_path / "pt"),
-                      env={"DIFFPY_DIFFUSION_DATA": str(tmp_path / "nowhere")}, timeout=300)
-    if "skipped" not in res.stdout:  # ../shared/data next to the repo is found even so
-        pytest.skip("shared data found through the fallback path; the skip branch is not reachable here")
+                      "--data-dir", str(tmp_path / "nowhere"), timeout=300)
+    assert res.stdout.startswith("skipped:") and "not found" in res.stdout
     assert not (tmp_path / "pt").exists()
 
 
