@@ -794,18 +794,24 @@ def backends(as_json):
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = Console(width=None if sys.stdout.isatty() else 120)
+    wide = con.width >= 110  # the description column only where it fits
     table = Table(title="diffpy-diffusion backends")
     table.add_column("backend", style="bold", no_wrap=True)
     table.add_column("plugin", no_wrap=True)
     table.add_column("version", no_wrap=True)
     table.add_column("capabilities")
-    table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=40)
+    if wide:
+        table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=48)
     for r in rows:
         plugin = f"{r['plugin']} {r['plugin_version']}"
         desc = r["description"].split(". ")[0].rstrip(".")
-        table.add_row(r["name"], plugin, r["version"], " ".join(r["capabilities"]) or "-",
-                      desc if not r["error"] else f"[red]cannot start: {r['error']}[/red]")
+        cells = [r["name"], plugin, r["version"], " ".join(r["capabilities"]) or "-"]
+        if wide:
+            cells.append(desc)
+        if r["error"]:
+            cells[-1] = f"[red]cannot start: {r['error']}[/red]"
+        table.add_row(*cells)
     con.print(table)
     if not rows:
         con.print("no backends installed")
