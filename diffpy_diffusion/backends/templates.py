@@ -14,7 +14,7 @@ Libraries
 * ``library="training-pool"``: the training pool of DESIGN.md (MP-20 train/val,
   MP-20 test rows after the first 1,000, MPTS-52 ≤ 20 atoms, perov_5; never an
   evaluation-set ``material_id``), grouped into structure types by
-  (anonymous formula, atoms per cell, space group);
+  (anonymous formula, atoms per cell, space group, Wyckoff orbits);
 * ``library=PATH``: a folder of CIF files, or a CSV file with a ``cif`` column
   (and optionally ``material_id``).
 
@@ -93,7 +93,7 @@ class Library:
     lattices : (M, 3, 3) Å rows
     frac : (N, 3); numbers : (N,); offsets : (M+1,) site ranges per member
     anon : list[str] anonymous reduced formula key per member, e.g. ``"1-1-3"``
-    type_key : list[str] structure-type key per member ``anon|natoms|spacegroup``
+    type_key : list[str] structure-type key per member ``anon|natoms|spacegroup|wyckoff-orbits``
     ids : list[str] material id / prototype label per member
     spacegroup : (M,) int
     """
@@ -133,14 +133,20 @@ def anon_key(numbers) -> str:
     return "-".join(str(x // g) for x in c)
 
 
-def _spacegroup(lat, frac, numbers, symprec=0.1) -> int:
+def _symmetry(lat, frac, numbers, symprec=0.1) -> tuple[int, str]:
+    """(space-group number, Wyckoff signature) of a cell; the signature lists the Wyckoff
+    letter and multiplicity of every orbit, sorted, e.g. ``"2a.2b"`` for NaCl's primitive cell."""
     import spglib
 
     try:
         d = spglib.get_symmetry_dataset((lat, frac, numbers), symprec=symprec)
-        return int(d.number) if d is not None else 1
     except Exception:  # noqa: BLE001 - spglib raises various errors on odd cells
-        return 1
+        d = None
+    if d is None:
+        return 1, ""
+    orbits = Counter((int(e), d.wyckoffs[i]) for i, e in enumerate(d.equivalent_atoms))
+    sig = ".".join(sorted(f"{m}{w}" for (_, w), m in orbits.items()))
+    return int(d.number), sig
 
 
 def _primitive(lat, frac, numbers, symprec=0.01):
@@ -159,17 +165,16 @@ def _primitive(lat, frac, numbers, symprec=0.01):
 def _build(name: str, items) -> Library:
     """Index (id, lattice, frac, numbers, spacegroup or None) tuples."""
     lats, fracs, nums, offs, anon, tkey, ids, sgs = [], [], [], [0], [], [], [], []
-    for mid, lat, frac, z, sg in items:
+    for mid, lat, frac, z, _sg in items:
         z = np.asarray(z, dtype=np.int64)
-        if sg is None:
-            sg = _spacegroup(lat, frac, z)
+        sg, wyck = _symmetry(lat, frac, z)
         a = anon_key(z)
         lats.append(np.asarray(lat, float))
         fracs.append(np.asarray(frac, float) % 1.0)
         nums.append(z)
         offs.append(offs[-1] + len(z))
         anon.append(a)
-        tkey.append(f"{a}|{len(z)}|{sg}")
+        tkey.append(f"{a}|{len(z)}|{sg}|{wyck}")
         ids.append(str(mid))
         sgs.append(int(sg))
     if not ids:
@@ -246,7 +251,7 @@ def _path_items(path: Path):
 
 
 def _fingerprint(paths) -> str:
-    h = hashlib.sha1(b"templates-index-v1")
+    h = hashlib.sha1(b"templates-index-v2")
     for p in paths:
         st = Path(p).stat()
         h.update(f"{Path(p).resolve()}:{st.st_size}:{int(st.st_mtime)}".encode())

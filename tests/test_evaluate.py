@@ -1,0 +1,91 @@
+"""evaluate/: PXRDnet-style simulation, matching, summary statistics, the run on a small CSV set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from diffpy_diffusion.evaluate import protocol as P
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DIFFPY_DIFFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _nacl(a=5.64):
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_simulate_target_follows_protocol():
+    obs = P.simulate_target(_nacl(), 10.0, seed=3)
+    q_cut = 4 * np.pi * np.sin(np.radians(45)) / 1.54184
+    assert obs.x_kind == "q" and obs.wavelength == 1.54184 and obs.size_nm == 10.0
+    assert obs.x.max() <= q_cut + 1e-9 and obs.x.min() > 0
+    assert np.diff(obs.x) == pytest.approx(np.full(len(obs.x) - 1, 8.15 / (P.N_Q - 1)))
+    assert obs.y.max() == pytest.approx(1.0, abs=0.01)
+    # below the first reflection (NaCl 111 at Q = 1.93 Å⁻¹) only noise of σ = 1e-3 remains
+    low = obs.y[obs.x < 1.5]
+    assert np.std(low) == pytest.approx(1e-3, rel=0.3)
+    assert obs.composition == {"Na": 1.0, "Cl": 1.0}
+    again = P.simulate_target(_nacl(), 10.0, seed=3)
+    assert np.array_equal(obs.y, again.y)
+
+
+def test_match():
+    s = _nacl()
+    t = s.copy()
+    t.make_supercell([1, 1, 2])
+    t.perturb(0.05, min_distance=0.01)
+    assert P.match(t, s) is not None and P.match(t, s) < 0.1
+    cscl = Structure(Lattice.cubic(3.5), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert P.match(cscl, s) is None
+
+
+def test_summarize_counts():
+    recs = []
+    # target 0: both solve at rank 1; target 1: diffusion rank 4 only; target 2: nobody
+    for idx, d_rank, t_rank in ((0, 1, 1), (1, 4, None), (2, None, None)):
+        for b, rank in (("diffusion", d_rank), ("templates", t_rank), ("diffusion+templates", d_rank)):
+            recs.append({"index": idx, "backend": b, "match_rank": rank, "rms": 0.1 if rank else None,
+                         "rw_top1": 0.2, "seconds": 2.0, "error": None})
+    s = P.summarize(recs, ["diffusion", "templates", "diffusion+templates"])
+    assert s["diffusion"]["top1"] == pytest.approx(1 / 3) and s["diffusion"]["top5"] == pytest.approx(2 / 3)
+    assert s["templates"]["top10"] == pytest.approx(1 / 3)
+    assert s["_only_diffusion_solved"] == 1
+    assert s["diffusion"]["solved_only_by_this"] == 1  # "diffusion+templates" contains it, not counted as other
+    assert s["templates"]["solved_only_by_this"] == 0
+    md = P.markdown_table(s, {"dataset": "x", "limit": 3, "size_nm": 10, "n": 5, "top": 10, "refine_top": 1})
+    assert "| diffusion | 3 | 33.3 % | 66.7 % |" in md and "only the diffusion model" in md
+
+
+def test_run_evaluation_on_a_small_csv(tmp_path):
+    import pandas as pd
+
+    cscl = Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    csv = tmp_path / "set.csv"
+    pd.DataFrame({"material_id": ["t-1", "t-2"], "cif": [_nacl().to(fmt="cif"), cscl.to(fmt="cif")]}).to_csv(csv)
+    out = tmp_path / "ev"
+    doc = P.run_evaluation(dataset=str(csv), limit=2, size_nm="10nm", backend="templates", n=40, top=5,
+                           refine_top=0, output_dir=out, quiet=True)
+    assert doc["summary"]["templates"]["targets"] == 2
+    assert doc["summary"]["templates"]["top1"] == 1.0
+    assert (out / "evaluation.md").read_text().startswith("Evaluation on")
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert [r["material_id"] for r in saved["records"]] == ["t-1", "t-2"]
+    from diffpy_diffusion.errors import OutputExistsError
+
+    with pytest.raises(OutputExistsError):
+        P.run_evaluation(dataset=str(csv), limit=1, backend="templates", output_dir=out, quiet=True)
+
+
+@pytest.mark.slow
+def test_eval_set_is_first_rows(shared_data):
+    from diffpy_diffusion.datasets import eval_set
+
+    es = eval_set(3, data=shared_data)
+    assert [e.material_id for e in es] == ["mp-10009", *[e.material_id for e in es[1:]]]
+    assert all(e.source == "mp20/test" for e in es)
