@@ -34,8 +34,17 @@ def _atomic_save(obj, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # disk full, Ctrl-C: leave no half-written temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _tagged(p: Path, step: int) -> Path:
+    """Step-tagged name of a sidecar while a save is in flight (``x.train.pt`` -> ``x.train.step12.pt``)."""
+    return p.with_name(f"{p.stem}.step{int(step)}.pt")
 
 
 def _compact_optim(state: dict) -> dict:
@@ -59,15 +68,35 @@ def save_checkpoint(path: str | Path, *, config: dict, step: int, epoch: int, em
     cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
     main = {"format": FORMAT, "version": VERSION, "config": config, "step": int(step), "epoch": int(epoch),
             "ema": cpu(ema), "meta": meta or {}}
+    pending = []
     if model is not None:
-        train = {"format": FORMAT + "-train", "version": VERSION, "step": int(step), "model": cpu(model),
-                 "rng": rng or {}}
-        _atomic_save(train, sidecar(path))
+        # The three files cannot be replaced in one atomic step.  A kill -9 between them must not
+        # leave a main file whose sidecars are from another step (--resume would be impossible), so
+        # the new sidecars are first written under step-tagged names, then the main file, then the
+        # sidecars are renamed into place; load_checkpoint looks for the tagged name as a fallback.
+        pending.append((sidecar(path), {"format": FORMAT + "-train", "version": VERSION, "step": int(step),
+                                        "model": cpu(model), "rng": rng or {}}))
         if optim is not None:
-            _atomic_save({"format": FORMAT + "-optim", "version": VERSION, "step": int(step),
-                          "optim": _compact_optim(optim)}, sidecar(path, "optim"))
+            pending.append((sidecar(path, "optim"), {"format": FORMAT + "-optim", "version": VERSION,
+                                                     "step": int(step), "optim": _compact_optim(optim)}))
+        for final, obj in pending:
+            _atomic_save(obj, _tagged(final, step))
     _atomic_save(main, path)
+    for final, _ in pending:
+        os.replace(_tagged(final, step), final)
+        for old in final.parent.glob(f"{final.stem}.step*.pt"):  # leftovers of saves that were killed
+            old.unlink(missing_ok=True)
     return path
+
+
+def _load_sidecar(sp: Path, step: int, fmt: str) -> dict | None:
+    """The sidecar ``sp`` for ``step`` (or its step-tagged copy from an interrupted save), else None."""
+    for cand in (sp, _tagged(sp, step)):
+        if cand.is_file():
+            o = _load(cand)
+            if o.get("format") == fmt and o.get("step") == step:
+                return o
+    return None
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -118,14 +147,16 @@ def load_checkpoint(path: str | Path, *, with_training_state: bool = False) -> d
         raise CheckpointError(f"{path}: checkpoint version {ck['version']} is newer than supported ({VERSION}); upgrade")
     if with_training_state:
         sp = sidecar(path)
-        tr = _load(sp)
-        if tr.get("format") != FORMAT + "-train" or tr.get("step") != ck["step"]:
+        if not sp.is_file() and not _tagged(sp, ck["step"]).is_file():
+            _load(sp)  # the clear "not found" error
+        tr = _load_sidecar(sp, ck["step"], FORMAT + "-train")
+        if tr is None:
             raise CheckpointError(f"{sp}: training state missing or from another step than {path}")
         optim = None
         op = sidecar(path, "optim")
-        if op.is_file():
-            o = _load(op)
-            if o.get("format") != FORMAT + "-optim" or o.get("step") != ck["step"]:
+        if op.is_file() or _tagged(op, ck["step"]).is_file():
+            o = _load_sidecar(op, ck["step"], FORMAT + "-optim")
+            if o is None:
                 raise CheckpointError(f"{op}: optimizer state from another step than {path}")
             optim = o["optim"]
         if optim is not None:
