@@ -196,3 +196,32 @@ def test_killed_halfway_rerun_finishes_only_the_rest(tmp_path, patterns):
     assert len(list(out.glob(f"*/{batch.RESULT_FILE}"))) == 20
     assert [r["status"] for r in report["patterns"]] == ["ok"] * 20
     assert "pattern,composition,status" in (out / batch.SUMMARY_CSV).read_text()
+
+
+@pytest.mark.slow
+def test_cli_dask_scheduler_and_workers(tmp_path, patterns):
+    """The CLI options reach the executor: --dask-scheduler on a LocalCluster equals --workers 1."""
+    distributed = pytest.importorskip("distributed", reason="dask.distributed not installed (extra 'dask')")
+    from click.testing import CliRunner
+
+    from diffpy_diffusion.cli import cli
+
+    files = sorted(patterns.glob("p0[0-2]*.xy"))
+    sub = tmp_path / "in"
+    sub.mkdir()
+    for f in files:
+        (sub / f.name).write_bytes(f.read_bytes())
+    base = ["propose-batch", str(sub), "--composition-from", str(patterns / "names.csv"), "-w", "1.540598",
+            "--backend", "example", "--n", "4", "--top", "2", "--seed", "3", "--screen-only", "--screen-steps", "0",
+            "--json"]
+    r1 = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "w1")])
+    assert r1.exit_code == 0, r1.output
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  host="127.0.0.1", scheduler_port=0, dashboard_address=None) as cluster:
+        r2 = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "dask"), "--dask-scheduler",
+                                      cluster.scheduler_address])
+    assert r2.exit_code == 0, r2.output
+    assert len(json.loads(r2.output)["computed"]) == 3
+    assert answers(tmp_path / "dask") == answers(tmp_path / "w1")
+    bad = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "x"), "--dask-scheduler", "tcp://127.0.0.1:9"])
+    assert bad.exit_code == 2 and "Dask scheduler" in bad.output
