@@ -31,9 +31,20 @@ from ...types import Observation, Proposal
 __version__ = "0.1.0"
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "diffusion.pt"
-#: Atoms-per-cell histogram of the training pool (index = atoms; 28,290 cells) — the Z prior.
-POOL_NATOMS_HIST = [0, 19, 394, 435, 3019, 9611, 1744, 451, 1693, 738, 1463, 320, 2087, 395, 1175, 270, 1353,
-                    198, 1108, 188, 1629]
+#: Counts of Z (formula units per cell) by atoms per formula unit in the MP-20 + MPTS-52 part of the training
+#: pool (perov_5 left out: it would make every 5-atom formula Z = 1) — the Z prior.
+POOL_Z_HIST = {
+    1: {1: 19, 2: 14, 3: 5, 4: 21, 6: 2, 7: 1, 8: 16, 9: 1, 12: 1, 15: 1, 16: 1, 20: 2},
+    2: {1: 380, 2: 207, 3: 23, 4: 132, 5: 3, 6: 14, 8: 37, 9: 3, 10: 5},
+    3: {1: 430, 2: 1062, 3: 319, 4: 940, 5: 8, 6: 69},
+    4: {1: 2791, 2: 1127, 3: 38, 4: 474, 5: 3},
+    5: {1: 1015, 2: 965, 3: 44, 4: 765},
+    6: {1: 657, 2: 845, 3: 71},
+    7: {1: 450, 2: 960},
+    8: {1: 418, 2: 689},
+    9: {1: 418, 2: 844},
+    10: {1: 495, 2: 661},
+}
 TRAINED_MAX_ATOMS = 20
 MIN_DIST = 0.5  # Å
 
@@ -68,14 +79,11 @@ def z_options(counts: dict[str, int], max_atoms: int, z: int | None = None) -> l
 
 
 def allocate(n: int, zs: list[int], per_fu: int) -> list[tuple[int, int]]:
-    """Split n candidates over Z values ∝ the pool's frequency of Z·per_fu atoms (each Z ≥ 1 when n allows)."""
-    w = np.array([POOL_NATOMS_HIST[z * per_fu] if z * per_fu < len(POOL_NATOMS_HIST) else 50 for z in zs], float)
-    w = np.maximum(w, 1.0) / np.maximum(w, 1.0).sum()
+    """Split n candidates over Z values ∝ P(Z | atoms per formula unit) in the training pool (+1 smoothing)."""
+    hist = POOL_Z_HIST.get(per_fu, {1: 10})
+    w = np.array([hist.get(z, 0) + 1.0 for z in zs], float)
+    w = w / w.sum()
     counts = np.floor(w * n).astype(int)
-    if n >= len(zs):
-        counts = np.maximum(counts, 1)
-    while counts.sum() > n:
-        counts[np.argmax(counts)] -= 1
     order = np.argsort(-w)
     i = 0
     while counts.sum() < n:
