@@ -224,6 +224,14 @@ def write_outputs(out: Path, observation: Observation, done, meta: dict, *, inte
     for rank, (p, res) in enumerate(ranked, 1):
         files = report.write_candidate_files(p, rank, out, observation, res, force=True)
         records.append(report.candidate_record(p, rank, files))
+    if not interrupted and ranked:  # candidates overview (Rw, structure type, space group): PNG + SVG
+        try:
+            from .plots import candidate_rows, overview_figure, save_figure
+
+            save_figure(overview_figure(candidate_rows([p for p, _ in ranked]),
+                                        title=f"{observation.formula}: candidates"), out / "candidates", force=True)
+        except Exception:  # noqa: BLE001 - a figure must never lose the results
+            pass
     doc = {**meta, "interrupted": interrupted, "candidates": records}
     write_json(doc, out / "results.json", force=True)
     return records
