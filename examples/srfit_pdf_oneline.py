@@ -39,7 +39,7 @@ except ImportError:
     from diffpy_diffusion.refine import TorchPDFGenerator as PDFGenerator
 
 
-def make_recipe(datname: str, *, xmax: float = 20.0, backend: str = "templates", n: int = 50):
+def make_recipe(datname: str, *, xmax: float = 20.0, backend: str = "templates", n: int = 50, top: int = 3):
     """Create the fitting recipe for the crystalline PDF data in ``datname``."""
     # The Profile: observed data and metadata (stype, qmax) from the PDFgetX2 header.
     profile = Profile()
@@ -50,7 +50,7 @@ def make_recipe(datname: str, *, xmax: float = 20.0, backend: str = "templates",
 
     # The ProfileGenerator, configured by the Profile metadata.
     generator = PDFGenerator("G")
-    stru = propose_structure(profile, composition="Ni", backend=backend, n=n, top=3)  # <-- the one added line
+    stru = propose_structure(profile, composition="Ni", backend=backend, n=n, top=top)  # <-- the one added line
     generator.setStructure(stru)
 
     # The FitContribution ties the generator to the profile.
@@ -93,9 +93,10 @@ def main(argv=None) -> FitResults:
     ap.add_argument("--xmax", type=float, default=20.0, help="fit range end, Å")
     ap.add_argument("--backend", default="templates", help="diffpy-diffusion backend that proposes the structure")
     ap.add_argument("--n", type=int, default=50, help="raw proposals")
+    ap.add_argument("--top", type=int, default=3, help="proposals refined before the best is returned")
     ap.add_argument("--plot", action="store_true")
     args = ap.parse_args(argv)
-    recipe = make_recipe(args.data, xmax=args.xmax, backend=args.backend, n=args.n)
+    recipe = make_recipe(args.data, xmax=args.xmax, backend=args.backend, n=args.n, top=args.top)
     res = fit(recipe)
     res.printResults()
     if args.plot:

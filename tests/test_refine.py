@@ -168,6 +168,7 @@ def _shift_o(s: Structure):
             s.translate_sites([i], [sx * dx, sx * dx, 0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make,shift", [(wurtzite_cdse, _shift_se), (rutile_tio2, _shift_o)])
 def test_xrd_refinement_recovers_truth(make, shift):
     from diffpy_diffusion.refine import refine_structure
@@ -186,6 +187,7 @@ def test_xrd_refinement_recovers_truth(make, shift):
         assert np.isfinite(v["value"]) and v["esd"] >= 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make,shift,calculator", [(wurtzite_cdse, _shift_se, "torch"),
                                                    (rutile_tio2, _shift_o, "auto")])
 def test_pdf_refinement_recovers_truth(make, shift, calculator):
@@ -243,6 +245,7 @@ def ni_observation(shared_data):
     return Observation("pdf", obs.x[m], obs.y[m], "r", composition="Ni", sigma=obs.sigma[m], qmax=27.0)
 
 
+@pytest.mark.slow
 def test_measured_ni_pdf_rw_matches_pdffit2(ni_observation, shared_data):
     from diffpy_diffusion.io import read_structure
     from diffpy_diffusion.refine import refine_structure

@@ -87,6 +87,7 @@ def test_propose_structure_returns_diffpy_structure(stub_pipeline, ni_files):
     assert stub_pipeline[0].qmax == 27.0
 
 
+@pytest.mark.slow
 def test_example_with_one_added_line_fits_measured_ni(stub_pipeline, ni_files):
     """The SrFit example runs; from the stub's 2 % wrong start it recovers a and a low Rw."""
     mod = _example()
@@ -123,6 +124,7 @@ def test_seed_recipe_adds_constrained_phase(stub_pipeline, ni_files):
     assert recipe.phase_a.value == pytest.approx(3.5239, abs=0.005)
 
 
+@pytest.mark.slow
 def test_example_with_real_pipeline(ni_files):
     """End to end with diffpy_diffusion.pipeline and the templates backend, when present."""
     try:
@@ -134,5 +136,5 @@ def test_example_with_real_pipeline(ni_files):
     if "templates" not in backend_names():
         pytest.skip("templates backend not registered")
     mod = _example()
-    res = mod.main([str(ni_files[0]), "--xmax", "8", "--n", "20"])
+    res = mod.main([str(ni_files[0]), "--xmax", "8", "--n", "8", "--top", "1"])
     assert res.rw < 0.2

@@ -9,6 +9,20 @@
 - :func:`write_stru`, :func:`pdffit2_script`, :func:`write_pdfgui_project` — PDFgui-style output.
 
 Names are imported lazily so ``import diffpy_diffusion.refine`` stays cheap.
+
+Typical use::
+
+    from diffpy_diffusion.refine import refine_structure, write_refinement_files
+    res = refine_structure(observation, proposal.structure)          # PXRD or PDF
+    res.rw, res.params["a"], res.structure                           # Rwp/Rw, value+esd, pymatgen
+    write_refinement_files(res, observation, "out", "rank01")        # .stru (+ pdffit2 script for PDF)
+
+Strategy: spglib (``spacegroup_tol``) -> conventional cell -> srfit
+``constrainAsSpaceGroup``; stages (cumulative) PXRD: scale+background (solved
+linearly) -> lattice, size, zero -> coordinates -> Uiso per element; PDF:
+scale -> lattice (+spdiameter when a size is known) -> coordinates -> Uiso,
+delta2 (+qdamp when the data carry none).  Polar axes get one coordinate fixed.
+Uncertainties: esd = sqrt(diag((JᵀJ)⁻¹) · χ²_red) from the final Jacobian.
 """
 
 from __future__ import annotations
