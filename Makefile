@@ -18,6 +18,9 @@ PIP_FLAGS  ?=
 PYTEST_ARGS ?=
 DEMO_DATA  := diffpy_diffusion/examples_data/nacl_3nm_cuka.xy
 DEMO_OUT   ?= demo_output
+# small enough for a few minutes on a 2-core CPU; raise for a better search
+DEMO_N     ?= 16
+DEMO_TOP   ?= 3
 
 .PHONY: demo test test-fast venv clean-venv help docs
 
@@ -45,7 +48,7 @@ venv:
 demo: venv
 	@test -f $(DEMO_DATA) || { echo "[make] missing $(DEMO_DATA)"; exit 1; }
 	$(VENV)/bin/diffpy-diffuse propose $(DEMO_DATA) --composition NaCl --wavelength CuKa --size 3nm \
-	  --n 48 --top 5 --seed 0 -o $(DEMO_OUT) --force
+	  --n $(DEMO_N) --top $(DEMO_TOP) --seed 0 -o $(DEMO_OUT) --force
 
 # pytest exit status 5 = "no tests collected": an error for the full suite (collection
 # broke), but fine when PYTEST_ARGS/PYTEST_ADDOPTS selected nothing on purpose.
