@@ -426,12 +426,15 @@ def _propose_without_pipeline(obs, backend_name, n, top, seed, output, force, qu
 
 def _proposal_dict(p, rank: int) -> dict:
     s = p.structure
-    try:
-        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+    # the space group the refinement used (pipeline), else a tolerant spglib guess
+    sg = p.provenance.get("spacegroup_refined") if isinstance(p.provenance, dict) else None
+    if sg is None:
+        try:
+            from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-        sg = SpacegroupAnalyzer(s, symprec=0.1).get_space_group_symbol()
-    except Exception:
-        sg = None
+            sg = SpacegroupAnalyzer(s, symprec=0.1).get_space_group_symbol()
+        except Exception:
+            sg = None
     return {"rank": rank, "formula": s.composition.reduced_formula, "n_atoms": len(s),
             "spacegroup": sg, "backend": p.backend, "seed": p.seed,
             "lattice": {"a": s.lattice.a, "b": s.lattice.b, "c": s.lattice.c,
@@ -460,7 +463,7 @@ def _print_proposals(results, obs, output, as_json: bool, seconds: float) -> Non
         lat = r["lattice"]
         table.add_row(str(r["rank"]), r["formula"], str(r["n_atoms"]), str(r["spacegroup"] or "?"),
                       f"{lat['a']:.3f}, {lat['b']:.3f}, {lat['c']:.3f}", str(r["backend"]), score)
-    con = Console()
+    con = Console(width=None if sys.stdout.isatty() else 120)
     con.print(table)
     where = f"outputs in {output}/" if output else "no files written (use -o DIR to save CIF/.stru)"
     con.print(f"{len(rows)} candidate(s) in {seconds:.1f} s; {where}")
