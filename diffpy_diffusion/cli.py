@@ -766,8 +766,10 @@ def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, see
     except ImportError:
         raise not_available("evaluate", "the pipeline issue (#5/#6)") from None
     run_evaluation(dataset=dataset, data_dir=data_dir, limit=limit, size_nm=size_nm, wavelength=wavelength,
-                   backend=resolve_backend(backend, quiet or as_json), n=n, top=top, seed=seed,
-                   output_dir=output, force=force, as_json=as_json, quiet=quiet, workers=workers,
+                   # evaluate compares comma-separated backends one by one (a+b still merges)
+                   backend=",".join(resolve_backend(b, quiet or as_json) for b in backend.split(",") if b.strip()),
+                   n=n, top=top, seed=seed, output_dir=output, force=force, as_json=as_json, quiet=quiet,
+                   workers=workers,
                    library=library, refine_top=refine_top,
                    **({"scheduler": dask_scheduler} if dask_scheduler else {}))
 
