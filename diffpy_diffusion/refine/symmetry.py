@@ -96,7 +96,7 @@ def make_spacegroup(rotations, translations, number: int, symbol: str, pointgrou
     )
 
 
-def symmetrize(structure, *, tol: float = 0.01, angle_tol: float = 5.0, use_symmetry: bool = True) -> SymmetrizedStructure:
+def symmetrize(structure, *, tol: float = 0.01, angle_tol: float = -1.0, use_symmetry: bool = True) -> SymmetrizedStructure:
     """Find the space group of ``structure`` and return its standard conventional cell.
 
     Parameters
@@ -107,7 +107,8 @@ def symmetrize(structure, *, tol: float = 0.01, angle_tol: float = 5.0, use_symm
         spglib ``symprec`` in Å: atoms closer than this to symmetric positions
         are snapped onto them (proposals from a generative model are rarely exact).
     angle_tol : float
-        spglib angle tolerance in degrees.
+        spglib angle tolerance in degrees; -1 (spglib default) derives it from ``tol``.  A fixed
+        5° would merge a 0.2 % orthorhombic distortion (SrFe2As2 at 150 K) into tetragonal.
     use_symmetry : bool
         False keeps the cell as given in P1 (every coordinate free).
 
