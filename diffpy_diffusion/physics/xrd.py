@@ -516,6 +516,7 @@ def xrd_profile(
     peak_window: float = 20.0,
     min_fwhm: float | None = None,
     chunk_elements: int = 1 << 22,
+    method: str = "auto",
 ) -> torch.Tensor:
     """Powder pattern on a grid from a peak list.
 
@@ -552,6 +553,13 @@ def xrd_profile(
     min_fwhm : float, optional
         Width (grid units) used when neither instrument nor size broadening is
         given; default 2 × the mean grid step.
+    method : {"auto", "window", "fft"}
+        ``"window"`` evaluates every peak profile within ``peak_window``.
+        ``"fft"`` (only for pure size broadening, U = V = W = 0) deposits the
+        peaks on a fine uniform Q grid and convolves with the size kernel,
+        whose width is Q-independent, by FFT (exact kernel transform; 2θ grids
+        are then interpolated with the Jacobian dQ/d2θ).  Much faster for
+        broad peaks; "auto" picks it when it applies.
 
     Returns
     -------
@@ -584,6 +592,11 @@ def xrd_profile(
     scale_t = _as_param(scale, B, dtype, device, "scale")
     if min_fwhm is None:
         min_fwhm = 2.0 * float(x[-1] - x[0]) / max(M - 1, 1)
+    if method not in ("auto", "window", "fft"):
+        raise ValueError(f"method: must be 'auto', 'window' or 'fft', got {method!r}")
+    if method == "fft" and (size_t is None or not no_inst):
+        raise ValueError("method: 'fft' needs size broadening only (size_nm set, U = V = W = 0)")
+    use_fft = method == "fft" or (method == "auto" and size_t is not None and no_inst and M > 1)
 
     out = torch.zeros(B * M, dtype=dtype, device=device)
     comps = [(float(wavelength), 1.0)]
@@ -591,6 +604,7 @@ def xrd_profile(
         comps.append((float(wavelength2), float(ka2_ratio)))
     c = refl.crystal
     lam1 = float(wavelength)
+    sticks = []
     for lam, weight in comps:
         s = lam * refl.q / _FOUR_PI
         valid = (s < 1 - 1e-9) & (s > 0)
@@ -628,11 +642,17 @@ def xrd_profile(
                 h_size = h_size * conv
         else:
             pos_x = tt
+        if use_fft:
+            sticks.append((tt, inten))
+            continue
         _add_peaks(
             out, x, c, pos_x, inten, h_inst, h_size, eta_t[c], no_inst, size_kernel,
             min_fwhm, peak_window, M, chunk_elements,
         )
-    y = out.view(B, M)
+    if use_fft:
+        y = _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kernel)
+    else:
+        y = out.view(B, M)
     if background is not None:
         bg = torch.as_tensor(background, dtype=dtype, device=device)
         if bg.dim() == 1:
@@ -640,6 +660,60 @@ def xrd_profile(
         if bg.dim() != 2 or bg.shape[0] != B:
             raise ValueError(f"background: need (B, K) Chebyshev coefficients, got {tuple(bg.shape)}")
         y = y + _chebyshev(x, bg)
+    return y
+
+
+def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kernel):
+    """Size-broadened pattern by FFT convolution on a uniform Q grid (see ``xrd_profile``)."""
+    dtype, device = x.dtype, x.device
+    fw = size_fwhm_q(size_t, shape_factor, size_kernel)  # (B,) FWHM in Q, Å⁻¹
+    fw_min = float(fw.detach().min())
+    if x_kind == "q":
+        qx = x
+        step = float((x[1:] - x[:-1]).min())
+    else:
+        qx = _FOUR_PI * torch.sin(torch.deg2rad(x) / 2) / lam1
+        step = float((qx[1:] - qx[:-1]).min())
+    # work grid on powers of two and aligned to multiples of dq, so that it does not
+    # move under small changes of the size (smooth gradients)
+    dq = 2.0 ** math.floor(math.log2(min(step, fw_min / 8)))
+    pad = 2.0 ** math.ceil(math.log2(10 * float(fw.detach().max())))
+    q0 = math.floor((float(qx[0]) - pad) / dq) * dq
+    if x_kind == "2theta":
+        q0 = max(q0, 0.0)
+    n_work = int(math.ceil((float(qx[-1]) + pad - q0) / dq)) + 2
+    nfft = 1 << int(math.ceil(math.log2(2 * n_work)))
+    grid = torch.zeros(B * nfft, dtype=dtype, device=device)
+    for tt, inten in sticks:
+        # stick positions in Q as the Kα1 wavelength sees the observed 2θ
+        pos = _FOUR_PI * torch.sin(torch.deg2rad(tt.clamp(0, 179.999)) / 2) / lam1
+        t = (pos - q0) / dq
+        i0 = torch.floor(t.detach()).long()
+        ok = (i0 >= 0) & (i0 < n_work - 1)
+        w = t - i0.to(dtype)
+        i0 = i0.clamp(0, n_work - 2)
+        inten = torch.where(ok, inten, torch.zeros_like(inten))
+        base = c * nfft + i0
+        grid = grid.index_add(0, base, inten * (1 - w)).index_add(0, base + 1, inten * w)
+    grid = grid.view(B, nfft) / dq  # density per Å⁻¹
+    k = _TWO_PI * torch.fft.rfftfreq(nfft, d=dq).to(dtype=dtype, device=device)  # angular frequency
+    if size_kernel == "scherrer":
+        kern = torch.exp(-0.5 * fw[:, None] * k[None, :])  # FT of a unit-area Lorentzian of FWHM fw
+    else:
+        a = 2 * _SINC2_HWHM / fw  # sinc²(a ΔQ): a = L/2
+        kern = (1 - k[None, :] / (2 * a[:, None])).clamp_min(0)  # FT of unit-area sinc²: a triangle
+    # undo the smoothing of the linear deposit and of the final linear interpolation
+    # (each a triangle of half-width dq: transform sinc²(k dq / 2))
+    tri = torch.sinc(k * dq / (2 * math.pi)) ** 2
+    kern = kern / (tri * tri)[None, :]
+    prof = torch.fft.irfft(torch.fft.rfft(grid, dim=-1) * kern, n=nfft, dim=-1)  # (B, nfft)
+    # linear interpolation onto the target grid
+    t = (qx - q0) / dq
+    j0 = torch.floor(t).long().clamp(0, nfft - 2)
+    wj = (t - j0.to(dtype))[None, :]
+    y = prof[:, j0] * (1 - wj) + prof[:, j0 + 1] * wj
+    if x_kind == "2theta":
+        y = y * ((_TWO_PI / lam1) * torch.cos(torch.deg2rad(x) / 2) / _DEG)[None, :]  # dQ/d(2θ°)
     return y
 
 
