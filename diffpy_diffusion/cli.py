@@ -833,8 +833,21 @@ def backends(as_json):
 @quiet_option
 @debug_option
 def bench(quick, as_json, quiet):
-    """Time the forward models (XRD, PDF, Debye) on this machine."""
-    raise not_available("bench", "the physics issue (#4)")
+    """Time the forward models (XRD, PDF, Debye) on this machine.
+
+    Each figure is printed as a ratio against pymatgen's XRDCalculator and
+    diffpy.pdffit2 measured in the same run (best of N, process CPU time,
+    one torch thread); see benchmarks/bench_physics.py.
+    """
+    from .physics.benchmark import format_report, run
+
+    res = run(quick=quick)
+    if as_json:
+        from .io.writers import to_json_text
+
+        click.echo(to_json_text(res), nl=False)
+    elif not quiet:
+        click.echo(format_report(res))
 
 
 # --------------------------------------------------------------------------- entry point
