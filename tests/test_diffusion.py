@@ -89,7 +89,7 @@ def tiny_pool(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("pool") / "pool64.npz"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        build_pool_arrays(shared_data, out, limit=64, progress=False)
+        build_pool_arrays(shared_data, out, limit=64, progress=False, max_refl=48)  # few peaks: fast CPU test
     return out
 
 
@@ -120,14 +120,14 @@ def _fixed_loss(state, cfg_kw, pool_path):
 def test_tiny_model_trains_and_loss_falls(tiny_pool, tmp_path):
     from diffpy_diffusion.backends.diffusion.train import main
 
-    kw = dict(TINY, data=str(tiny_pool), out=str(tmp_path / "run"), steps=80, seed=3)
+    kw = dict(TINY, data=str(tiny_pool), out=str(tmp_path / "run"), steps=50, seed=3)
     torch.manual_seed(3)
     from diffpy_diffusion.backends.diffusion.model import CrystalDiffusionModel, ModelConfig
 
     init = CrystalDiffusionModel(ModelConfig(hidden=32, layers=1, n_freq=4, cond_dim=32)).state_dict()
     before = _fixed_loss(init, kw, tiny_pool)
     summary = main(**kw)
-    assert summary["step"] == 80
+    assert summary["step"] == 50
     ck = ckpt.load_checkpoint(tmp_path / "run" / "last.pt", with_training_state=True)
     after = _fixed_loss(ck["model"], kw, tiny_pool)
     assert after < 0.85 * before, (before, after)
@@ -233,11 +233,11 @@ def _check_structures(props, composition_formula, per_fu):
 def test_sampling_gives_exact_composition_and_sane_cells(guided):
     from diffpy_diffusion.backends.diffusion.backend import DiffusionBackend
 
-    be = DiffusionBackend(steps=8, physics_guidance=guided, guide_frac=0.5)
-    props = be.sample(_obs("SrTiO3"), 6, seed=0)
-    assert len(props) == 6
+    be = DiffusionBackend(steps=5, physics_guidance=guided, guide_frac=0.5)
+    props = be.sample(_obs("SrTiO3"), 4, seed=0)
+    assert len(props) == 4
     _check_structures(props, "SrTiO3", 5)
-    again = be.sample(_obs("SrTiO3"), 6, seed=0)
+    again = be.sample(_obs("SrTiO3"), 4, seed=0)
     assert np.allclose(props[0].structure.lattice.matrix, again[0].structure.lattice.matrix)  # seeded
 
 
@@ -245,7 +245,7 @@ def test_sampling_gives_exact_composition_and_sane_cells(guided):
 def test_unseen_element_warns_and_atom_cap_is_clear():
     from diffpy_diffusion.backends.diffusion.backend import DiffusionBackend
 
-    be = DiffusionBackend(steps=4, physics_guidance=False)
+    be = DiffusionBackend(steps=3, physics_guidance=False)
     be._load()
     unseen = next(z for z in range(3, 90) if z not in be._elements)
     from pymatgen.core import Element

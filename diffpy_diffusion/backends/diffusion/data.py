@@ -269,7 +269,7 @@ def pool_cache_path(cache_dir=None) -> Path:
 
 
 def build_pool_arrays(data_dir=None, out: str | Path | None = None, *, limit: int | None = None,
-                      with_reflections: bool = True, progress: bool = True) -> Path:
+                      with_reflections: bool = True, progress: bool = True, max_refl: int = MAX_REFL) -> Path:
     """Parse the pool once and save its arrays as ``.npz`` (the training input).
 
     Saved keys: ``ids``, ``source``, ``lattice`` (B,3,3) Å, ``natoms`` (B,), ``frac`` (N,3),
@@ -289,7 +289,7 @@ def build_pool_arrays(data_dir=None, out: str | Path | None = None, *, limit: in
                 continue
             lat, frac, z = canonical_arrays(s)
             if with_reflections:
-                bins, inten = reflections(lat, frac, z)
+                bins, inten = reflections(lat, frac, z, max_refl=max_refl)
         except Exception as exc:  # skip unparsable rows, report them
             print(f"skip {rec.material_id}: {exc}")
             continue

@@ -245,6 +245,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if data_path.is_dir():  # shared/data folder: build the array cache once (needs pymatgen)
         from .data import build_pool_arrays, pool_cache_path
 
+        if not (data_path / "mp20").is_dir() and (data_path.parent / "mp20").is_dir():
+            data_path = data_path.parent  # e.g. --data ../shared/data/mp20: the pool uses all of shared/data
         cache = pool_cache_path()
         if not cache.is_file() and rank == 0:
             build_pool_arrays(data_path, cache)
