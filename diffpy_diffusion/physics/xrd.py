@@ -822,6 +822,7 @@ def xrd_pattern(
     q_max: float | None = None,
     table: str = "wk",
     peak_window: float = 20.0,
+    method: str = "auto",
 ) -> torch.Tensor:
     """Powder diffraction patterns of a batch of crystals on a common grid.
 
@@ -839,6 +840,8 @@ def xrd_pattern(
         plus a margin for the tails of broad peaks.
     table : {"wk", "pymatgen"}
         X-ray form-factor table.
+    method : {"auto", "window", "fft"}
+        Profile evaluation (see :func:`xrd_profile`).
 
     Returns
     -------
@@ -884,7 +887,7 @@ def xrd_pattern(
         refl, x, x_kind=x_kind, wavelength=wavelength, wavelength2=wavelength2, ka2_ratio=ka2_ratio,
         size_nm=size_nm, shape_factor=shape_factor, size_kernel=size_kernel, U=U, V=V, W=W, eta=eta,
         zero_deg=zero_deg, background=background, scale=scale, lorentz_polarization=lorentz_polarization,
-        monochromator_2theta_deg=monochromator_2theta_deg, peak_window=peak_window,
+        monochromator_2theta_deg=monochromator_2theta_deg, peak_window=peak_window, method=method,
     )
 
 
