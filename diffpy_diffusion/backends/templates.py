@@ -93,7 +93,9 @@ class Library:
     lattices : (M, 3, 3) Å rows
     frac : (N, 3); numbers : (N,); offsets : (M+1,) site ranges per member
     anon : list[str] anonymous reduced formula key per member, e.g. ``"1-1-3"``
-    type_key : list[str] structure-type key per member ``anon|natoms|spacegroup|wyckoff-orbits``
+    type_key : list[str] coarse structure-type key per member ``anon|natoms|spacegroup``; the full key
+        (:meth:`full_type_key`) adds the Wyckoff orbits, computed lazily per anonymous formula
+        (spglib on the whole pool takes minutes) and cached next to the index
     ids : list[str] material id / prototype label per member
     spacegroup : (M,) int
     """
@@ -108,8 +110,46 @@ class Library:
     ids: list[str]
     spacegroup: np.ndarray
 
+    cache_path: str | None = None
+    _wyck: dict | None = None
+
     def __len__(self) -> int:
         return len(self.ids)
+
+    def _wyck_file(self) -> Path | None:
+        return Path(self.cache_path).with_suffix(".wyckoff.json") if self.cache_path else None
+
+    def ensure_wyckoff(self, members) -> None:
+        """Compute (spglib) and cache the Wyckoff signature of ``members`` that lack one."""
+        import json
+
+        if self._wyck is None:
+            self._wyck = {}
+            f = self._wyck_file()
+            if f is not None and f.exists():
+                try:
+                    self._wyck = {int(k): v for k, v in json.loads(f.read_text()).items()}
+                except (OSError, ValueError):
+                    self._wyck = {}
+        todo = [int(i) for i in members if int(i) not in self._wyck]
+        if not todo:
+            return
+        for i in todo:
+            lat, frac, z = self.member(i)
+            self._wyck[i] = _symmetry(lat, frac, z)[1]
+        f = self._wyck_file()
+        if f is not None:
+            try:
+                tmp = f.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({str(k): v for k, v in self._wyck.items()}))
+                os.replace(tmp, f)
+            except OSError:
+                pass
+
+    def full_type_key(self, i: int) -> str:
+        """``anon|natoms|spacegroup|wyckoff-orbits`` (call :meth:`ensure_wyckoff` first)."""
+        w = (self._wyck or {}).get(int(i), "")
+        return f"{self.type_key[i]}|{w}"
 
     def member(self, i: int):
         a, b = self.offsets[i], self.offsets[i + 1]
@@ -165,16 +205,17 @@ def _primitive(lat, frac, numbers, symprec=0.01):
 def _build(name: str, items) -> Library:
     """Index (id, lattice, frac, numbers, spacegroup or None) tuples."""
     lats, fracs, nums, offs, anon, tkey, ids, sgs = [], [], [], [0], [], [], [], []
-    for mid, lat, frac, z, _sg in items:
+    for mid, lat, frac, z, sg in items:
         z = np.asarray(z, dtype=np.int64)
-        sg, wyck = _symmetry(lat, frac, z)
+        if sg is None:
+            sg, _ = _symmetry(lat, frac, z)
         a = anon_key(z)
         lats.append(np.asarray(lat, float))
         fracs.append(np.asarray(frac, float) % 1.0)
         nums.append(z)
         offs.append(offs[-1] + len(z))
         anon.append(a)
-        tkey.append(f"{a}|{len(z)}|{sg}|{wyck}")
+        tkey.append(f"{a}|{len(z)}|{sg}")
         ids.append(str(mid))
         sgs.append(int(sg))
     if not ids:
@@ -195,7 +236,7 @@ def _load(path: Path) -> Library:
     d = np.load(path, allow_pickle=False)
     return Library(str(d["name"]), d["lattices"], d["frac"], d["numbers"], d["offsets"],
                    [str(x) for x in d["anon"]], [str(x) for x in d["type_key"]],
-                   [str(x) for x in d["ids"]], d["spacegroup"])
+                   [str(x) for x in d["ids"]], d["spacegroup"], cache_path=str(path))
 
 
 def _aflow_items():
@@ -251,7 +292,7 @@ def _path_items(path: Path):
 
 
 def _fingerprint(paths) -> str:
-    h = hashlib.sha1(b"templates-index-v2")
+    h = hashlib.sha1(b"templates-index-v1")
     for p in paths:
         st = Path(p).stat()
         h.update(f"{Path(p).resolve()}:{st.st_size}:{int(st.st_mtime)}".encode())
@@ -298,6 +339,7 @@ def load_library(library: str | None = None) -> Library:
     lib = _build(name, items())
     try:
         _save(lib, cache)
+        lib.cache_path = str(cache)
     except OSError as exc:  # read-only home: work uncached
         warnings.warn(f"could not cache template index at {cache}: {exc}", stacklevel=2)
     return lib
@@ -425,7 +467,9 @@ class TemplatesBackend:
         per_formula = sum(target.values())
         sg_hint = _sg_number(observation.spacegroup)
         by_type: dict[str, list] = {}
-        for i in idx:
+        usable = [i for i in idx if lib.offsets[i + 1] - lib.offsets[i] <= observation.max_atoms]
+        lib.ensure_wyckoff(usable)
+        for i in usable:
             lat, frac, z = lib.member(i)
             natoms = len(z)
             if natoms > observation.max_atoms:
@@ -438,7 +482,7 @@ class TemplatesBackend:
                 continue
             tc = Counter(int(x) for x in z)
             for rank, (d, mapping) in enumerate(assignments(dict(tc), tz)):
-                by_type.setdefault(lib.type_key[i], []).append((d + 0.05 * rank, i, mapping))
+                by_type.setdefault(lib.full_type_key(i), []).append((d + 0.05 * rank, i, mapping))
         if not by_type:
             return []
         # within a type keep distinct members first (a member's alternative assignments later)
