@@ -200,6 +200,41 @@ def _pdffit2_available() -> bool:
     return True
 
 
+def _check_coordinate_constraints(recipe, phase, sym, names: list[str], step: float = 0.0137) -> list[str]:
+    """Free coordinates whose constraint equations do not keep the space group.
+
+    Each is moved by ``step`` alone; spglib (symprec 1e-3) must still find at
+    least as many operations as the group has.  Returns the offending names.
+    """
+    import spglib
+
+    if not names or sym.number == 1:
+        return []
+    nops = len(sym.spacegroup.symop_list)
+    recipe._prepare()
+    stru = phase.stru
+    numbers = [hash(element_of(a.element)) % 100000 for a in stru]
+
+    def n_ops() -> int:
+        cell = (np.array(stru.lattice.base), np.array(stru.xyz), numbers)
+        ds = spglib.get_symmetry_dataset(cell, symprec=1e-3)
+        return 0 if ds is None else len(ds.rotations)
+
+    bad = []
+    for name in names:
+        var = getattr(recipe, name)
+        v = var.getValue()
+        var.setValue(v + step)
+        for con in recipe._oconstraints:
+            con.update()
+        if n_ops() < nops:
+            bad.append(name)
+        var.setValue(v)
+        for con in recipe._oconstraints:
+            con.update()
+    return bad
+
+
 def _plugin_pdf_calculator(kind: str = "pdf"):
     """A PDF calculator from a plugin's ``pdf_calculator`` hook (e.g. srreal), or None."""
     try:
@@ -353,6 +388,13 @@ def build_recipe(
             continue
         v = p.getValue()
         add(p, p.name, "xyz", v - 0.25, v + 0.25)
+    broken = _check_coordinate_constraints(recipe, phase, sym, tags.get("xyz", []))
+    for name in broken:
+        # diffpy.structure writes a wrong formula for some trigonal/hexagonal sites such
+        # as (-2x, -x, z); such a coordinate stays fixed (and symmetric) instead.
+        recipe.delVar(getattr(recipe, name))
+        tags["xyz"].remove(name)
+        bounds.pop(name, None)
     # Uiso per element: isotropic ADPs are symmetry invariant, so this keeps symmetry.
     elements: dict[str, list] = {}
     for scat in phase.getScatterers():

@@ -169,16 +169,17 @@ def symmetrize(structure, *, tol: float = 0.01, angle_tol: float = -1.0, use_sym
         lat = Lattice.from_parameters(a, b, c, 90, be, 90)
     else:
         lat = Lattice.from_parameters(a, b, c, al, be, ga)
+    try:
+        ds2 = spglib.get_symmetry_dataset((std_lat, std_pos, std_types), symprec=tol)
+        wy = list(ds2.wyckoffs)
+    except Exception:
+        wy = []
     props = None
     if any(u is not None for u in std_u):
         props = {"uiso": [0.0 if u is None else u for u in std_u]}
     std = Structure(lat, [species[t - 1] for t in std_types], std_pos, site_properties=props)
     sym = spglib.get_symmetry_from_database(int(ds.hall_number))
     sg = make_spacegroup(sym["rotations"], sym["translations"], number, str(ds.international), str(ds.pointgroup))
-    try:
-        wy = list(spglib.get_symmetry_dataset((std_lat, std_pos, std_types), symprec=tol).wyckoffs)
-    except Exception:
-        wy = []
     return SymmetrizedStructure(std, number, str(ds.international), sg, wy)
 
 
