@@ -260,3 +260,30 @@ def test_measured_ni_pdf_rw_matches_pdffit2(ni_observation, shared_data):
     assert ours.rw < 0.15
     assert ours.params["a"]["value"] == pytest.approx(ref.params["a"]["value"], abs=2e-3)
     assert ours.params["qdamp"]["value"] == pytest.approx(0.055, abs=0.01)
+
+
+def test_trigonal_x2x_site_keeps_symmetry():
+    """P-3m1 6i site (x, 2x, z): diffpy.structure writes a wrong formula for one member;
+    build_recipe must detect it and keep the structure symmetric under any variable move."""
+    import spglib
+
+    from diffpy_diffusion.refine.core import _update_constraints, build_recipe
+    from diffpy_diffusion.refine.symmetry import to_pymatgen
+
+    s = Structure.from_spacegroup("P-3m1", Lattice.hexagonal(5.75, 7.06), ["Sr", "O"],
+                                  [[0, 0, 0.5], [0.169721, 0.339442, 0.171446]])
+    obs = Observation("pdf", np.linspace(1, 10, 50), np.zeros(50), "r")
+    b = build_recipe(obs, s)
+    assert b.sym.number == 164
+    rec = b.recipe
+    rec.free("all")
+    names = list(rec.getNames())
+    for trial in range(5):
+        rng = np.random.default_rng(trial)
+        p = np.array(rec.getValues()) + np.array([rng.normal(0, 0.03) if n[:2] in ("x_", "y_", "z_") else 0.0
+                                                  for n in names])
+        _update_constraints(rec, p)
+        m = to_pymatgen(b.generator.stru)
+        ds = spglib.get_symmetry_dataset((m.lattice.matrix, m.frac_coords, [sp.Z for sp in m.species]), symprec=1e-4)
+        assert ds.number == 164
+    assert any(n.startswith("z_") for n in names)  # the z of the 6i site still refines
