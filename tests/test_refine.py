@@ -270,8 +270,15 @@ def test_trigonal_x2x_site_keeps_symmetry():
     from diffpy_diffusion.refine.core import _update_constraints, build_recipe
     from diffpy_diffusion.refine.symmetry import to_pymatgen
 
-    s = Structure.from_spacegroup("P-3m1", Lattice.hexagonal(5.75, 7.06), ["Sr", "O"],
-                                  [[0, 0, 0.5], [0.169721, 0.339442, 0.171446]])
+    # Sr3Nb2ZnO9 cell of an MP-20 validation entry, in spglib's standard order (O at 6i first
+    # as the (-2x, -x, z) member, which diffpy picks as the orbit's generator)
+    x, z = 0.169721, 0.171446
+    sites = [("Sr", (0, 0, 0.5)), ("Sr", (2 / 3, 1 / 3, 0.835176)), ("Sr", (1 / 3, 2 / 3, 0.164824)),
+             ("Nb", (2 / 3, 1 / 3, 0.320424)), ("Nb", (1 / 3, 2 / 3, 0.679576)), ("Zn", (0, 0, 0)),
+             ("O", (1 - 2 * x, 1 - x, 1 - z)), ("O", (2 * x, x, z)), ("O", (0, 0.5, 0.5)), ("O", (0.5, 0, 0.5)),
+             ("O", (x, 2 * x, 1 - z)), ("O", (1 - x, 1 - 2 * x, z)), ("O", (0.5, 0.5, 0.5)),
+             ("O", (x, 1 - x, 1 - z)), ("O", (1 - x, x, z))]
+    s = Structure(Lattice.hexagonal(5.75176, 7.05875), [e for e, _ in sites], [c for _, c in sites])
     obs = Observation("pdf", np.linspace(1, 10, 50), np.zeros(50), "r")
     b = build_recipe(obs, s)
     assert b.sym.number == 164
