@@ -34,10 +34,16 @@ Gauss–Lorentz Voigt ``V`` is the Thompson–Cox–Hastings pseudo-Voigt.  On a
 grid all widths are converted with dQ = (2π/λ) cosθ d(2θ); the Scherrer width
 is then Q-independent, FWHM_Q = 2πK/L.
 
-``size_kernel="sinc2"`` replaces the Lorentzian size profile with the Laue
-interference function of a crystallite of thickness L, ``sinc²(L ΔQ/2)``
-(FWHM_Q = 2·1.39156/L ≈ 2π·0.886/L), the kernel of PXRDnet's data pipeline
-(Guo et al. 2025) -- see :func:`size_fwhm_q`.
+``size_kernel="sinc"`` is the size kernel of PXRDnet's data pipeline (Guo et
+al., Nature Materials 2025; ``create_sinc_filter`` in gabeguo/cdvae_xrd): a
+unit-area ``L·sinc(L ΔQ)`` with numpy's normalised sinc, i.e.
+``sin(π L ΔQ)/(π ΔQ)`` on a Q grid (FWHM_Q = 1.2067/L; their "sinc10" and
+"sinc100" are L = 10 and 100 Å).  PXRDnet then divides by the maximum and
+clips to [0, 1]; doing that on the output reproduces their patterns to ~2 %
+(their filter is truncated to the span of the Q grid, ours is not).
+``size_kernel="sinc2"`` is the Laue interference function of a slab of
+thickness L, ``sinc²(L ΔQ/2)`` (FWHM_Q = 4·1.39156/L) -- see
+:func:`size_fwhm_q`.
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ _FOUR_PI = 4.0 * math.pi
 _DEG = 180.0 / math.pi
 # Half-width at half maximum of sinc²(x) = sin²x/x²: x = 1.391557...
 _SINC2_HWHM = 1.3915573782515103
+# sin(u)/u = 1/2 at u = 1.895494...
+_SINC_HALF = 1.8954942670339809
+_SIZE_KERNELS = ("scherrer", "sinc", "sinc2")
 
 
 # ---------------------------------------------------------------------------
@@ -443,6 +452,15 @@ def _pv(dx2, h, eta, w=1.0):
     return _gauss2(dx2, h, w * (1 - eta)) + _lorentz2(dx2, h, w * eta)
 
 
+def _sinc(dx, h):
+    """Unit-area sin(π L dx)/(π dx) with FWHM h (PXRDnet's kernel): π L = 2·u½/h."""
+    a = 2 * _SINC_HALF / h  # = π L
+    x = a * dx
+    safe = torch.where(x.abs() < 1e-6, torch.ones_like(x), x)
+    s = torch.where(x.abs() < 1e-6, 1 - x * x / 6, torch.sin(safe) / safe)
+    return s * a / math.pi
+
+
 def _sinc2(dx, h):
     # unit-area sinc²: FWHM h  ->  x = 2·HWHM_x·dx/h
     a = 2 * _SINC2_HWHM / h
@@ -471,7 +489,8 @@ def _tch(hg, hl):
 def size_fwhm_q(size_nm, shape_factor: float = 0.9, size_kernel: str = "scherrer"):
     """Size-broadening FWHM in Q (Å⁻¹) for crystallite size ``size_nm``.
 
-    Scherrer: 2πK/L.  sinc²: the FWHM of sinc²(L·ΔQ/2), 4·1.3916/L
+    Scherrer: 2πK/L.  sinc (PXRDnet): 2·1.8955/(πL) = 1.2067/L.
+    sinc²: the FWHM of sinc²(L·ΔQ/2), 4·1.3916/L
     (independent of K).  L = 10·size_nm Å.
     """
     L = 10.0 * torch.as_tensor(size_nm)
@@ -479,7 +498,9 @@ def size_fwhm_q(size_nm, shape_factor: float = 0.9, size_kernel: str = "scherrer
         return _TWO_PI * shape_factor / L
     if size_kernel == "sinc2":
         return 4 * _SINC2_HWHM / L
-    raise ValueError(f"size_kernel: must be 'scherrer' or 'sinc2', got {size_kernel!r}")
+    if size_kernel == "sinc":
+        return 2 * _SINC_HALF / (math.pi * L)
+    raise ValueError(f"size_kernel: must be one of {_SIZE_KERNELS}, got {size_kernel!r}")
 
 
 def _chebyshev(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
@@ -536,7 +557,8 @@ def xrd_profile(
         Crystallite size L in nm (None: no size broadening).
     shape_factor : float
         Scherrer constant K.
-    size_kernel : {"scherrer", "sinc2"}
+    size_kernel : {"scherrer", "sinc", "sinc2"}
+        Lorentzian (Scherrer), PXRDnet's sinc, or the sinc² Laue function.
     U, V, W : float or (B,) tensor
         Caglioti coefficients, degrees².
     eta : float or (B,) tensor
@@ -576,8 +598,8 @@ def xrd_profile(
         raise ValueError(f"wavelength: must be positive, got {wavelength}")
     if wavelength2 is not None and not (float(wavelength2) > 0):
         raise ValueError(f"wavelength2: must be positive, got {wavelength2}")
-    if size_kernel not in ("scherrer", "sinc2"):
-        raise ValueError(f"size_kernel: must be 'scherrer' or 'sinc2', got {size_kernel!r}")
+    if size_kernel not in _SIZE_KERNELS:
+        raise ValueError(f"size_kernel: must be one of {_SIZE_KERNELS}, got {size_kernel!r}")
     B = refl.num_crystals
     M = x.numel()
     size_t = None
@@ -628,8 +650,8 @@ def xrd_profile(
             if size_kernel == "scherrer":
                 h_size = shape_factor * lam / (L * torch.cos(theta)) * _DEG
             else:
-                # sinc²(L ΔQ/2): FWHM_Q = 4·1.3916/L, converted to 2θ
-                h_size = (4 * _SINC2_HWHM / L) / ((_TWO_PI / lam) * torch.cos(theta)) * _DEG
+                # sinc kernels have a Q-independent FWHM, converted to 2θ
+                h_size = size_fwhm_q(size_t[c], shape_factor, size_kernel) / ((_TWO_PI / lam) * torch.cos(theta)) * _DEG
         else:
             h_size = None
         if x_kind == "q":
@@ -699,9 +721,12 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
     k = _TWO_PI * torch.fft.rfftfreq(nfft, d=dq).to(dtype=dtype, device=device)  # angular frequency
     if size_kernel == "scherrer":
         kern = torch.exp(-0.5 * fw[:, None] * k[None, :])  # FT of a unit-area Lorentzian of FWHM fw
-    else:
+    elif size_kernel == "sinc2":
         a = 2 * _SINC2_HWHM / fw  # sinc²(a ΔQ): a = L/2
         kern = (1 - k[None, :] / (2 * a[:, None])).clamp_min(0)  # FT of unit-area sinc²: a triangle
+    else:
+        a = 2 * _SINC_HALF / fw  # sin(a ΔQ)/(π ΔQ): a = π L; its transform is a box |k| < a
+        kern = torch.sigmoid((a[:, None] - k[None, :]) / (0.5 * (k[1] - k[0])))  # box, smoothed over one bin
     # undo the smoothing of the linear deposit and of the final linear interpolation
     # (each a triangle of half-width dq: transform sinc²(k dq / 2))
     tri = torch.sinc(k * dq / (2 * math.pi)) ** 2
@@ -770,7 +795,7 @@ def _add_peaks(out, x, c, pos, inten, h_inst, h_size, eta, no_inst, kernel, min_
             prof = _pv(dx2, h, e)
         elif parts[0][0] == "size":
             h = h_size[sel][:, None]
-            prof = _lorentz2(dx2, h) if kernel == "scherrer" else _sinc2(dx, h)
+            prof = _lorentz2(dx2, h) if kernel == "scherrer" else _sinc2(dx, h) if kernel == "sinc2" else _sinc(dx, h)
         else:
             hi_ = h_inst[sel][:, None]
             hs = h_size[sel][:, None]
@@ -779,7 +804,7 @@ def _add_peaks(out, x, c, pos, inten, h_inst, h_size, eta, no_inst, kernel, min_
                 hv, ev = _tch(hi_, hs)
                 prof = _pv(dx2, hv, ev, 1 - e) + _lorentz2(dx2, hi_ + hs, e)
             else:
-                # sinc² size kernel ⊗ instrument pseudo-Voigt: approximate the sinc² by a
+                # sinc or sinc² size kernel ⊗ instrument pseudo-Voigt: approximate the kernel by a
                 # Gaussian of the same FWHM and combine widths in quadrature (Gaussian part)
                 # and linearly (Lorentzian part).
                 hg = torch.sqrt(hi_**2 + hs**2)
