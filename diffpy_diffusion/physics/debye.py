@@ -329,7 +329,8 @@ def debye_sq(positions, numbers, q, **kwargs) -> torch.Tensor:
 
 def debye_fq(positions, numbers, q, **kwargs) -> torch.Tensor:
     """Reduced structure function F(Q) = Q (S(Q) − 1), Å⁻¹."""
-    q = torch.as_tensor(q, dtype=torch.as_tensor(positions).dtype)
+    p = torch.as_tensor(positions)
+    q = torch.as_tensor(q, dtype=p.dtype, device=p.device)
     return q * (debye_sq(positions, numbers, q, **kwargs) - 1)
 
 
