@@ -236,3 +236,17 @@ def test_sinc_kernel_reproduces_pxrdnet_filter(size_A):
     theirs, ours = theirs / theirs.max(), ours / ours.max()
     # their filter is truncated to the span of the grid; ours is not (≈2 % at L = 10 Å)
     assert np.abs(theirs - ours).max() < 0.03
+
+
+def test_gradcheck_instrument_parameters():
+    b = CrystalBatch.from_structures([reference.ni_fcc()], uiso=0.005)
+    x = torch.arange(40.0, 56.0, 0.25, dtype=torch.float64)
+
+    def f(zero, scale, bg, U, W, eta, size):
+        return xrd_pattern(b, x, zero_deg=zero, scale=scale, background=bg, U=U, W=W, eta=eta, size_nm=size) / 1e5
+
+    args = tuple(
+        torch.tensor(v, dtype=torch.float64, requires_grad=True)
+        for v in ([0.05], [1.3], [[0.5, 0.2, 0.1]], [0.02], [0.03], [0.4], [6.0])
+    )
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5, rtol=1e-3)
