@@ -47,18 +47,24 @@ def test_help_does_not_import_heavy_modules():
 
 
 def test_help_subprocess_is_fast():
+    """``diffpy-diffuse --help`` costs < 1 s of CPU (wall time on a shared, loaded machine is not reliable)."""
     exe = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "diffpy_diffusion"]
     subprocess.run(exe + ["--help"], capture_output=True, timeout=60)  # warm the file cache
-    best = min(_timed(exe + ["--help"]) for _ in range(3))
-    # the target is < 1 s; allow slack for a loaded CI machine
-    assert best < 2.0, f"diffpy-diffuse --help took {best:.2f} s"
+    cpu, wall = min(_timed(exe + ["--help"]) for _ in range(3))
+    assert cpu < 1.0, f"diffpy-diffuse --help used {cpu:.2f} s CPU ({wall:.2f} s wall)"
+    assert wall < 10.0
 
 
 def _timed(cmd):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert out.returncode == 0 and "propose" in out.stdout
-    return time.perf_counter() - t0
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
 
 
 def test_help_lists_all_commands():
