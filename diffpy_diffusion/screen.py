@@ -534,8 +534,23 @@ def dedupe(proposals, k: int | None = None, *, ltol: float = 0.2, stol: float = 
     return kept, dropped
 
 
+def _unique_axis(lattice, tol: float = 1e-3) -> int | None:
+    """Index of the unique axis of a tetragonal/hexagonal-like cell (two equal lengths, the third
+    different and at 90° to both), else None."""
+    abc = np.array(lattice.abc)
+    ang = np.array(lattice.angles)  # alpha (b,c), beta (a,c), gamma (a,b)
+    for k in range(3):
+        o = [j for j in range(3) if j != k]
+        if abs(abc[o[0]] - abc[o[1]]) > tol * abc[o[0]] or abs(abc[k] - abc[o[0]]) <= tol * abc[o[0]]:
+            continue
+        if all(abs(ang[j] - 90.0) < 0.01 for j in o):  # the angles that involve axis k
+            return k
+    return None
+
+
 def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, gradient_steps: int = 40,
-           gradient_top: int | None = None, do_dedupe: bool = True) -> ScreenResult:
+           gradient_top: int | None = None, do_dedupe: bool = True,
+           axial_ratios: tuple[float, ...] = (0.85, 0.92, 1.08, 1.15)) -> ScreenResult:
     """Pre-fit all proposals against ``observation``, rank by screening Rwp, dedupe, keep the best ``k``.
 
     Parameters
@@ -552,6 +567,8 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
         How many stage-A leaders enter stage B (default ``max(3 k, 12)``).
     do_dedupe : bool
         Remove StructureMatcher duplicates.
+    axial_ratios : tuple of float
+        Extra scales of the unique axis tried for tetragonal/hexagonal cells in stage A (PXRD).
 
     Returns
     -------
@@ -568,7 +585,39 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
         scr = _XRDScreen(observation)
         peaks = scr.peaks(structs)
         timings["peaks"] = time.perf_counter() - t0
-        best = _refine_scales(lambda sc: scr.stage_a(peaks, sc), len(structs))
+        # uniaxial cells (tetragonal/hexagonal): also try other axial ratios (c/a of a template
+        # of another chemistry can be far off; one isotropic scale cannot fix it)
+        vpeaks, owner, ratio = list(peaks), list(range(len(structs))), [1.0] * len(structs)
+        for i, st in enumerate(structs):
+            ax = _unique_axis(st.lattice)
+            if ax is None or peaks[i][2] is None or not axial_ratios:
+                continue
+            gstar = np.linalg.inv(st.lattice.matrix @ st.lattice.matrix.T)
+            h = peaks[i][2].astype(float)
+            for t in axial_ratios:
+                d = np.ones(3)
+                d[ax] = 1.0 / t
+                qt = 2 * math.pi * np.sqrt(np.einsum("ri,ij,rj->r", h, gstar * d[:, None] * d[None, :], h))
+                vpeaks.append((qt, peaks[i][1], peaks[i][2]))
+                owner.append(i)
+                ratio.append(float(t))
+        vbest = _refine_scales(lambda sc: scr.stage_a(vpeaks, sc), len(vpeaks))
+        best = [None] * len(structs)
+        chosen = [1.0] * len(structs)
+        for v, b in enumerate(vbest):
+            i = owner[v]
+            if best[i] is None or b[0] < best[i][0]:
+                best[i] = b
+                chosen[i] = ratio[v]
+                peaks[i] = vpeaks[v]
+        from pymatgen.core import Lattice, Structure
+
+        for i, t in enumerate(chosen):
+            if t != 1.0:
+                ax = _unique_axis(structs[i].lattice)
+                m = structs[i].lattice.matrix.copy()
+                m[ax] *= t
+                structs[i] = Structure(Lattice(m), structs[i].species, structs[i].frac_coords)
     else:
         scr = _PDFScreen(observation)
         hists = scr.histograms(structs)
@@ -583,7 +632,8 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
         if np.isfinite(b[0]):
             new_structs[i] = _scaled_structure(structs[i], b[1])
             if observation.kind == "xrd":
-                info[i] = {"lattice_scale": b[1], "size_nm": b[2], "size_kernel": b[4]}
+                info[i] = {"lattice_scale": b[1], "size_nm": b[2], "size_kernel": b[4],
+                           "axial_ratio": chosen[i]}
             else:
                 info[i] = {"lattice_scale": b[1], "uiso": b[2]}
     # stage B: gradient strain/size/zero for the leaders (PXRD)
