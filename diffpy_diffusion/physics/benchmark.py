@@ -64,7 +64,7 @@ def bench_xrd(n_structures: int = 256, n_reference: int = 32, repeats: int = 3) 
     q_max = 4 * math.pi * math.sin(math.radians(45.0)) / lam
 
     def peaks():
-        with torch.no_grad():
+        with torch.inference_mode():
             r = reflections(batch, q_max)
             th = torch.asin(lam * r.q / (4 * math.pi))
             return r.intensity * _lp_factor(th, None)
@@ -73,13 +73,13 @@ def bench_xrd(n_structures: int = 256, n_reference: int = 32, repeats: int = 3) 
     x = torch.arange(10.0, 90.0, 0.02)
 
     def pattern():
-        with torch.no_grad():
+        with torch.inference_mode():
             return xrd_pattern(batch, x, size_nm=10.0, W=0.01)
 
     t_pat = _best(pattern, repeats) / len(structures)
 
     def pattern_fft():
-        with torch.no_grad():
+        with torch.inference_mode():
             return xrd_pattern(batch, x, size_nm=10.0)  # pure size broadening: FFT path
 
     t_fft = _best(pattern_fft, repeats) / len(structures)
@@ -149,7 +149,7 @@ def bench_pdf(repeats: int = 5) -> dict:
         rr = r.to(dt)
 
         def run():
-            with torch.no_grad():
+            with torch.inference_mode():
                 return pdf_gr(b, rr, qmax=25.0, qdamp=0.04, delta2=2.0, spdiameter=40.0)
 
         t = _best(run, repeats)
@@ -172,7 +172,7 @@ def bench_debye(diameter_nm: float = 5.0, repeats: int = 3) -> dict:
         pp, qq = pos.to(dt), q.to(dt)
 
         def run():
-            with torch.no_grad():
+            with torch.inference_mode():
                 return debye_iq(pp, z, qq, uiso=0.005)
 
         out[f"{name}_ms"] = 1e3 * _best(run, repeats)
