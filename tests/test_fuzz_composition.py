@@ -218,15 +218,20 @@ def test_prop_ddp_mutations(tmp_path):
 # --------------------------------------------------------------------------- bounded fuzz targets (CI)
 
 
-def _report(name: str, before: int) -> None:
+def _report(name: str, before: int, c0: float | None = None) -> None:
+    import time
+
     n = COUNTS[name] - before
-    print(f"\nfuzz target {name}: {n} inputs, no non-contract exception")
+    cpu = f" in {time.process_time() - c0:.1f} s CPU" if c0 is not None else ""
+    print(f"\nfuzz target {name}: {n} inputs{cpu}, no non-contract exception")
     assert n >= FUZZ_EXAMPLES
 
 
 @pytest.mark.slow
 def test_fuzz_target_parse_composition():
-    before = COUNTS["composition"]
+    import time
+
+    before, c0 = COUNTS["composition"], time.process_time()
 
     @FUZZ
     @given(composition_text)
@@ -234,12 +239,14 @@ def test_fuzz_target_parse_composition():
         check_composition(text)
 
     target()
-    _report("composition", before)
+    _report("composition", before, c0)
 
 
 @pytest.mark.slow
 def test_fuzz_target_parse_wavelength_and_size():
-    before_w, before_s = COUNTS["wavelength"], COUNTS["size"]
+    import time
+
+    before_w, before_s, c0 = COUNTS["wavelength"], COUNTS["size"], time.process_time()
 
     @FUZZ
     @given(unit_text)
@@ -248,13 +255,15 @@ def test_fuzz_target_parse_wavelength_and_size():
         check_size(text)
 
     target()
-    _report("wavelength", before_w)
+    _report("wavelength", before_w, c0)
     _report("size", before_s)
 
 
 @pytest.mark.slow
 def test_fuzz_target_read_ddp(tmp_path):
-    before = COUNTS["ddp"]
+    import time
+
+    before, c0 = COUNTS["ddp"], time.process_time()
     for i in range(FUZZ_EXAMPLES):
         check_ddp(tmp_path, _ddp_input(i))
-    _report("ddp", before)
+    _report("ddp", before, c0)
