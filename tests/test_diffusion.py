@@ -263,3 +263,14 @@ def test_backend_registered_through_hook():
 
     names = [b["name"] for b in list_backends()]
     assert "diffusion" in names
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped weights not present")
+def test_pdf_observation_samples_with_null_condition():
+    from diffpy_diffusion.backends.diffusion.backend import DiffusionBackend
+    from diffpy_diffusion.types import Observation
+
+    r = np.linspace(1, 20, 400)
+    obs = Observation(kind="pdf", x=r, y=np.sin(2.5 * r) * np.exp(-r / 10), x_kind="r", composition="NaCl")
+    props = DiffusionBackend(steps=3).sample(obs, 2, seed=0)
+    _check_structures(props, "NaCl", 2)
