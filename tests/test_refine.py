@@ -225,6 +225,9 @@ def test_bad_input_messages():
     short = Observation("xrd", np.linspace(20, 21, 5), np.ones(5), "2theta", wavelength=1.54)
     with pytest.raises(DiffpyDiffusionError, match="too short"):
         refine_structure(short, rutile_tio2())
+    no_wl = Observation("xrd", np.linspace(20, 80, 100), np.ones(100), "2theta")
+    with pytest.raises(DiffpyDiffusionError, match="wavelength"):
+        refine_structure(no_wl, rutile_tio2())
     obs = Observation("pdf", np.linspace(1, 10, 100), np.ones(100), "r")
     with pytest.raises(DiffpyDiffusionError, match="engine"):
         refine_structure(obs, rutile_tio2(), engine="gsas")

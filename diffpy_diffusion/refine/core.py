@@ -311,6 +311,8 @@ def build_recipe(
     kind = observation.kind
     fast = True
     if kind == "xrd":
+        if observation.x_kind == "2theta" and not observation.wavelength:
+            raise DiffpyDiffusionError("2θ data needs a wavelength to refine (e.g. --wavelength CuKa)")
         gen = XRDGenerator("xrd", nbkg=nbkg)
         gen.bkg_domain = (float(x.min()), float(x.max()))
         profile.meta.update(
