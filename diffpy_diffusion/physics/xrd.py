@@ -576,12 +576,17 @@ def xrd_profile(
         Width (grid units) used when neither instrument nor size broadening is
         given; default 2 × the mean grid step.
     method : {"auto", "window", "fft"}
-        ``"window"`` evaluates every peak profile within ``peak_window``.
-        ``"fft"`` (only for pure size broadening, U = V = W = 0) deposits the
-        peaks on a fine uniform Q grid and convolves with the size kernel,
-        whose width is Q-independent, by FFT (exact kernel transform; 2θ grids
-        are then interpolated with the Jacobian dQ/d2θ).  Much faster for
-        broad peaks; "auto" picks it when it applies.
+        ``"window"`` evaluates every peak profile within ``peak_window``
+        (instrument ⊗ size by the Thompson–Cox–Hastings approximation).
+        ``"fft"`` (needs ``size_nm``) puts the peaks -- as sticks, or as their
+        instrument pseudo-Voigts when U, V, W are set -- on a fine uniform Q
+        work grid and convolves with the size kernel, whose width is
+        Q-independent, by FFT (exact kernel transform); 2θ grids are then
+        interpolated with the Jacobian dQ/d2θ.  5-200× faster for broad peaks
+        and agrees with "window" to ~1 % of the maximum.  "auto" uses "fft"
+        whenever ``size_nm`` is given (falling back to "window" when the work
+        grid would be too large).  Results depend on the batch's shared work
+        grid at the 1e-3 level.
 
     Returns
     -------
@@ -616,9 +621,9 @@ def xrd_profile(
         min_fwhm = 2.0 * float(x[-1] - x[0]) / max(M - 1, 1)
     if method not in ("auto", "window", "fft"):
         raise ValueError(f"method: must be 'auto', 'window' or 'fft', got {method!r}")
-    if method == "fft" and (size_t is None or not no_inst):
-        raise ValueError("method: 'fft' needs size broadening only (size_nm set, U = V = W = 0)")
-    use_fft = method == "fft" or (method == "auto" and size_t is not None and no_inst and M > 1)
+    if method == "fft" and size_t is None:
+        raise ValueError("method: 'fft' needs size broadening (size_nm)")
+    use_fft = method == "fft" or (method == "auto" and size_t is not None and M > 1)
 
     out = torch.zeros(B * M, dtype=dtype, device=device)
     comps = [(float(wavelength), 1.0)]
@@ -654,6 +659,7 @@ def xrd_profile(
                 h_size = size_fwhm_q(size_t[c], shape_factor, size_kernel) / ((_TWO_PI / lam) * torch.cos(theta)) * _DEG
         else:
             h_size = None
+        h_inst_deg = h_inst
         if x_kind == "q":
             # positions: Q that the Kα1 wavelength assigns to the observed 2θ
             tt_rad = (tt / _DEG).clamp(0, math.pi)
@@ -665,15 +671,25 @@ def xrd_profile(
         else:
             pos_x = tt
         if use_fft:
-            sticks.append((tt, inten))
+            sticks.append((tt, inten, None if no_inst else h_inst_deg))
             continue
         _add_peaks(
             out, x, c, pos_x, inten, h_inst, h_size, eta_t[c], no_inst, size_kernel,
             min_fwhm, peak_window, M, chunk_elements,
         )
+    y = None
     if use_fft:
-        y = _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kernel)
-    else:
+        y = _profile_fft(
+            sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kernel, eta_t[c], peak_window,
+            chunk_elements, force=method == "fft",
+        )
+    if y is None:  # the window path (also when the FFT work grid would be too large)
+        for tt, inten, h_i in sticks:
+            pos_x, h_i_x, h_s_x = _positions_widths(tt, h_i, size_t[c], x_kind, lam1, shape_factor, size_kernel)
+            _add_peaks(
+                out, x, c, pos_x, inten, h_i_x if h_i is not None else torch.zeros_like(tt), h_s_x,
+                eta_t[c], h_i is None, size_kernel, min_fwhm, peak_window, M, chunk_elements,
+            )
         y = out.view(B, M)
     if background is not None:
         bg = torch.as_tensor(background, dtype=dtype, device=device)
@@ -685,8 +701,25 @@ def xrd_profile(
     return y
 
 
-def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kernel):
-    """Size-broadened pattern by FFT convolution on a uniform Q grid (see ``xrd_profile``)."""
+def _positions_widths(tt, h_inst_deg, size_c, x_kind, lam1, shape_factor, size_kernel):
+    """Peak positions and FWHMs (instrument, size) in grid units for the window path."""
+    theta_obs = torch.deg2rad(tt.clamp(0, 179.999)) / 2
+    conv = (_TWO_PI / lam1) * torch.cos(theta_obs) / _DEG  # dQ per degree 2θ
+    h_s_q = size_fwhm_q(size_c, shape_factor, size_kernel)
+    if x_kind == "q":
+        return _FOUR_PI * torch.sin(theta_obs) / lam1, (None if h_inst_deg is None else h_inst_deg * conv), h_s_q
+    return tt, h_inst_deg, h_s_q / conv
+
+
+def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kernel, eta_c, peak_window,
+                 chunk_elements, force=False, max_work=1 << 25):
+    """Size-broadened pattern by FFT convolution on a uniform Q grid (see ``xrd_profile``).
+
+    Instrument broadening, when present, is evaluated per peak on the fine work
+    grid first (narrow windows); the Q-independent size kernel is then applied
+    by FFT.  Returns None when the work grid would exceed ``max_work`` values
+    (the caller falls back to the window path) unless ``force``.
+    """
     dtype, device = x.dtype, x.device
     fw = size_fwhm_q(size_t, shape_factor, size_kernel)  # (B,) FWHM in Q, Å⁻¹
     fw_min = float(fw.detach().min())
@@ -696,17 +729,40 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
     else:
         qx = _FOUR_PI * torch.sin(torch.deg2rad(x) / 2) / lam1
         step = float((qx[1:] - qx[:-1]).min())
+    # instrument FWHM of every stick in Q
+    inst = []
+    for tt, inten, h_i in sticks:
+        if h_i is None:
+            inst.append(None)
+        else:
+            th = torch.deg2rad(tt.clamp(0, 179.999)) / 2
+            inst.append(h_i * (_TWO_PI / lam1) * torch.cos(th) / _DEG)
+    # smallest instrument width among the sticks that can reach the grid
+    pad0 = 10 * float(fw.detach().max())
+    lo_q, hi_q = float(qx[0]) - pad0, float(qx[-1]) + pad0
+    h_inst_min = math.inf
+    for (tt, inten, _), h in zip(sticks, inst):
+        if h is None:
+            continue
+        pq = _FOUR_PI * torch.sin(torch.deg2rad(tt.detach().clamp(0, 179.999)) / 2) / lam1
+        sel = (pq >= lo_q) & (pq <= hi_q) & (inten.detach() != 0)
+        if bool(sel.any()):
+            h_inst_min = min(h_inst_min, float(h.detach()[sel].min()))
     # work grid on powers of two and aligned to multiples of dq, so that it does not
     # move under small changes of the size (smooth gradients)
-    dq = 2.0 ** math.floor(math.log2(min(step, fw_min / 8)))
+    dq = 2.0 ** math.floor(math.log2(min(step, fw_min / 8, max(h_inst_min, 1e-12) / 5)))
     pad = 2.0 ** math.ceil(math.log2(10 * float(fw.detach().max())))
     q0 = math.floor((float(qx[0]) - pad) / dq) * dq
     if x_kind == "2theta":
         q0 = max(q0, 0.0)
     n_work = int(math.ceil((float(qx[-1]) + pad - q0) / dq)) + 2
     nfft = 1 << int(math.ceil(math.log2(2 * n_work)))
+    if B * nfft > max_work and not force:
+        return None
     grid = torch.zeros(B * nfft, dtype=dtype, device=device)
-    for tt, inten in sticks:
+    work_x = q0 + dq * torch.arange(nfft, dtype=dtype, device=device)
+    any_inst = any(h is not None for h in inst)
+    for (tt, inten, _), h_q in zip(sticks, inst):
         # stick positions in Q as the Kα1 wavelength sees the observed 2θ
         pos = _FOUR_PI * torch.sin(torch.deg2rad(tt.clamp(0, 179.999)) / 2) / lam1
         t = (pos - q0) / dq
@@ -715,6 +771,13 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
         w = t - i0.to(dtype)
         i0 = i0.clamp(0, n_work - 2)
         inten = torch.where(ok, inten, torch.zeros_like(inten))
+        if h_q is not None:
+            # instrument pseudo-Voigt evaluated on the work grid (area-normalised in Q)
+            dens = torch.zeros(B * nfft, dtype=dtype, device=device)
+            _add_peaks(dens, work_x, c, pos, inten, h_q, None, eta_c, False, "scherrer", 0.0, peak_window,
+                       nfft, chunk_elements)
+            grid = grid + dens * dq
+            continue
         base = c * nfft + i0
         grid = grid.index_add(0, base, inten * (1 - w)).index_add(0, base + 1, inten * w)
     grid = grid.view(B, nfft) / dq  # density per Å⁻¹
@@ -730,7 +793,7 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
     # undo the smoothing of the linear deposit and of the final linear interpolation
     # (each a triangle of half-width dq: transform sinc²(k dq / 2))
     tri = torch.sinc(k * dq / (2 * math.pi)) ** 2
-    kern = kern / (tri * tri)[None, :]
+    kern = kern / (tri if any_inst else tri * tri)[None, :]
     prof = torch.fft.irfft(torch.fft.rfft(grid, dim=-1) * kern, n=nfft, dim=-1)  # (B, nfft)
     # linear interpolation onto the target grid
     t = (qx - q0) / dq
