@@ -31,17 +31,20 @@ TUBE_WAVELENGTHS: dict[str, tuple[float, float, float]] = {
     "AgKa": (0.559421, 0.563813, 0.5),
 }
 
-_ELEMENT_TOKEN = re.compile(r"([A-Z][a-z]?)(\d*\.?\d*)")
+_ELEMENT_SYMBOL = re.compile(r"[A-Z][a-z]?")
+_COUNT = re.compile(r"\d*\.?\d*")
 
 
 def parse_composition(text: str) -> dict[str, float]:
-    """Parse a chemical formula such as ``"CdSe"``, ``"Ba2TiO4"`` or ``"Cd Se"``.
+    """Parse a chemical formula such as ``"CdSe"``, ``"Ba2TiO4"``, ``"Cd Se"`` or ``"Sr(FeAs)2"``.
 
     Parameters
     ----------
     text : str
         Formula; element symbols followed by optional (possibly fractional)
-        counts.  Whitespace between tokens is allowed.
+        counts, with round-bracket groups that may carry a count (the form
+        pymatgen's ``reduced_formula`` prints).  Whitespace between tokens is
+        allowed.
 
     Returns
     -------
@@ -59,37 +62,55 @@ def parse_composition(text: str) -> dict[str, float]:
 
     if not isinstance(text, str) or not text.strip():
         raise CompositionError("empty composition: give a formula such as 'CdSe'")
-    out: dict[str, float] = {}
-    pos = 0
     s = text
-    while pos < len(s):
-        if s[pos].isspace():
-            pos += 1
-            continue
-        m = _ELEMENT_TOKEN.match(s, pos)
-        if not m:
-            raise CompositionError(
-                f"composition {text!r}: unexpected {s[pos]!r} at position {pos + 1}; "
-                "expected an element symbol such as 'Cd' (capital letter first)"
-            )
-        sym, num = m.group(1), m.group(2)
-        if not Element.is_valid_symbol(sym):
-            raise CompositionError(
-                f"composition {text!r}: unknown element {sym!r} at position {pos + 1}"
-            )
+
+    def count_at(pos: int, what: str) -> tuple[float, int]:
+        m = _COUNT.match(s, pos)
+        num = m.group(0)
         try:
             amount = float(num) if num else 1.0
         except ValueError:
-            raise CompositionError(
-                f"composition {text!r}: bad count {num!r} at position {m.start(2) + 1}"
-            ) from None
+            raise CompositionError(f"composition {text!r}: bad count {num!r} at position {pos + 1}") from None
         if not np.isfinite(amount) or amount <= 0:
-            raise CompositionError(
-                f"composition {text!r}: count of {sym} must be positive, got {num!r}"
-            )
-        out[sym] = out.get(sym, 0.0) + amount
-        pos = m.end()
-    return out
+            raise CompositionError(f"composition {text!r}: count of {what} must be positive, got {num!r}")
+        return amount, m.end()
+
+    # A stack of groups; each "(" opens one, ")" closes it and multiplies it into its parent.
+    stack: list[tuple[dict[str, float], int]] = [({}, -1)]
+    pos = 0
+    while pos < len(s):
+        c = s[pos]
+        if c.isspace():
+            pos += 1
+        elif c == "(":
+            stack.append(({}, pos))
+            pos += 1
+        elif c == ")":
+            if len(stack) == 1:
+                raise CompositionError(f"composition {text!r}: unmatched ')' at position {pos + 1}")
+            group, opened = stack.pop()
+            if not group:
+                raise CompositionError(f"composition {text!r}: empty group at position {opened + 1}")
+            mult, pos = count_at(pos + 1, "the group")
+            parent = stack[-1][0]
+            for el, n in group.items():
+                parent[el] = parent.get(el, 0.0) + n * mult
+        else:
+            m = _ELEMENT_SYMBOL.match(s, pos)
+            if not m:
+                raise CompositionError(
+                    f"composition {text!r}: unexpected {c!r} at position {pos + 1}; "
+                    "expected an element symbol such as 'Cd' (capital letter first)"
+                )
+            sym = m.group(0)
+            if not Element.is_valid_symbol(sym):
+                raise CompositionError(f"composition {text!r}: unknown element {sym!r} at position {pos + 1}")
+            amount, pos = count_at(m.end(), sym)
+            group = stack[-1][0]
+            group[sym] = group.get(sym, 0.0) + amount
+    if len(stack) > 1:
+        raise CompositionError(f"composition {text!r}: '(' at position {stack[-1][1] + 1} is never closed")
+    return stack[0][0]
 
 
 def composition_formula(comp: dict[str, float]) -> str:

@@ -12,13 +12,15 @@ from diffpy_diffusion.types import Observation, Proposal, composition_formula, p
 @pytest.mark.parametrize("text,expected", [
     ("CdSe", {"Cd": 1, "Se": 1}), ("Ba2TiO4", {"Ba": 2, "Ti": 1, "O": 4}), ("Cd Se", {"Cd": 1, "Se": 1}),
     ("Ta0.5O1.25", {"Ta": 0.5, "O": 1.25}), ("OHO", {"O": 2, "H": 1}),
+    ("Sr(FeAs)2", {"Sr": 1, "Fe": 2, "As": 2}), ("Ca(OH)2", {"Ca": 1, "O": 2, "H": 2}),
 ])
 def test_parse_composition(text, expected):
     assert parse_composition(text) == expected
 
 
 @pytest.mark.parametrize("text,where", [("Cd2Se3x", "position 7"), ("cdse", "position 1"), ("Xx2", "Xx"),
-                                        ("", "empty"), ("Cd0", "positive"), ("Cd-1", "position 3")])
+                                        ("", "empty"), ("Cd0", "positive"), ("Cd-1", "position 3"),
+                                        ("(CdSe", "never closed"), ("CdSe)", "position 5"), ("()2", "empty group")])
 def test_parse_composition_errors(text, where):
     with pytest.raises(CompositionError) as ei:
         parse_composition(text)
