@@ -176,8 +176,10 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
     """
     from .refine import refine_structure
 
-    # default budget: a screened start is close, 20 least-squares iterations per stage suffice
-    refine_options = {"max_nfev": 20, **(refine_options or {})}
+    # default budget (PXRD): a screened start is close, 20 least-squares iterations per stage suffice;
+    # PDF fits keep refine_structure's own default (ADP/qdamp/delta2 need more)
+    defaults = {"max_nfev": 20} if observation.kind == "xrd" else {}
+    refine_options = {**defaults, **(refine_options or {})}
     done: list[tuple[Proposal, Any]] = []
     adv = progress.task("refining", len(candidates)) if progress else None
     for p in candidates:
