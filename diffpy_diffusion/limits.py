@@ -14,7 +14,7 @@ atoms per cell            200         ``--max-atoms`` (up to the cap),          
                                       ``DIFFPY_DIFFUSION_MAX_ATOMS``
 pattern points            1,000,000   ``DIFFPY_DIFFUSION_MAX_PATTERN_POINTS``      io readers
 Debye cluster atoms       50,000      ``DIFFPY_DIFFUSION_MAX_DEBYE_ATOMS``         ``physics.debye``
-candidates (``--n``)      20,000      ``DIFFPY_DIFFUSION_MAX_CANDIDATES``          ``pipeline.propose``
+candidates (``--n``)      2,000       ``DIFFPY_DIFFUSION_MAX_CANDIDATES``          ``pipeline.propose``
 ========================  ==========  ===========================================  ==========================
 
 All checks raise :class:`~diffpy_diffusion.errors.ResourceLimitError` (a
@@ -61,7 +61,7 @@ class Cap:
 ATOMS_PER_CELL = Cap("atoms per cell", 200, "DIFFPY_DIFFUSION_MAX_ATOMS", "atoms", "--max-atoms")
 PATTERN_POINTS = Cap("pattern points", 1_000_000, "DIFFPY_DIFFUSION_MAX_PATTERN_POINTS", "data points")
 DEBYE_ATOMS = Cap("Debye cluster size", 50_000, "DIFFPY_DIFFUSION_MAX_DEBYE_ATOMS", "atoms")
-CANDIDATES = Cap("candidate count", 20_000, "DIFFPY_DIFFUSION_MAX_CANDIDATES", "candidates", "--n")
+CANDIDATES = Cap("candidate count", 2_000, "DIFFPY_DIFFUSION_MAX_CANDIDATES", "candidates", "--n")
 
 ALL_CAPS = (ATOMS_PER_CELL, PATTERN_POINTS, DEBYE_ATOMS, CANDIDATES)
 

@@ -160,6 +160,22 @@ def sample_candidates_2000(tmp):
     return {"candidates": 2000, "_run": lambda: be.sample(obs, 2000, seed=0)}
 
 
+@case
+def propose_screen_example(tmp):
+    """pipeline.propose, example backend, N raw candidates sampled and screened (no refinement),
+    on the bundled 3 nm NaCl pattern (N from $MEM_N, default 2,000)."""
+    import os
+
+    from diffpy_diffusion.io import read_observation
+    from diffpy_diffusion.pipeline import propose
+
+    n = int(os.environ.get("MEM_N", "2000"))
+    obs = read_observation(Path(__file__).resolve().parents[2] / "diffpy_diffusion" / "examples_data"
+                           / "nacl_3nm_cuka.xy", composition="NaCl")
+    return {"candidates": n, "points": len(obs.x),
+            "_run": lambda: propose(obs, backend="example", n=n, top=5, seed=0, progress=False, refine=False)}
+
+
 def _child(name: str) -> None:
     import resource
     import tracemalloc
