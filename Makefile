@@ -22,12 +22,13 @@ DEMO_OUT   ?= demo_output
 DEMO_N     ?= 16
 DEMO_TOP   ?= 3
 
-.PHONY: demo test test-fast venv clean-venv help docs
+.PHONY: demo test test-fast acceptance venv clean-venv help docs
 
 help:
 	@echo "make demo       install (if needed) and run diffpy-diffuse propose on the bundled example"
 	@echo "make test       install (if needed) and run the tests (PYTEST_ARGS='-k io' to select)"
 	@echo "make test-fast  same, skipping tests marked slow"
+	@echo "make acceptance the long acceptance runs (tests marked acceptance; minutes per case)"
 	@echo "make venv       only create/update $(VENV)"
 	@echo "make docs       build the HTML docs (Sphinx, warnings are errors) into docs/_build/html"
 
@@ -61,6 +62,10 @@ test: venv
 
 test-fast: PYTEST_ARGS += -m "not slow"
 test-fast: test
+
+# The issues' long acceptance runs (minutes per case on 2 cores), left out of `make test`.
+acceptance: PYTEST_ARGS += -m acceptance
+acceptance: test
 
 # Sphinx docs with warnings as errors (-W); the CLI reference is generated from click.
 docs: venv

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.acceptance]
 
 SM = dict(ltol=0.2, stol=0.3, angle_tol=5)
 
