@@ -164,7 +164,9 @@ def test_ddp_two_processes_gloo_keep_replicas_equal(tiny_pool, tmp_path):
         "import json,sys; from diffpy_diffusion.backends.diffusion.train import main; "
         f"s=main(data={str(tiny_pool)!r}, out={str(tmp_path / 'ddp')!r}, steps=4, hidden=32, layers=1, n_freq=4, "
         "batch_size=8, amp=False, val_fraction=0.0, progress='none', ckpt_every=1e9, threads=1, device='cpu'); "
-        "print('RESULT', s['world'], s['replica_max_abs_diff'], flush=True)"
+        # one file per rank: two processes printing to one pipe interleave their lines
+        "import os,pathlib; pathlib.Path(f\"result_{os.environ['RANK']}.txt\").write_text("
+        "f\"{s['world']} {s['replica_max_abs_diff']}\")"
     )
     script = tmp_path / "ddp_run.py"
     script.write_text(code)
@@ -172,9 +174,9 @@ def test_ddp_two_processes_gloo_keep_replicas_equal(tiny_pool, tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(script)], capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    res = [line.split() for line in r.stdout.splitlines() if line.startswith("RESULT")]
-    assert len(res) == 2
-    for _, world, diff in res:
+    res = [p.read_text().split() for p in sorted(tmp_path.glob("result_*.txt"))]
+    assert len(res) == 2, r.stdout[-2000:]
+    for world, diff in res:
         assert world == "2" and float(diff) == 0.0
 
 
