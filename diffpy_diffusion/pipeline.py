@@ -336,6 +336,9 @@ def propose(
                           "timings": {k: round(v, 3) for k, v in sres.timings.items()}}
         if not sres.kept:
             raise BackendError(f"none of the {len(raw)} proposals could be evaluated against the data")
+        from . import plugins
+
+        plugins.call_rerank(observation, sres.kept)  # plugins add scores; the ranking stays ours
 
         def checkpoint(d):
             if out is not None:

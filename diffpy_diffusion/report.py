@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DiffpyDiffusionError
 from .types import Observation, Proposal
 
 #: Packages whose versions go into the provenance of results.json.
@@ -153,6 +154,19 @@ def write_candidate_files(p: Proposal, rank: int, out: Path, observation: Observ
     except Exception as exc:  # noqa: BLE001 - .stru is a convenience; say why it is missing
         files["stru"] = None
         p.provenance["stru_error"] = str(exc)
+    if result is not None and observation.kind == "pdf":
+        # PDFgui-style: the refined .stru, a ready-to-run pdffit2 script and, with diffpy.pdfgui
+        # installed, a PDFgui project.
+        from .refine import write_refinement_files
+
+        try:
+            written = write_refinement_files(result, observation, out, stem, force=force, pdfgui_project=True)
+        except DiffpyDiffusionError as exc:
+            p.provenance["pdffit2_script_error"] = str(exc)
+        else:
+            for kind, key in (("stru", "stru"), ("script", "pdffit2_script"), ("data", "pdffit2_data"), ("ddp", "ddp")):
+                if kind in written:
+                    files[key] = Path(written[kind]).name
     if result is not None and getattr(result, "y_calc", None) is not None:
         rw = p.scores.get("rw")
         title = f"#{rank} {p.structure.composition.reduced_formula} {p.provenance.get('spacegroup_refined') or ''}"
