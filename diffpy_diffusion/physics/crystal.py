@@ -32,6 +32,10 @@ class CrystalBatch:
         Site occupancies (1 for ordered sites).
     uiso : torch.Tensor, shape (N,)
         Isotropic displacement parameters, Å² (Biso = 8π² Uiso).
+    uij : torch.Tensor, shape (N, 3, 3), optional
+        Anisotropic displacement tensors in Cartesian axes, Å² (used by the PDF
+        where given; ``None``: isotropic ``uiso``).  Convert CIF/diffpy ``Uij``
+        (crystal axes) with :func:`uij_cif_to_cartesian`.
     """
 
     lattice: torch.Tensor
@@ -40,6 +44,7 @@ class CrystalBatch:
     batch: torch.Tensor
     occupancy: torch.Tensor
     uiso: torch.Tensor
+    uij: torch.Tensor | None = None
 
     @property
     def num_crystals(self) -> int:
@@ -70,7 +75,8 @@ class CrystalBatch:
         f = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
         i = lambda t: t.to(device=device)  # noqa: E731
         return CrystalBatch(
-            f(self.lattice), f(self.frac), i(self.numbers), i(self.batch), f(self.occupancy), f(self.uiso)
+            f(self.lattice), f(self.frac), i(self.numbers), i(self.batch), f(self.occupancy), f(self.uiso),
+            None if self.uij is None else f(self.uij),
         )
 
     def replace(self, **changes) -> "CrystalBatch":
@@ -174,3 +180,24 @@ class CrystalBatch:
             occs.append(np.array(o))
             us.append(np.array(u))
         return cls.from_arrays(lattices, fracs, numbers, occupancies=occs, uisos=us, dtype=dtype, device=device)
+
+
+def uij_cif_to_cartesian(lattice, uij_cif):
+    """Anisotropic ADPs from crystal axes (CIF ``U11..U23``, diffpy.structure ``Atom.U``) to Cartesian, Å².
+
+    ``U_cart = A N U N^T A^T`` with ``A`` the lattice vectors as columns and
+    ``N = diag(|a*|, |b*|, |c*|)`` (Grosse-Kunstleve & Adams, J. Appl. Cryst.
+    35, 477 (2002), eq. 3).
+
+    Parameters
+    ----------
+    lattice : array-like, shape (3, 3)
+        Lattice vectors as rows, Å.
+    uij_cif : array-like, shape (..., 3, 3)
+    """
+    lat = torch.as_tensor(lattice)
+    u = torch.as_tensor(uij_cif, dtype=lat.dtype)
+    a_cols = lat.T
+    nrm = torch.linalg.inv(lat).norm(dim=0)  # |a*|, |b*|, |c*| (columns of A^-T rows)
+    m = a_cols * nrm[None, :]
+    return m @ u @ m.T

@@ -115,7 +115,9 @@ def pdf_gr(
     Parameters
     ----------
     batch : CrystalBatch
-        Uiso (Å²) of every atom must be > 0 for its peaks to appear.
+        Uiso (Å²) of every atom must be > 0 for its peaks to appear.  When
+        ``batch.uij`` (Cartesian, Å²) is set, the anisotropic ADPs are used
+        instead: σ'²_ij = r̂ᵀ(U_i + U_j)r̂ per pair (always the exact pair sum).
     r : array-like, shape (M,)
         Strictly increasing r grid, Å (uniform when ``qmax`` is set).
     qmax : float, optional
@@ -216,7 +218,16 @@ def pdf_gr(
         else:
             dist = dist0.to(dtype)
         pars = (d1_t[b], d2_t[b], qbroad_t[b])
-        if method == "exact":
+        if batch.uij is not None:
+            # anisotropic: σ'² = r̂ᵀ(U_i + U_j)r̂ differs per pair, so one Gaussian per pair (as pdffit2)
+            uc = batch.uij[s0 : s0 + n_at]
+            f0 = frac - torch.floor(frac.detach())
+            dvec = (f0[ju[prow]] - f0[iu[prow]] + n.to(dtype)) @ lat
+            rhat = dvec / dvec.norm(dim=-1, keepdim=True)
+            s2_pair = torch.einsum("pi,pij,pj->p", rhat, uc[iu[prow]] + uc[ju[prow]], rhat)
+            ok = s2_pair.detach() > 0
+            ppp = _gauss_sum_exact(rc, dist[ok], s2_pair[ok], amp_row[prow][ok], pars, rmin, dr)
+        elif method == "exact":
             ok = s2_row.detach()[prow] > 0
             ppp = _gauss_sum_exact(rc, dist[ok], s2_row[prow][ok], amp_row[prow][ok], pars, rmin, dr)
         else:
