@@ -5,11 +5,12 @@ pattern is simulated by the project's own forward model
 (:func:`diffpy_diffusion.simulation.simulate`, falling back to
 :func:`diffpy_diffusion.physics.xrd.xrd_pattern` when the high-level API is not
 installed), with a Chebyshev-like background and Poisson counting noise from a
-fixed seed, so rerunning this script reproduces the file bit for bit.
+fixed seed, so rerunning this script reproduces the file (bit for bit while the
+forward model is unchanged; tests/test_examples.py checks it to within the noise).
 
 Usage::
 
-    python examples/make_demo_pattern.py [--force]
+    python examples/make_demo_pattern.py [--force] [-o OUT.xy]
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def simulate_ideal(tth):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--force", action="store_true", help="overwrite the existing file")
+    ap.add_argument("-o", "--output", type=Path, default=OUT, help=f"where to write (default: {OUT})")
     args = ap.parse_args(argv)
     from diffpy_diffusion import __version__
     from diffpy_diffusion.io import write_xy
@@ -73,8 +75,8 @@ def main(argv=None):
               f"NaCl rock salt Fm-3m a={A_NACL} A, Uiso={UISO} A^2, crystallite size {SIZE_NM} nm (Scherrer)\n"
               "Cu Kalpha1/Kalpha2 1.540598/1.544426 A, ratio 0.5; background + Poisson noise, seed "
               f"{SEED}\nmade by examples/make_demo_pattern.py with {how}")
-    write_xy(tth, counts, OUT, header=header, columns=("2theta_deg", "intensity_counts"), force=args.force)
-    print(f"wrote {OUT} ({len(tth)} points)")
+    write_xy(tth, counts, args.output, header=header, columns=("2theta_deg", "intensity_counts"), force=args.force)
+    print(f"wrote {args.output} ({len(tth)} points)")
 
 
 if __name__ == "__main__":
