@@ -162,8 +162,8 @@ def check_backend(backend_or_name, *, compositions: Iterable[str] = ("NaCl", "Cd
 class BackendContract:
     """Pytest base class: subclass it, set ``backend_name``, and the contract tests are collected.
 
-    Attributes to set
-    -----------------
+    Attributes
+    ----------
     backend_name : str
         Registered name (the backend is built through the plugin manager, so
         this also checks that your entry point works).
