@@ -113,6 +113,29 @@ def parse_composition(text: str) -> dict[str, float]:
     return stack[0][0]
 
 
+def integer_counts(composition: dict[str, float], max_mult: int = 100) -> dict[str, int]:
+    """Smallest integer multiple of a composition (``{"Ti":1,"O":2}`` stays; ``{"Fe":0.5,"O":0.75}`` -> 2, 3).
+
+    Raises
+    ------
+    CompositionError
+        When no multiple up to ``max_mult`` makes every amount integral.
+    """
+    from functools import reduce
+    from math import gcd
+
+    for m in range(1, max_mult + 1):
+        vals = [v * m for v in composition.values()]
+        if all(abs(v - round(v)) < 1e-6 for v in vals):
+            ints = [int(round(v)) for v in vals]
+            g = reduce(gcd, ints)
+            return {el: n // g for el, n in zip(composition, ints)}
+    raise CompositionError(
+        f"composition {composition}: amounts are not a ratio of small integers; "
+        "give an ordered (stoichiometric) formula"
+    )
+
+
 def composition_formula(comp: dict[str, float]) -> str:
     """Format a composition dict back into a compact formula string (``{"Cd":1,"Se":1}`` -> ``"CdSe"``)."""
     parts = []

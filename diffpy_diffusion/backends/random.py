@@ -25,7 +25,8 @@ import numpy as np
 from ..errors import BackendError
 from ..types import Observation, Proposal
 from .priors import estimated_volume, spacegroup_weights
-from .templates import _crystal_system, _sg_number, integer_counts
+from ..types import integer_counts
+from .templates import _crystal_system, _sg_number
 
 try:
     from ..hookspecs import hookimpl

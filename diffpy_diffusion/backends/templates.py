@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError, CompositionError, InputFileError
-from ..types import Observation, Proposal
+from ..types import Observation, Proposal, integer_counts
 from .priors import atomic_volume
 
 try:  # the shared marker; identical to pluggy's marker for project "diffpy_diffusion"
@@ -60,28 +60,6 @@ def cache_dir() -> Path:
     d.mkdir(parents=True, exist_ok=True)
     return d
 
-
-def integer_counts(composition: dict[str, float], max_mult: int = 100) -> dict[str, int]:
-    """Smallest integer multiple of a composition (``{"Ti":1,"O":2}`` stays; ``{"Fe":0.5,"O":0.75}`` -> 2, 3).
-
-    Raises
-    ------
-    CompositionError
-        When no multiple up to ``max_mult`` makes every amount integral.
-    """
-    for m in range(1, max_mult + 1):
-        vals = [v * m for v in composition.values()]
-        if all(abs(v - round(v)) < 1e-6 for v in vals):
-            ints = [int(round(v)) for v in vals]
-            g = reduce(math.gcd, ints)
-            return {el: n // g for el, n in zip(composition, ints)}
-    raise CompositionError(
-        f"composition {composition}: amounts are not a ratio of small integers; "
-        "give an ordered (stoichiometric) formula"
-    )
-
-
-# --------------------------------------------------------------------------- library index
 
 @dataclass
 class Library:

@@ -17,16 +17,14 @@ exactly the observation's composition:
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
-from functools import reduce
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import BackendError, CompositionError, ResourceLimitError
-from ...types import Observation, Proposal
+from ...types import Observation, Proposal, integer_counts
 
 __version__ = "0.1.0"
 
@@ -47,17 +45,6 @@ POOL_Z_HIST = {
 }
 TRAINED_MAX_ATOMS = 20
 MIN_DIST = 0.5  # Å
-
-
-def integer_counts(composition: dict[str, float], max_mult: int = 100) -> dict[str, int]:
-    """Smallest integer formula of a composition (``{"Fe": 0.5, "O": 0.75}`` -> ``{"Fe": 2, "O": 3}``)."""
-    for m in range(1, max_mult + 1):
-        vals = [v * m for v in composition.values()]
-        if all(abs(v - round(v)) < 1e-6 for v in vals):
-            ints = [int(round(v)) for v in vals]
-            g = reduce(math.gcd, ints)
-            return {el: k // g for el, k in zip(composition, ints)}
-    raise CompositionError(f"composition {composition}: amounts are not a ratio of small integers")
 
 
 def z_options(counts: dict[str, int], max_atoms: int, z: int | None = None) -> list[int]:
