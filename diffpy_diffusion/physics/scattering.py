@@ -92,6 +92,12 @@ def _check_numbers(numbers: torch.Tensor, zmax: int, what: str) -> None:
         raise ValueError(f"numbers: no {what} for atomic number {bad} (table covers Z=1..{zmax})")
 
 
+def _as_q(q) -> torch.Tensor:
+    """Q as a floating-point tensor (integers take the default float dtype)."""
+    q = torch.as_tensor(q)
+    return q if q.is_floating_point() else q.to(torch.get_default_dtype())
+
+
 def xray_form_factor(numbers: torch.Tensor, q: torch.Tensor, *, table: str = "wk") -> torch.Tensor:
     """X-ray atomic form factors f0(Q) of neutral atoms, in electrons.
 
@@ -109,9 +115,7 @@ def xray_form_factor(numbers: torch.Tensor, q: torch.Tensor, *, table: str = "wk
     -------
     torch.Tensor, shape (N, M)
     """
-    q = torch.as_tensor(q)
-    if not q.is_floating_point():
-        q = q.to(torch.get_default_dtype())
+    q = _as_q(q)
     numbers = torch.as_tensor(numbers, device=q.device).long()
     tab = _table_tensor(table, q.dtype, q.device)
     if table == "wk":
@@ -175,9 +179,7 @@ def scattering_factor(
     -------
     torch.Tensor, shape (N, M)
     """
-    q = torch.as_tensor(q)
-    if not q.is_floating_point():
-        q = q.to(torch.get_default_dtype())
+    q = _as_q(q)
     if radiation == "xray":
         return xray_form_factor(numbers, q, table=table)
     if radiation == "neutron":
