@@ -217,14 +217,19 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
 
 
 def write_outputs(out: Path, observation: Observation, done, meta: dict, *, interrupted: bool = False) -> list[dict]:
-    """(Re)write rankNN.* and results.json for the candidates finished so far; returns the records."""
+    """(Re)write rankNN.* and results.json for the candidates finished so far; returns the records.
+
+    While refinement is still running (``interrupted``) only the structure files and
+    results.json are written: figures and PDFgui files follow once, at the end, because ranks
+    still change and re-plotting every candidate after each fit cost more than the fits.
+    """
     from . import report
     from .io import write_json
 
     ranked = rank_refined(done)
     records = []
     for rank, (p, res) in enumerate(ranked, 1):
-        files = report.write_candidate_files(p, rank, out, observation, res, force=True)
+        files = report.write_candidate_files(p, rank, out, observation, res, force=True, full=not interrupted)
         records.append(report.candidate_record(p, rank, files))
     if not interrupted and ranked:  # candidates overview (Rw, structure type, space group): PNG + SVG
         try:

@@ -217,11 +217,29 @@ def _load(path: Path) -> Library:
                    [str(x) for x in d["ids"]], d["spacegroup"], cache_path=str(path))
 
 
+def _aflow_errata(label: str, s):
+    """Corrected structure for prototypes whose entry in pymatgen's AFLOW library is wrong, else ``s``.
+
+    * ``A2B_tI12_141_e_a`` (anatase, C5): pymatgen's entry puts Ti at 4a of origin choice 2 but
+      keeps O at the origin-choice-1 value z = 0.208, which gives two Ti–O bonds of 2.05 Å
+      instead of the TiO6 octahedron (4 × 1.93 + 2 × 1.98 Å).  Rebuilt in origin choice 1
+      (Ti 4a (0, 0, 0), O 8e (0, 0, z)) with the entry's own a, c and z, which agree with
+      Horn, Schwerdtfeger & Meagher, Z. Kristallogr. 136, 273 (1972).
+    """
+    if label == "A2B_tI12_141_e_a":
+        from pymatgen.core import Lattice, Structure
+
+        a, c = s.lattice.a, 2.0 * float(np.linalg.norm(s.lattice.matrix[2] @ np.array([0, 0, 1.0])))
+        return Structure.from_spacegroup("I4_1/amd", Lattice.tetragonal(a, c), ["Ti", "O"],
+                                         [[0, 0, 0], [0, 0, 0.20806]])
+    return s
+
+
 def _aflow_items():
     from pymatgen.analysis.prototypes import AFLOW_PROTOTYPE_LIBRARY
 
     for entry in AFLOW_PROTOTYPE_LIBRARY:
-        s = entry["snl"].structure
+        s = _aflow_errata(entry.get("tags", {}).get("aflow"), entry["snl"].structure)
         if not s.is_ordered:
             continue
         z = np.array([sp.Z for sp in s.species])
@@ -270,7 +288,7 @@ def _path_items(path: Path):
 
 
 def _fingerprint(paths) -> str:
-    h = hashlib.sha1(b"templates-index-v1")
+    h = hashlib.sha1(b"templates-index-v3")  # v3: AFLOW errata (anatase)
     for p in paths:
         st = Path(p).stat()
         h.update(f"{Path(p).resolve()}:{st.st_size}:{int(st.st_mtime)}".encode())

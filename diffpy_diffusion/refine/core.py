@@ -31,6 +31,11 @@ __all__ = [
     "DEFAULT_STAGES",
 ]
 
+#: PDF fits over a longer r range first refine every stage up to this r (Å), then once more over
+#: the whole range: at 60 Å a poor qdamp start traps lattice and scale in a false minimum
+#: (measured Ni, 0.01–60 Å: Rw 0.55 fitted directly, vs 0.08 over 1.5–20 Å).
+PDF_EARLY_RMAX = 20.0
+
 #: Staged strategy per pattern kind: each stage frees the union of the tags so far.
 DEFAULT_STAGES: dict[str, list[list[str]]] = {
     "xrd": [["scale", "bkg"], ["lat", "size", "zero"], ["xyz"], ["adp"]],
@@ -451,13 +456,14 @@ class _Problem:
     do not need every point of peaks that are many points wide.
     """
 
-    def __init__(self, bundle: RecipeBundle, stride: int = 1):
+    def __init__(self, bundle: RecipeBundle, stride: int = 1, xmax: float | None = None):
         self.b = bundle
         self.nfev = 0
         sl = slice(None, None, max(int(stride), 1))
-        self.x = bundle.x[sl]
-        self.y = bundle.y[sl]
-        self.w = 1.0 / bundle.sigma[sl] if bundle.sigma is not None else np.ones_like(self.y)
+        keep = np.ones(len(bundle.x), bool) if xmax is None else bundle.x <= xmax
+        self.x = bundle.x[keep][sl]
+        self.y = bundle.y[keep][sl]
+        self.w = 1.0 / bundle.sigma[keep][sl] if bundle.sigma is not None else np.ones_like(self.y)
 
     def model_batch(self, states) -> np.ndarray:
         self.nfev += 1
@@ -819,8 +825,12 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
         elif hasattr(bundle.generator, k):
             getattr(bundle.generator, k).setValue(float(v))
     full = _Problem(bundle)
-    stride = int(np.ceil(len(bundle.x) / max_points)) if (max_points and bundle.fast) else 1
-    coarse = _Problem(bundle, stride) if stride > 1 else full
+    early_xmax = None
+    if bundle.kind == "pdf" and bundle.fast and float(np.max(bundle.x)) > 1.5 * PDF_EARLY_RMAX:
+        early_xmax = PDF_EARLY_RMAX
+    n_early = int(np.sum(bundle.x <= early_xmax)) if early_xmax else len(bundle.x)
+    stride = int(np.ceil(n_early / max_points)) if (max_points and bundle.fast) else 1
+    coarse = _Problem(bundle, stride, early_xmax) if (stride > 1 or early_xmax) else full
     _linear_start(bundle, coarse)
 
     if stages is None:
@@ -849,6 +859,9 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
             effective.append(list(st))
         seen += [t for t in st if t not in seen]
     linear_tags = {"scale", "bkg"}
+    if early_xmax and effective:
+        # every stage on r <= PDF_EARLY_RMAX, then all of them once more over the whole range
+        effective.append([])
     for k, st in enumerate(effective):
         freed = freed + [t for t in st if t not in freed]
         last = k == len(effective) - 1
