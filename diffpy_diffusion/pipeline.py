@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 import warnings
@@ -41,6 +42,66 @@ def _check_output_dir(output_dir, force: bool) -> Path | None:
                 raise OutputExistsError(f"{out / m}: exists; pass --force (Python: force=True) to overwrite")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def _remove_if_empty(out: Path | None, created: bool):
+    """Remove the output folder ``propose`` created when it failed before writing anything into it."""
+    try:
+        yield
+    except BaseException:
+        if out is not None and created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only succeeds when empty
+        raise
+
+
+def check_formula_unit(observation: Observation) -> int:
+    """Atoms per formula unit of ``observation.composition``, checked against ``observation.max_atoms``.
+
+    Every proposal is a whole multiple of the formula unit, so a formula unit larger than
+    ``--max-atoms`` cannot be satisfied by any backend; say so before any work.
+
+    Returns
+    -------
+    int
+        Atoms in the smallest formula unit (0 when no composition is given).
+
+    Raises
+    ------
+    CompositionError
+        The formula unit has more atoms than ``observation.max_atoms``.
+    """
+    from .errors import CompositionError
+    from .limits import ATOMS_PER_CELL
+    from .types import composition_formula, integer_counts
+
+    if not observation.composition:
+        return 0
+    try:
+        counts = integer_counts(observation.composition)
+    except CompositionError:
+        return 0  # not a ratio of small integers: the backends say what they make of it
+    n_fu = sum(counts.values())
+    if n_fu > observation.max_atoms:
+        cap = ATOMS_PER_CELL.value()
+        how = (f"pass --max-atoms {n_fu} or more (up to {cap:,})" if n_fu <= cap else
+               f"set {ATOMS_PER_CELL.env}={n_fu} and pass --max-atoms {n_fu}")
+        raise CompositionError(
+            f"--composition {observation.formula}: expected at most {observation.max_atoms} atoms per cell "
+            f"(--max-atoms), found {n_fu} atoms in the formula unit {composition_formula(counts)}, "
+            f"which no backend can build; {how}")
+    return n_fu
+
+
+def _check_fit_determined(res, observation: Observation) -> None:
+    """Raise when a fit refined at least as many parameters as it had points (its Rw means nothing)."""
+    x = getattr(res, "x", None)
+    npts = len(x) if x is not None else len(observation.x)
+    npar = len(getattr(res, "params", None) or {})
+    if npar >= npts:
+        raise DiffpyDiffusionError(f"pattern too short to refine: {npts} points in the fit range for {npar} "
+                                   "refined parameters (need more points than parameters)")
 
 
 def _backend_options(name: str, factory, backend_options: dict | None) -> dict:
@@ -167,6 +228,53 @@ def rank_refined(done: list) -> list:
     return [pr for pr in out if id(pr[0]) in keep_ids]
 
 
+#: A symmetrised fit is kept unless its Rw exceeds the unconstrained fit's by more than this factor
+#: (the usual crystallographic preference for the higher symmetry when both fit as well).
+SYMMETRY_RW_SLACK = 1.05
+
+
+def _refine_with_symmetry(observation, structure, engine, start, refine_options):
+    """Refine ``structure``; when a looser spglib tolerance reveals more symmetry, refine that too.
+
+    Raw proposals (the diffusion model's above all) have atoms 0.05–0.3 Å off their special
+    positions, so at the default 0.01 Å tolerance they refine in P1.  The symmetrised model is
+    kept unless its Rw is more than ``SYMMETRY_RW_SLACK`` times the P1 fit's.  Returns the
+    result and a provenance note.
+    """
+    from .refine import refine_structure
+    from .refine.symmetry import _point_group_order, symmetry_tolerance
+
+    opts = dict(refine_options)
+    if "spacegroup_tol" in opts or opts.get("use_symmetry") is False:
+        return refine_structure(observation, structure, engine=engine, start=start or None, **opts), {}
+    strict = 0.01
+    tol, number = symmetry_tolerance(structure)
+    if tol <= strict or _point_group_order(structure, strict)[1] == number:
+        return refine_structure(observation, structure, engine=engine, start=start or None, **opts), {}
+    sym = refine_structure(observation, structure, engine=engine, start=start or None, spacegroup_tol=tol, **opts)
+    low = refine_structure(observation, structure, engine=engine, start=start or None, spacegroup_tol=strict, **opts)
+    note = {"symmetry": {"tolerance_A": tol, "spacegroup": sym.spacegroup, "rw": float(sym.rw),
+                         "unconstrained_spacegroup": low.spacegroup, "unconstrained_rw": float(low.rw)}}
+    keep_sym = np.isfinite(sym.rw) and (not np.isfinite(low.rw) or sym.rw <= SYMMETRY_RW_SLACK * low.rw)
+    note["symmetry"]["kept"] = "symmetrised" if keep_sym else "unconstrained"
+    best = sym if keep_sym else low
+    # A refined model sits closer to the special positions than the raw proposal did: look
+    # again (e.g. a distorted rock salt proposal: Imm2 at 0.2 Å, Fm-3m once refined).
+    for _ in range(2):
+        tol2, number2 = symmetry_tolerance(best.structure)
+        if number2 == best.spacegroup_number or _point_group_order(best.structure, 1e-3)[0] >= \
+                _point_group_order(best.structure, tol2)[0]:
+            break
+        again = refine_structure(observation, best.structure, engine=engine, start=start or None,
+                                 spacegroup_tol=tol2, **opts)
+        if not (np.isfinite(again.rw) and again.rw <= SYMMETRY_RW_SLACK * best.rw):
+            break
+        note["symmetry"].setdefault("climbed", []).append({"spacegroup": again.spacegroup, "tolerance_A": tol2,
+                                                           "rw": float(again.rw)})
+        best = again
+    return best, note
+
+
 def refine_candidates(observation: Observation, candidates: list[Proposal], *, engine: str = "srfit",
                       on_done=None, progress: _Progress | None = None, refine_options: dict | None = None):
     """Refine each candidate (H3's :func:`refine.refine_structure`); failures keep the screened candidate.
@@ -174,7 +282,6 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
     ``on_done(list_of_(proposal, result))`` is called after each candidate (for incremental output).
     Returns the list of (proposal, RefinementResult or None).
     """
-    from .refine import refine_structure
 
     # default budget (PXRD): a screened start is close, 20 least-squares iterations per stage suffice;
     # PDF fits keep refine_structure's own default (ADP/qdamp/delta2 need more)
@@ -191,8 +298,8 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                res = refine_structure(observation, p.structure, engine=engine, start=start or None,
-                                       **refine_options)
+                res, sym_note = _refine_with_symmetry(observation, p.structure, engine, start, refine_options)
+            _check_fit_determined(res, observation)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed fit keeps the screened candidate
@@ -207,7 +314,7 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
                                      "spacegroup_number_refined": int(res.spacegroup_number),
                                      "refine_s": round(time.perf_counter() - t0, 3),
                                      "refine_converged": bool(res.converged), "refine_message": res.message,
-                                     "engine": res.engine})
+                                     "engine": res.engine, **sym_note})
             done.append((q, res))
         if adv:
             adv(1)
@@ -316,6 +423,8 @@ def propose(
 
     check_candidates(n)
     check_atoms_per_cell(observation.max_atoms, "--max-atoms")
+    check_formula_unit(observation)
+    created = output_dir is not None and not Path(output_dir).exists()
     out = _check_output_dir(output_dir, force)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -325,7 +434,8 @@ def propose(
         "packages": package_versions(), "timings": timings,
     }
     done: list = []
-    with _Progress(progress) as prog:
+    partial: list = []  # the latest checkpoint, rewritten on Ctrl-C
+    with _Progress(progress) as prog, _remove_if_empty(out, created):
         backends = get_backends(backend, backend_options)
         meta["backends"] = {be.name: {"version": getattr(be, "version", None)} for be in backends}
         t0 = time.perf_counter()
@@ -346,6 +456,7 @@ def propose(
         plugins.call_rerank(observation, sres.kept)  # plugins add scores; the ranking stays ours
 
         def checkpoint(d):
+            partial[:] = d
             if out is not None:
                 timings["total_s"] = round(time.perf_counter() - t_start, 3)
                 write_outputs(out, observation, d, meta, interrupted=True)
@@ -355,6 +466,7 @@ def propose(
             nref = len(sres.kept) if refine_top is None else max(0, min(int(refine_top), len(sres.kept)))
             rest = [(p, None) for p in sres.kept[nref:]] if refine else []
             if refine and nref:
+                checkpoint([(p, None) for p in sres.kept])  # screened candidates survive a Ctrl-C
                 done = refine_candidates(observation, sres.kept[:nref], engine=engine,
                                          on_done=lambda d: checkpoint(d + rest), progress=prog,
                                          refine_options=refine_options) + rest
@@ -362,8 +474,8 @@ def propose(
                 done = [(p, None) for p in sres.kept]
         except KeyboardInterrupt:
             timings["refine_s"] = round(time.perf_counter() - t0, 3)
-            if out is not None and done:
-                write_outputs(out, observation, done, meta, interrupted=True)
+            if out is not None and (done or partial):
+                write_outputs(out, observation, done or partial, meta, interrupted=True)
             raise
         timings["refine_s"] = round(time.perf_counter() - t0, 3)
     timings["total_s"] = round(time.perf_counter() - t_start, 3)

@@ -40,6 +40,7 @@ _LAZY = {
     "TorchPDFGenerator": ".generators",
     "HookPDFGenerator": ".generators",
     "symmetrize": ".symmetry",
+    "symmetry_tolerance": ".symmetry",
     "propose_structure": ".oneline",
     "seed_recipe": ".oneline",
     "observation_from_profile": ".oneline",

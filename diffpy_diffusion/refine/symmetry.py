@@ -15,7 +15,51 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SymmetrizedStructure", "symmetrize", "crystal_system_of", "to_diffpy", "to_pymatgen"]
+__all__ = ["SymmetrizedStructure", "symmetrize", "symmetry_tolerance", "crystal_system_of", "to_diffpy",
+           "to_pymatgen"]
+
+#: spglib tolerances (Å) tried for raw proposals: a generative model's atoms sit 0.05–0.3 Å off
+#: their special positions, so at the refinement's default 0.01 Å most proposals look P1.
+LOOSE_TOLERANCES = (0.01, 0.05, 0.1, 0.2, 0.3)
+
+
+def _point_group_order(structure, tol: float) -> tuple[int, int]:
+    """(number of distinct rotations, space-group number) spglib finds at ``tol``; (1, 1) on failure."""
+    import spglib
+
+    keys: dict[tuple, int] = {}
+    types = [keys.setdefault(_species_key(site), len(keys) + 1) for site in structure]
+    try:
+        ds = spglib.get_symmetry_dataset((structure.lattice.matrix, structure.frac_coords, types), symprec=tol)
+    except Exception:  # noqa: BLE001 - spglib raises on degenerate cells in some versions
+        ds = None
+    if ds is None:
+        return 1, 1
+    return len(np.unique(np.asarray(ds.rotations), axis=0)), int(ds.number)
+
+
+def symmetry_tolerance(structure, tolerances=LOOSE_TOLERANCES) -> tuple[float, int]:
+    """The smallest tolerance (Å) at which ``structure`` reaches the highest symmetry found up to ``max(tolerances)``.
+
+    Parameters
+    ----------
+    structure : pymatgen.core.Structure
+        A raw proposal (any cell).
+    tolerances : sequence of float
+        spglib ``symprec`` values in Å, ascending.
+
+    Returns
+    -------
+    (tol, number) : (float, int)
+        The tolerance and the space-group number it gives.  Higher symmetry means more
+        distinct rotations (point-group order), then a higher space-group number.
+    """
+    best = None
+    for tol in tolerances:
+        order, number = _point_group_order(structure, float(tol))
+        if best is None or (order, number) > best[0]:
+            best = ((order, number), float(tol))
+    return best[1], best[0][1]
 
 
 def crystal_system_of(number: int) -> str:
