@@ -43,6 +43,17 @@ def _debug_enabled(ctx: click.Context | None) -> bool:
     return bool(ctx is not None and ctx.meta.get("diffpy_diffusion.debug"))
 
 
+class OptionValueError(click.BadParameter):
+    """A bad option value (composition, wavelength, size): one ``Error:`` line, exit status 2.
+
+    Click's usage block would bury the one line that says what is wrong.
+    """
+
+    def show(self, file=None) -> None:
+        """Print ``Error: Invalid value for '--option': <what is wrong>`` on stderr."""
+        click.echo(f"Error: {' '.join(self.format_message().split())}", file=file, err=file is None)
+
+
 def not_available(feature: str, issue: str) -> NotAvailableError:
     """The error a command raises while its engine is not in this installation yet."""
     return NotAvailableError(f"{feature} is not available yet in diffpy-diffusion {__version__} "
@@ -92,10 +103,10 @@ class DiffuseGroup(click.Group):
             click.echo(f"Error: {msg}" + ("" if isinstance(exc, NotAvailableError) else
                                            "  (--debug shows the traceback)"), err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if _debug_enabled(ctx):
                 raise
-            click.echo("Interrupted.", err=True)
+            click.echo("Interrupted." + (f" {_one_line(exc)}" if str(exc) else ""), err=True)
             ctx.exit(130)
 
 
@@ -122,7 +133,7 @@ def _parse_composition(ctx, param, value):
     try:
         parse_composition(value)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise OptionValueError(str(exc)) from None
     return value
 
 
@@ -134,7 +145,7 @@ def _parse_wavelength(ctx, param, value):
     try:
         return parse_wavelength(value)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise OptionValueError(str(exc)) from None
 
 
 def _parse_size(ctx, param, value):
@@ -145,7 +156,7 @@ def _parse_size(ctx, param, value):
     try:
         return parse_size_nm(value)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise OptionValueError(str(exc)) from None
 
 
 def debug_option(f):
@@ -386,10 +397,16 @@ def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegrou
     except ImportError:
         pipeline_propose = None
     if pipeline_propose is not None:
-        results = pipeline_propose(obs, backend=backend, n=n, top=top, seed=seed, output_dir=output,
-                                   force=force, progress=not (quiet or as_json),
-                                   backend_options={"library": library} if library else None,
-                                   refine=do_refine)
+        try:
+            results = pipeline_propose(obs, backend=backend, n=n, top=top, seed=seed, output_dir=output,
+                                       force=force, progress=not (quiet or as_json),
+                                       backend_options={"library": library} if library else None,
+                                       refine=do_refine)
+        except KeyboardInterrupt:
+            if output is not None and (Path(output) / "results.json").exists():
+                raise KeyboardInterrupt(f"The candidates finished so far are in {output}/ "
+                                        '(results.json: "interrupted": true).') from None
+            raise
     else:
         results = _propose_without_pipeline(obs, backend, n, top, seed, output, force, quiet or as_json)
     _print_proposals(results, obs, output, as_json, time.perf_counter() - t0)
@@ -435,15 +452,44 @@ def _proposal_dict(p, rank: int) -> dict:
             sg = SpacegroupAnalyzer(s, symprec=0.1).get_space_group_symbol()
         except Exception:
             sg = None
-    return {"rank": rank, "formula": s.composition.reduced_formula, "n_atoms": len(s),
-            "spacegroup": sg, "backend": p.backend, "seed": p.seed,
-            "lattice": {"a": s.lattice.a, "b": s.lattice.b, "c": s.lattice.c,
-                        "alpha": s.lattice.alpha, "beta": s.lattice.beta, "gamma": s.lattice.gamma},
-            "scores": dict(p.scores), "refined": dict(p.refined)}
+    prov = p.provenance if isinstance(p.provenance, dict) else {}
+    row = {"rank": rank, "formula": s.composition.reduced_formula, "n_atoms": len(s),
+           "spacegroup": sg, "backend": p.backend, "seed": p.seed,
+           "lattice": {"a": s.lattice.a, "b": s.lattice.b, "c": s.lattice.c,
+                       "alpha": s.lattice.alpha, "beta": s.lattice.beta, "gamma": s.lattice.gamma},
+           "scores": dict(p.scores), "refined": dict(p.refined)}
+    for key in ("refine_error", "refine_converged", "refine_message"):
+        if key in prov:
+            row[key] = prov[key]
+    return row
+
+
+def _refine_note(row: dict) -> str:
+    """What the table's note column says about a candidate's refinement ("" when it went fine)."""
+    if row.get("refine_error"):
+        return "not refined: fit failed"
+    if row.get("refine_converged") is False:
+        return "fit not converged"
+    return ""
+
+
+def _refine_warnings(rows: list[dict]) -> list[str]:
+    """One warning per distinct refinement failure, naming the ranks it hit."""
+    by_msg: dict[str, list[int]] = {}
+    for r in rows:
+        if r.get("refine_error"):
+            by_msg.setdefault(_one_line(r["refine_error"]), []).append(r["rank"])
+    out = []
+    for msg, ranks in by_msg.items():
+        which = ("candidate " if len(ranks) == 1 else "candidates ") + ", ".join(str(k) for k in ranks)
+        out.append(f"warning: {which} not refined, screened structure kept: {msg}")
+    return out
 
 
 def _print_proposals(results, obs, output, as_json: bool, seconds: float) -> None:
     rows = [_proposal_dict(p, i) for i, p in enumerate(results, 1)]
+    for w in _refine_warnings(rows):  # on stderr, also with --json/--quiet: the results are incomplete
+        click.echo(w, err=True)
     if as_json:
         from .io.writers import to_json_text
 
@@ -454,18 +500,25 @@ def _print_proposals(results, obs, output, as_json: bool, seconds: float) -> Non
     from rich.table import Table
 
     table = Table(title=f"Candidates for {obs.formula} ({Path(obs.source or '').name})")
-    for col in ("#", "formula", "atoms", "space group", "a, b, c (Å)", "backend", "score"):
+    notes = [_refine_note(r) for r in rows]
+    for col in ("#", "formula", "atoms", "space group", "a, b, c (Å)", "backend", "score") + (
+            ("note",) if any(notes) else ()):
         table.add_column(col)
-    for r in rows:
+    for r, note in zip(rows, notes):
         sc = r["scores"]
         key = next((k for k in ("rw", "rwp", "screen_rwp", "screen_rw") if k in sc), None)
         score = f"{key}={sc[key]:.3f}" if key else "-"
         lat = r["lattice"]
         table.add_row(str(r["rank"]), r["formula"], str(r["n_atoms"]), str(r["spacegroup"] or "?"),
-                      f"{lat['a']:.3f}, {lat['b']:.3f}, {lat['c']:.3f}", str(r["backend"]), score)
+                      f"{lat['a']:.3f}, {lat['b']:.3f}, {lat['c']:.3f}", str(r["backend"]), score,
+                      *((note,) if any(notes) else ()))
     con = Console(width=None if sys.stdout.isatty() else 120)
     con.print(table)
     where = f"outputs in {output}/" if output else "no files written (use -o DIR to save CIF/.stru)"
+    for r, note in zip(rows, notes):
+        if note == "fit not converged":
+            con.print(f"candidate {r['rank']}: {note} ({r.get('refine_message') or 'no message'}); "
+                      "refined values kept, check its fit plot", markup=False, highlight=False)
     con.print(f"{len(rows)} candidate(s) in {seconds:.1f} s; {where}")
 
 

@@ -15,8 +15,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SymmetrizedStructure", "symmetrize", "symmetry_tolerance", "crystal_system_of", "to_diffpy",
-           "to_pymatgen"]
+__all__ = [
+    "SymmetrizedStructure",
+    "crystal_system_of",
+    "symmetrize",
+    "symmetry_tolerance",
+    "to_diffpy",
+    "to_pymatgen",
+]
 
 #: spglib tolerances (Å) tried for raw proposals: a generative model's atoms sit 0.05–0.3 Å off
 #: their special positions, so at the refinement's default 0.01 Å most proposals look P1.
