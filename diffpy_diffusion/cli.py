@@ -108,6 +108,13 @@ class DiffuseGroup(click.Group):
                 raise
             click.echo("Interrupted." + (f" {_one_line(exc)}" if str(exc) else ""), err=True)
             ctx.exit(130)
+        except Exception as exc:
+            from .pipeline import _hides_interrupt
+
+            if _debug_enabled(ctx) or not _hides_interrupt(exc):
+                raise
+            click.echo("Interrupted.", err=True)  # a Ctrl-C that a library turned into another error
+            ctx.exit(130)
 
 
 # --------------------------------------------------------------------------- shared options
@@ -475,14 +482,21 @@ def _refine_note(row: dict) -> str:
 
 def _refine_warnings(rows: list[dict]) -> list[str]:
     """One warning per distinct refinement failure, naming the ranks it hit."""
+    from . import errors
+
     by_msg: dict[str, list[int]] = {}
     for r in rows:
         if r.get("refine_error"):
-            by_msg.setdefault(_one_line(r["refine_error"]), []).append(r["rank"])
+            msg = _one_line(r["refine_error"])
+            name, _, rest = msg.partition(": ")
+            if rest and isinstance(getattr(errors, name, None), type):  # our own errors read without their class
+                msg = rest
+            by_msg.setdefault(msg, []).append(r["rank"])
     out = []
     for msg, ranks in by_msg.items():
-        which = ("candidate " if len(ranks) == 1 else "candidates ") + ", ".join(str(k) for k in ranks)
-        out.append(f"warning: {which} not refined, screened structure kept: {msg}")
+        which = (f"candidate {ranks[0]} not refined, its screened structure is kept" if len(ranks) == 1 else
+                 f"candidates {', '.join(str(k) for k in ranks)} not refined, their screened structures are kept")
+        out.append(f"warning: {which}: {msg}")
     return out
 
 

@@ -94,6 +94,30 @@ def check_formula_unit(observation: Observation) -> int:
     return n_fu
 
 
+def _hides_interrupt(exc: BaseException) -> bool:
+    """True when ``exc`` stands for a Ctrl-C: diffpy.srfit's ``Constraint._validate`` turns a
+    KeyboardInterrupt raised inside it into ``UnboundLocalError`` (its ``finally`` reads an unset name)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _remove_stale_ranks(out: Path, n: int) -> None:
+    """Delete rankNN files above rank ``n`` left by an earlier checkpoint (refined candidates can merge)."""
+    import re
+
+    pat = re.compile(r"rank(\d{2,})[._]")
+    for f in out.iterdir():
+        m = pat.match(f.name)
+        if m and int(m.group(1)) > n and f.is_file():
+            with contextlib.suppress(OSError):
+                f.unlink()
+
+
 def _check_fit_determined(res, observation: Observation) -> None:
     """Raise when a fit refined at least as many parameters as it had points (its Rw means nothing)."""
     x = getattr(res, "x", None)
@@ -302,7 +326,9 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
             _check_fit_determined(res, observation)
         except KeyboardInterrupt:
             raise
-        except Exception as exc:  # noqa: BLE001 - a failed fit keeps the screened candidate
+        except Exception as exc:  # a failed fit keeps the screened candidate
+            if _hides_interrupt(exc):
+                raise KeyboardInterrupt from exc
             p.provenance["refine_error"] = f"{type(exc).__name__}: {exc}"
             p.provenance["refine_s"] = round(time.perf_counter() - t0, 3)
             done.append((p, None))
@@ -338,6 +364,7 @@ def write_outputs(out: Path, observation: Observation, done, meta: dict, *, inte
     for rank, (p, res) in enumerate(ranked, 1):
         files = report.write_candidate_files(p, rank, out, observation, res, force=True, full=not interrupted)
         records.append(report.candidate_record(p, rank, files))
+    _remove_stale_ranks(out, len(ranked))
     if not interrupted and ranked:  # candidates overview (Rw, structure type, space group): PNG + SVG
         try:
             from .plots import candidate_rows, overview_figure, save_figure
@@ -468,7 +495,9 @@ def propose(
             if refine and nref:
                 checkpoint([(p, None) for p in sres.kept])  # screened candidates survive a Ctrl-C
                 done = refine_candidates(observation, sres.kept[:nref], engine=engine,
-                                         on_done=lambda d: checkpoint(d + rest), progress=prog,
+                                         # not yet refined: listed as screened, so a Ctrl-C keeps them too
+                                         on_done=lambda d: checkpoint(d + [(p, None) for p in sres.kept[len(d):nref]]
+                                                                      + rest), progress=prog,
                                          refine_options=refine_options) + rest
             else:
                 done = [(p, None) for p in sres.kept]
@@ -509,6 +538,7 @@ def refine_file(data, structure, *, composition=None, wavelength=None, radiation
                            composition=composition, size_nm=size_nm)
     t0 = time.perf_counter()
     res = refine_structure(obs, start_s, engine=engine)
+    _check_fit_determined(res, obs)
     p = Proposal(structure=res.structure, backend="user", scores={"rw": float(res.rw), "chi2": float(res.chi2)},
                  refined=dict(res.params),
                  provenance={"start": str(structure), "spacegroup_refined": res.spacegroup,
