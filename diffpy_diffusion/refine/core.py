@@ -858,6 +858,11 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
         if [n for t in st if t not in seen for n in bundle.tags.get(t, [])]:
             effective.append(list(st))
         seen += [t for t in st if t not in seen]
+    n_vars = len({n for t in seen for n in bundle.tags.get(t, [])})
+    if n_vars >= len(bundle.x):  # checked before fitting: an underdetermined fit's Rw means nothing
+        raise DiffpyDiffusionError(
+            f"pattern too short to refine: {len(bundle.x)} points in the fit range for {n_vars} refined "
+            "parameters (need more points than parameters)")
     linear_tags = {"scale", "bkg"}
     if early_xmax and effective:
         # every stage on r <= PDF_EARLY_RMAX, then all of them once more over the whole range
