@@ -13,13 +13,20 @@ exactly the observation's composition:
    last ``guide_frac`` of the steps.
 4. Clean-up: positive-volume lattice, coordinates wrapped to [0, 1), atoms closer than 0.5 Å
    pushed apart; the structures become pymatgen ``Structure``s.
+5. Optional symmetry hint (``observation.spacegroup`` / ``crystal_system``), training-free
+   (see ``symmetry_hint.py``): the lattice is projected onto the crystal system's metric at
+   every reverse step; with a space group, Z is restricted to what its centring allows, and
+   afterwards each proposal is symmetrised to the group where spglib (0.01–0.3 Å) finds it
+   or a supergroup; matching proposals come first, ``provenance["hint"]`` says what was done.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -101,7 +108,7 @@ class DiffusionBackend:
 
     name = "diffusion"
     version = __version__
-    capabilities = {"composition", "xrd", "pdf"}
+    capabilities: ClassVar[set[str]] = {"composition", "xrd", "pdf", "spacegroup"}
 
     def __init__(self, checkpoint: str | Path | None = None, steps: int = 50, cfg_scale: float = 1.0,
                  physics_guidance: bool = True, guide_frac: float = 0.3, guide_step: float = 0.02,
@@ -141,7 +148,7 @@ class DiffusionBackend:
         model.eval().to(self.device)
         self._model = model
         self._process = Process(ProcessConfig(**cfg["process"]), device=self.device)
-        self._elements = set(int(z) for z in cfg.get("elements", []))
+        self._elements = {int(z) for z in cfg.get("elements", [])}
         self._ck_step = int(ck["step"])
 
     # ------------------------------------------------------------------ sampling
@@ -158,6 +165,12 @@ class DiffusionBackend:
             raise CompositionError("the diffusion backend needs a composition (e.g. --composition CdSe)")
         counts = integer_counts(observation.composition)
         zs = z_options(counts, int(observation.max_atoms or TRAINED_MAX_ATOMS), observation.z)
+        hint = None
+        if observation.spacegroup not in (None, "") or observation.crystal_system:
+            from .symmetry_hint import resolve_hint
+
+            hint = resolve_hint(observation)
+            zs = hint.allowed_z(counts, zs)
         self._load()
         numbers_fu = {el: Element(el).Z for el in counts}
         unseen = [el for el, z in numbers_fu.items() if self._elements and z not in self._elements]
@@ -188,20 +201,28 @@ class DiffusionBackend:
         for start in range(0, len(cands), self.batch_size):
             chunk = cands[start : start + self.batch_size]
             lat, frac = self._reverse([[numbers_fu[el] for el in sp] for _, sp in chunk], c_cond,
-                                      c_null if use_pattern else None, guide, gen)
+                                      c_null if use_pattern else None, guide, gen,
+                                      metric=hint.metric if hint is not None else None)
             for b, (z, sp) in enumerate(chunk):
                 out.append(self._proposal(lat[b], frac[b, : len(sp)], sp, z, seed, len(out)))
             if progress:
                 progress(len(chunk))
+        if hint is not None:
+            from .symmetry_hint import apply_hint
+
+            out = apply_hint(out, hint, max_atoms=int(observation.max_atoms or TRAINED_MAX_ATOMS), per_fu=per_fu,
+                             min_dist=MIN_DIST)
         dt = time.time() - t0
         for p in out:
             p.provenance["sample_seconds_total"] = dt
         return out
 
-    def _reverse(self, nums_list, c_cond, c_null, guide, gen):
+    def _reverse(self, nums_list, c_cond, c_null, guide, gen, metric=None):
+        """Denoise one padded batch; ``metric`` (a crystal system's, or None) is imposed on the lattice every step."""
         import torch
 
         from .process import denormalise_lattice
+        from .symmetry_hint import project_lattice
 
         model, proc = self._model, self._process
         B = len(nums_list)
@@ -215,10 +236,10 @@ class DiffusionBackend:
         lat = torch.randn(B, 3, 3, generator=gen)
         frac = torch.rand(B, N, 3, generator=gen) * mask[..., None]
         ts = proc.timesteps(self.steps).tolist()
-        n_guided = int(round(self.guide_frac * self.steps)) if guide is not None else 0
+        n_guided = round(self.guide_frac * self.steps) if guide is not None else 0
         cc = c_cond.expand(B, -1)
         cn = c_null.expand(B, -1) if c_null is not None and self.cfg_scale != 1.0 else None
-        for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        for i, (t, s) in enumerate(itertools.pairwise(ts)):
             tt = torch.full((B,), t)
             with torch.no_grad():
                 pl, pf = model(numbers, frac, lat, tt, mask, cond=cc)
@@ -227,20 +248,34 @@ class DiffusionBackend:
                     pl = ul + self.cfg_scale * (pl - ul)
                     pf = uf + self.cfg_scale * (pf - uf)
             lat_new, frac_new, lat0 = proc.step(lat, frac, pl.float(), pf.float(), t, s, mask, eta=self.eta, generator=gen)
+            if metric is not None:
+                # why: physics guidance should simulate a cell of the hinted system
+                lat0 = project_lattice(lat0, metric)
             if i >= self.steps - n_guided and s > 0:
                 # guide with the predicted clean lattice and the denoised coordinates
                 from .process import sigma
 
                 sig2 = float(sigma(torch.tensor([s]), proc.cfg)) ** 2
                 f0 = torch.remainder(frac_new + sig2 * pf.float() * proc.lam(torch.tensor([s])).sqrt(), 1.0)
-                chi, g_f, g_l = guide(denormalise_lattice(lat0, natoms), f0, numbers, mask)
+                _chi, g_f, g_l = guide(denormalise_lattice(lat0, natoms), f0, numbers, mask)
                 gnorm = g_f.flatten(1).norm(dim=1).clamp(min=1e-12)[:, None, None] / (3 * natoms.float()).sqrt()[:, None, None]
                 frac_new = torch.where(mask[..., None], torch.remainder(frac_new - self.guide_step * g_f / gnorm, 1.0), frac_new)
                 # lattice: a relative step of size guide_step/2 along -∇χ (direction is unit-free)
                 ldir = g_l / g_l.flatten(1).norm(dim=1).clamp(min=1e-12)[:, None, None]
                 lat_new = lat_new - 0.5 * self.guide_step * ldir * lat0.flatten(1).norm(dim=1)[:, None, None]
+            if metric is not None:
+                # why: keep the state on the metric subspace so the network denoises a cell of that system
+                lat_new = project_lattice(lat_new, metric)
             lat, frac = lat_new, frac_new
-        return denormalise_lattice(lat, natoms).double(), frac.double()
+        lat, frac = denormalise_lattice(lat, natoms).double(), frac.double()
+        if metric is not None:
+            # exact to float64 rounding, and right-handed by inverting the cell *and* the coordinates
+            # ((−f)(−L) = f L: same atoms, same metric; flipping one axis, as _proposal does, would break α = β = γ)
+            lat = project_lattice(lat, metric)
+            left = torch.linalg.det(lat) < 0
+            lat = torch.where(left[:, None, None], -lat, lat)
+            frac = torch.where(left[:, None, None], torch.remainder(-frac, 1.0), frac)
+        return lat, frac
 
     def _proposal(self, lattice, frac, species, z, seed, index) -> Proposal:
         from pymatgen.core import Lattice, Structure
