@@ -451,6 +451,30 @@ class _PDFScreen:
             out.append((h, n / s.volume))
         return out
 
+    def first_peak_scales(self, hists, rel: np.ndarray = np.linspace(0.95, 1.05, 11)) -> np.ndarray | None:
+        """Scales that put each candidate's shortest distance on the first peak of the observed G(r).
+
+        The atomic-volume prior misjudges open structures (diamond Si needs its cell 17 %
+        larger than the prior's), beyond the ±10 % coarse scan; the nearest-neighbour peak
+        fixes the scale directly.  Returns (B, len(rel)), or None without a clear first peak.
+        """
+        near = (self.r >= 1.0) & (self.r <= 5.0)
+        r, y = self.r[near], self.y[near]
+        if len(y) < 5 or not np.any(y > 0):
+            return None
+        thr = 0.4 * float(np.max(y))
+        peaks = [i for i in range(1, len(y) - 1) if y[i] > thr and y[i] >= y[i - 1] and y[i] >= y[i + 1]]
+        if not peaks:
+            return None
+        r1 = float(r[peaks[0]])
+        out = np.ones((len(hists), len(rel)))
+        for b, (h, _) in enumerate(hists):
+            nz = np.flatnonzero(h[int(0.5 / self.dr):]) + int(0.5 / self.dr)
+            if len(nz):
+                out[b] = np.clip(r1 / (nz[0] * self.dr) * rel, 0.5, 2.0)
+        # G(r; s) reads the histogram at r/s: below r_last/rcap it would run past what was histogrammed
+        return np.maximum(out, float(self.r[-1]) / (self.rcap - self.dr))
+
     def stage_a(self, hists, scales_per_cand):
         B, S = scales_per_cand.shape
         r = self.r
@@ -492,9 +516,15 @@ def _fit_envelope(model: np.ndarray, y: np.ndarray):
 
 # --------------------------------------------------------------------------- public API
 
-def _refine_scales(evaluate, n: int, coarse=COARSE_SCALES):
-    """Coarse scale scan for all candidates, then a fine scan around each best scale."""
-    best = evaluate(np.tile(coarse, (n, 1)))
+def _refine_scales(evaluate, n: int, coarse=COARSE_SCALES, extra: np.ndarray | None = None):
+    """Coarse scale scan for all candidates, then a fine scan around each best scale.
+
+    ``extra`` (n, k) adds per-candidate scales to the coarse scan (e.g. from the first PDF peak).
+    """
+    grid = np.tile(coarse, (n, 1))
+    if extra is not None:
+        grid = np.concatenate([grid, np.asarray(extra, float).reshape(n, -1)], 1)
+    best = evaluate(grid)
     centers = np.array([b[1] for b in best])
     fine = centers[:, None] + FINE_STEP * np.arange(-5, 6)[None, :]
     best2 = evaluate(fine)
@@ -622,7 +652,7 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
         scr = _PDFScreen(observation)
         hists = scr.histograms(structs)
         timings["pairs"] = time.perf_counter() - t0
-        best = _refine_scales(lambda sc: scr.stage_a(hists, sc), len(structs))
+        best = _refine_scales(lambda sc: scr.stage_a(hists, sc), len(structs), extra=scr.first_peak_scales(hists))
     timings["stage_a"] = time.perf_counter() - t0
     rwp = np.array([b[0] for b in best])
     order = np.argsort(rwp, kind="stable")
