@@ -269,6 +269,19 @@ class TorchPDFGenerator(TorchGenerator):
             if self.meta.get(pname) is not None:
                 self.get(pname).setValue(float(self.meta[pname]))
 
+    def compute_batch(self, x: np.ndarray, states: list[dict[str, Any]]) -> np.ndarray:
+        """As :meth:`TorchGenerator.compute_batch`, on the primitive cell when the cell is centred.
+
+        G(r) is a per-atom average, so a centred (A, C, I, F, R) or super cell gives the same
+        G(r) as its primitive cell at a fraction of the pair count: 4x fewer for F.  The
+        reduction is found once and checked on every state (constrained refinements keep
+        the centring exact; an unconstrained one may break it, then the full cell is used).
+        """
+        red = _primitive_reduction(states[0])
+        if red is not None and all(_reduction_holds(s, red) for s in states):
+            states = [_reduce_state(s, red) for s in states]
+        return TorchGenerator.compute_batch(self, x, states)
+
     def _physics(self, batch, x, pars):
         from ..physics.pdf import pdf_gr
 
@@ -287,6 +300,88 @@ class TorchPDFGenerator(TorchGenerator):
             spdiameter=sp_arg,
             radiation="neutron" if self._stype == "N" else "xray",
         )
+
+
+def _atom_keys(state: dict[str, Any]) -> np.ndarray:
+    """One integer per atom: equal for atoms of the same element, Uiso and occupancy."""
+    rows = np.column_stack([state["numbers"], np.round(state["uiso"], 8), np.round(state["occupancy"], 6)])
+    return np.unique(rows, axis=0, return_inverse=True)[1].ravel()
+
+
+def _primitive_reduction(state: dict[str, Any], tol: float = 1e-5):
+    """(M, orbits) mapping a centred or super cell to a primitive one, or None when it is primitive.
+
+    ``M`` (3×3, rows are primitive vectors in fractional units of the given cell) and
+    ``orbits`` (n_prim lists of atom indices related by pure translations; the first of each
+    is kept).  Pure translations are the differences f_j − f_0 that map every atom onto an
+    atom of the same kind; a basis is any three of them (with the unit vectors) whose
+    determinant is 1/k for k translations.
+    """
+    import itertools
+
+    frac = np.asarray(state["frac"], float) % 1.0
+    n = len(frac)
+    if n < 2:
+        return None
+    keys = _atom_keys(state)
+    same = keys[:, None] == keys[None, :]
+    trans = []
+    for j in np.flatnonzero(keys == keys[0]):
+        t = (frac[j] - frac[0]) % 1.0
+        d = (frac + t)[:, None, :] - frac[None, :, :]
+        d -= np.round(d)
+        if ((np.abs(d).max(-1) < tol) & same).any(1).all():
+            trans.append(t)
+    k = len(trans)
+    if k <= 1:
+        return None
+    cands = [np.where(t > 0.5 + tol, t - 1.0, t) for t in trans if np.abs(t).max() > tol] + list(np.eye(3))
+    M = None
+    for a, b, c in itertools.combinations(cands, 3):
+        m = np.array([a, b, c])
+        det = np.linalg.det(m)
+        if abs(abs(det) - 1.0 / k) < 1e-6:
+            M = m if det > 0 else -m  # keep the cell right-handed
+            break
+    if M is None:
+        return None
+    orbits, seen = [], set()
+    for i in range(n):
+        if i in seen:
+            continue
+        d = (frac[i] + np.array(trans))[:, None, :] - frac[None, :, :]
+        d -= np.round(d)
+        members = sorted({int(np.flatnonzero((np.abs(d[q]).max(-1) < tol) & same[i])[0]) for q in range(k)})
+        seen.update(members)
+        orbits.append(members)
+    if len(orbits) * k != n:
+        return None
+    return M, orbits
+
+
+def _reduction_holds(state: dict[str, Any], red, tol: float = 1e-7) -> bool:
+    """True when every orbit of ``red`` is still related by pure translations in ``state``."""
+    frac = np.asarray(state["frac"], float)
+
+    def tset(orb):  # an orbit's translations, mod 1, sorted: the same for every orbit
+        t = (frac[orb] - frac[orb[0]]) % 1.0
+        t = np.where(t > 1 - tol, 0.0, t)
+        return t[np.lexsort(t.T[::-1])]
+
+    ref = tset(red[1][0])
+    return all(np.abs(tset(orb) - ref).max() < 1e3 * tol for orb in red[1][1:])
+
+
+def _reduce_state(state: dict[str, Any], red) -> dict[str, Any]:
+    """``state`` on the primitive cell of ``red`` (lattice rows M·L, coordinates f·M⁻¹)."""
+    M, orbits = red
+    keep = [o[0] for o in orbits]
+    out = dict(state)
+    out["lattice"] = M @ np.asarray(state["lattice"], float)
+    out["frac"] = (np.asarray(state["frac"], float)[keep] @ np.linalg.inv(M)) % 1.0
+    for key in ("numbers", "occupancy", "uiso"):
+        out[key] = np.asarray(state[key])[keep]
+    return out
 
 
 def _state_structure(state: dict[str, Any], template):
