@@ -28,7 +28,8 @@ def run_example(name: str, *args: str, timeout: float = 900, env: dict | None = 
 
 
 def test_every_example_is_covered():
-    covered = {"backend_plugin.py", "measured_pdf_nanoparticles.py", "nanocrystal_pxrd_sizes.py", "make_demo_pattern.py"}
+    covered = {"backend_plugin.py", "measured_pdf_nanoparticles.py", "nanocrystal_pxrd_sizes.py", "make_demo_pattern.py",
+               "coreshell_one_phase.py"}
     scripts = {p.name for p in EXAMPLES.glob("*.py")}
     assert scripts - OWNED_ELSEWHERE <= covered, f"examples without a test: {sorted(scripts - OWNED_ELSEWHERE - covered)}"
 
@@ -108,3 +109,23 @@ def test_make_demo_pattern_reproduces_bundled_file(tmp_path):
     new, old = np.loadtxt(out), np.loadtxt(bundled)
     assert new.shape == old.shape and np.array_equal(new[:, 0], old[:, 0])
     assert np.abs(new[:, 1] - old[:, 1]).max() <= 0.005 * old[:, 1].max()
+
+
+@pytest.mark.slow
+@pytest.mark.acceptance
+def test_coreshell_one_phase_example(tmp_path, shared_data):
+    """Minutes on 2 cores: run with ``make acceptance``."""
+    import json
+
+    res = run_example("coreshell_one_phase.py", "--quick", "-o", str(tmp_path / "cs"), "--data-dir", str(shared_data))
+    summary = json.loads((tmp_path / "cs" / "summary.json").read_text())
+    assert {r["composition"] for r in summary["one_phase"]} == {"CdS", "ZnS"}, res.stdout
+    # a single phase can only average the two: its lattice lies between pure ZnS and pure CdS
+    assert summary["lattice_between_pure_phases"], res.stdout
+
+
+def test_coreshell_example_skips_without_data(tmp_path):
+    res = run_example("coreshell_one_phase.py", "--quick", "-o", str(tmp_path / "cs"),
+                      "--data-dir", str(tmp_path / "nowhere"), timeout=300)
+    assert res.stdout.startswith("skipped:") and "not found" in res.stdout
+    assert not (tmp_path / "cs").exists()

@@ -98,7 +98,10 @@ class DiffusionBackend:
     cfg_scale : float
         Classifier-free guidance weight w: ε = ε_∅ + w (ε_c − ε_∅); 1 = conditional only.
     physics_guidance : bool
-        Pull the last part of the reverse process toward the observed pattern.
+        Pull the last part of the reverse process toward the observed pattern.  Off by
+        default: on the first 10 evaluation targets at 10 nm (n = 128 candidates, shipped
+        weights) it lowered the top-10 match rate from 30 % to 10 %, and it pulls rock-salt
+        NaCl proposals off Fm-3m; the screen and srfit refinement do the fitting to the data.
     guide_frac, guide_step : float
         Fraction of steps (at the end) that are guided, and the guidance step size.
     batch_size : int
@@ -111,7 +114,7 @@ class DiffusionBackend:
     capabilities: ClassVar[set[str]] = {"composition", "xrd", "pdf", "spacegroup"}
 
     def __init__(self, checkpoint: str | Path | None = None, steps: int = 50, cfg_scale: float = 1.0,
-                 physics_guidance: bool = True, guide_frac: float = 0.3, guide_step: float = 0.02,
+                 physics_guidance: bool = False, guide_frac: float = 0.3, guide_step: float = 0.02,
                  batch_size: int = 64, device: str = "cpu", eta: float = 0.0, **_ignored):
         self.checkpoint = Path(checkpoint) if checkpoint else DEFAULT_WEIGHTS
         self.steps = int(steps)
