@@ -4,10 +4,10 @@
 ``diffpy-diffuse propose`` looks for ONE structure that explains the data; a core-shell
 particle holds two.  The script proposes a structure for the measured G(r) with each
 composition (CdS, then ZnS), and compares the refined lattice with the pure phases (the
-CIFs next to the data).  Measured once (templates, 1.5–12 Å): both compositions give a
-6-layer tetrahedral stacking (R3m) with a ≈ 4.08 Å, between wurtzite ZnS (3.82 Å) and CdS
-(4.14 Å), at Rw 0.29–0.33 — an averaged structure and a poor fit, the signature of a
-second phase.  Seeding a two-phase srfit recipe from these two proposals
+CIFs next to the data).  Measured once (``--quick``: templates, 40 proposals, 1.5–12 Å):
+both compositions give a 6-layer tetrahedral stacking (R3m) with a = 4.07 Å, between
+wurtzite ZnS (3.81 Å) and CdS (4.15 Å), at Rw 0.29 (CdS) and 0.33 (ZnS) — an averaged
+structure and a poor fit, the signature of a second phase.  Seeding a two-phase srfit recipe from these two proposals
 (``seed_recipe(recipe, "CdS", name="cds")`` then ``"ZnS"``) does not work: both phases
 start from the same averaged cell, so their scales are not separable.  A two-phase model
 needs starting lattices from the pure phases, as in srfit's ``coreshellnp.py``.
