@@ -266,14 +266,14 @@ def _refine_with_symmetry(observation, structure, engine, start, refine_options)
     result and a provenance note.
     """
     from .refine import refine_structure
-    from .refine.symmetry import _point_group_order, symmetry_tolerance
+    from .refine.symmetry import LOOSE_TOLERANCES, point_group_order, symmetry_tolerance
 
     opts = dict(refine_options)
     if "spacegroup_tol" in opts or opts.get("use_symmetry") is False:
         return refine_structure(observation, structure, engine=engine, start=start or None, **opts), {}
-    strict = 0.01
+    strict = LOOSE_TOLERANCES[0]  # the refinement's own default tolerance
     tol, number = symmetry_tolerance(structure)
-    if tol <= strict or _point_group_order(structure, strict)[1] == number:
+    if tol <= strict or point_group_order(structure, strict)[1] == number:
         return refine_structure(observation, structure, engine=engine, start=start or None, **opts), {}
     sym = refine_structure(observation, structure, engine=engine, start=start or None, spacegroup_tol=tol, **opts)
     low = refine_structure(observation, structure, engine=engine, start=start or None, spacegroup_tol=strict, **opts)
@@ -286,8 +286,8 @@ def _refine_with_symmetry(observation, structure, engine, start, refine_options)
     # again (e.g. a distorted rock salt proposal: Imm2 at 0.2 Å, Fm-3m once refined).
     for _ in range(2):
         tol2, number2 = symmetry_tolerance(best.structure)
-        if number2 == best.spacegroup_number or _point_group_order(best.structure, 1e-3)[0] >= \
-                _point_group_order(best.structure, tol2)[0]:
+        if number2 == best.spacegroup_number or point_group_order(best.structure, 1e-3)[0] >= \
+                point_group_order(best.structure, tol2)[0]:
             break
         again = refine_structure(observation, best.structure, engine=engine, start=start or None,
                                  spacegroup_tol=tol2, **opts)

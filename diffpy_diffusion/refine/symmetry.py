@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "SymmetrizedStructure",
     "crystal_system_of",
+    "point_group_order",
     "symmetrize",
     "symmetry_tolerance",
     "to_diffpy",
@@ -29,7 +30,7 @@ __all__ = [
 LOOSE_TOLERANCES = (0.01, 0.05, 0.1, 0.2, 0.3)
 
 
-def _point_group_order(structure, tol: float) -> tuple[int, int]:
+def point_group_order(structure, tol: float) -> tuple[int, int]:
     """(number of distinct rotations, space-group number) spglib finds at ``tol``; (1, 1) on failure."""
     import spglib
 
@@ -62,7 +63,7 @@ def symmetry_tolerance(structure, tolerances=LOOSE_TOLERANCES) -> tuple[float, i
     """
     best = None
     for tol in tolerances:
-        order, number = _point_group_order(structure, float(tol))
+        order, number = point_group_order(structure, float(tol))
         if best is None or (order, number) > best[0]:
             best = ((order, number), float(tol))
     return best[1], best[0][1]
