@@ -71,6 +71,7 @@ class TorchGenerator(MetadataCompatMixin, ProfileGenerator):
         """Use an existing DiffpyStructureParSet (e.g. shared between generators)."""
         self._phase = parset
         self.stru = parset.stru
+        self._reduction = None  # primitive-cell reduction of the PDF generator: found again for a new phase
         self.addParameterSet(parset)
 
     # srfit 3.4 spelling
@@ -274,10 +275,14 @@ class TorchPDFGenerator(TorchGenerator):
 
         G(r) is a per-atom average, so a centred (A, C, I, F, R) or super cell gives the same
         G(r) as its primitive cell at a fraction of the pair count: 4x fewer for F.  The
-        reduction is found once and checked on every state (constrained refinements keep
+        reduction is found once per phase (cached) and checked on every state (constrained refinements keep
         the centring exact; an unconstrained one may break it, then the full cell is used).
         """
-        red = _primitive_reduction(states[0])
+        key = tuple(np.asarray(states[0]["numbers"]).tolist())
+        cached = getattr(self, "_reduction", None)
+        if cached is None or cached[0] != key or (cached[1] is not None and not _reduction_holds(states[0], cached[1])):
+            cached = self._reduction = (key, _primitive_reduction(states[0]))
+        red = cached[1]
         if red is not None and all(_reduction_holds(s, red) for s in states):
             states = [_reduce_state(s, red) for s in states]
         return TorchGenerator.compute_batch(self, x, states)
