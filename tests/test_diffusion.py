@@ -276,3 +276,74 @@ def test_pdf_observation_samples_with_null_condition():
     obs = Observation(kind="pdf", x=r, y=np.sin(2.5 * r) * np.exp(-r / 10), x_kind="r", composition="NaCl")
     props = DiffusionBackend(steps=3).sample(obs, 2, seed=0)
     _check_structures(props, "NaCl", 2)
+
+
+# ----------------------------------------------------------------------------- Z allocation
+def test_allocate_follows_weights_and_keeps_the_total():
+    from diffpy_diffusion.backends.diffusion.backend import allocate, z_prior
+
+    zs = [1, 2, 3, 4]
+    prior = z_prior(zs, 2)
+    assert prior.sum() == pytest.approx(1.0) and (prior > 0).all()
+    for n in (1, 7, 64, 129):
+        assert sum(k for _, k in allocate(n, zs, 2)) == n
+        assert sum(k for _, k in allocate(n, zs, 2, weights=[0.0, 1.0, 0.0, 3.0])) == n
+    got = dict(allocate(40, zs, 2, weights=[0.0, 1.0, 0.0, 3.0]))
+    assert got == {2: 10, 4: 30}
+
+
+def _rocksalt_pattern(a=5.64):
+    """PXRD of rock-salt NaCl (pymatgen's calculator: an independent forward model)."""
+    from pymatgen.analysis.diffraction.xrd import XRDCalculator
+    from pymatgen.core import Lattice, Structure
+
+    from diffpy_diffusion.types import Observation
+
+    s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    pat = XRDCalculator(wavelength=1.54184).get_pattern(s, two_theta_range=(10, 90))
+    tt = np.linspace(10, 90, 1600)
+    y = np.zeros_like(tt)
+    for x0, h in zip(pat.x, pat.y):
+        y += h * np.exp(-0.5 * ((tt - x0) / 0.15) ** 2)
+    obs = Observation(kind="xrd", x=tt, y=y / y.max() + 0.01, x_kind="2theta", composition={"Na": 1, "Cl": 1},
+                      wavelength=1.54184, size_nm=10)
+    return s, obs
+
+
+def test_z_evidence_prefers_the_cell_size_that_fits_the_pattern():
+    """A pilot holding the true primitive cell (Z = 1) and wrong-size cells: Z = 1 wins, the others are damped."""
+    from pymatgen.core import Lattice, Structure
+
+    from diffpy_diffusion.backends.diffusion.backend import DiffusionBackend
+    from diffpy_diffusion.types import Proposal
+
+    s, obs = _rocksalt_pattern()
+    prim = s.get_primitive_structure()
+    wrong2 = Structure(Lattice.tetragonal(3.1, 9.0), ["Na", "Na", "Cl", "Cl"],
+                       [[0, 0, 0], [0.5, 0.5, 0.5], [0, 0, 0.25], [0.5, 0.5, 0.75]])
+    # (a hexagonal Z = 3 cell would not do: ABC stacking along [111] *is* rock salt)
+    wrong3 = Structure(Lattice.orthorhombic(3.3, 4.4, 14.0), ["Na"] * 3 + ["Cl"] * 3,
+                       [[0, 0, i / 6] if i % 2 == 0 else [0.5, 0.5, i / 6] for i in range(6)])
+    pilot = [Proposal(structure=st, backend="diffusion", provenance={"z": z})
+             for st, z in ((prim, 1), (wrong2, 2), (wrong3, 3))]
+    ev = DiffusionBackend(adapt_z_temperature=0.05)._z_evidence(obs, pilot, [1, 2, 3, 4])
+    assert ev[0] == pytest.approx(1.0)
+    assert ev[1] < 0.5 and ev[2] < 0.5
+    assert ev[3] == 1.0  # not sampled by the pilot: no evidence either way
+    assert pilot[0].structure == prim  # the pilot's own structures are not strained by the screen
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped weights not present")
+def test_adaptive_z_round_keeps_count_composition_and_seed():
+    from diffpy_diffusion.backends.diffusion.backend import DiffusionBackend
+
+    _s, obs = _rocksalt_pattern()
+    be = DiffusionBackend(steps=4, adapt_z=0.5)
+    props = be.sample(obs, 12, seed=3)
+    assert len(props) == 12
+    _check_structures(props, "NaCl", 2)
+    assert all("z_evidence" in p.provenance for p in props[:6])  # the pilot records what steered round two
+    again = be.sample(obs, 12, seed=3)
+    assert [p.provenance["z"] for p in props] == [p.provenance["z"] for p in again]
+    with pytest.raises(ValueError, match="adapt_z"):
+        DiffusionBackend(adapt_z=1.5)

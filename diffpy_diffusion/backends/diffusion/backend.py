@@ -23,6 +23,7 @@ exactly the observation's composition:
 from __future__ import annotations
 
 import itertools
+import math
 import time
 import warnings
 from pathlib import Path
@@ -72,11 +73,16 @@ def z_options(counts: dict[str, int], max_atoms: int, z: int | None = None) -> l
     return zs
 
 
-def allocate(n: int, zs: list[int], per_fu: int) -> list[tuple[int, int]]:
-    """Split n candidates over Z values ∝ P(Z | atoms per formula unit) in the training pool (+1 smoothing)."""
+def z_prior(zs: list[int], per_fu: int) -> np.ndarray:
+    """P(Z | atoms per formula unit) over ``zs`` from the training pool (+1 smoothing), normalised."""
     hist = POOL_Z_HIST.get(per_fu, {1: 10})
     w = np.array([hist.get(z, 0) + 1.0 for z in zs], float)
-    w = w / w.sum()
+    return w / w.sum()
+
+
+def allocate(n: int, zs: list[int], per_fu: int, weights: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """Split n candidates over Z values ∝ ``weights`` (default: :func:`z_prior`), largest remainders first."""
+    w = z_prior(zs, per_fu) if weights is None else np.asarray(weights, float) / np.sum(weights)
     counts = np.floor(w * n).astype(int)
     order = np.argsort(-w)
     i = 0
@@ -107,6 +113,18 @@ class DiffusionBackend:
     batch_size : int
         Candidates denoised together.
     device : str
+    adapt_z : float
+        Fraction of ``n`` sampled first as a pilot over the Z prior (PXRD only; 1 or 0 = no
+        second round).  The pilot is screened against the pattern
+        (:func:`diffpy_diffusion.screen.screen`: lattice scale, strain and size fitted), and the
+        rest of ``n`` is spread over Z ∝ prior × exp(−(Rwp_Z − Rwp_best) / T), where Rwp_Z is
+        the best screening Rwp of the pilot's Z-cells: cells of the wrong size rarely fit the
+        peak positions and their density, so candidates go where the data point.
+    adapt_z_temperature : float
+        T above, in units of Rwp.
+    corrector_steps, corrector_lr : int, float
+        Langevin corrector steps on the coordinates after each reverse step (predictor-corrector
+        sampling as in DiffCSP; each costs one more network call per step), and their step size.
     """
 
     name = "diffusion"
@@ -115,7 +133,8 @@ class DiffusionBackend:
 
     def __init__(self, checkpoint: str | Path | None = None, steps: int = 50, cfg_scale: float = 1.0,
                  physics_guidance: bool = False, guide_frac: float = 0.3, guide_step: float = 0.02,
-                 batch_size: int = 64, device: str = "cpu", eta: float = 0.0, **_ignored):
+                 batch_size: int = 64, device: str = "cpu", eta: float = 0.0, adapt_z: float = 0.5,
+                 adapt_z_temperature: float = 0.05, corrector_steps: int = 1, corrector_lr: float = 1e-5, **_ignored):
         self.checkpoint = Path(checkpoint) if checkpoint else DEFAULT_WEIGHTS
         self.steps = int(steps)
         self.cfg_scale = float(cfg_scale)
@@ -125,6 +144,12 @@ class DiffusionBackend:
         self.batch_size = int(batch_size)
         self.device = device
         self.eta = float(eta)
+        if not 0.0 <= float(adapt_z) <= 1.0:
+            raise ValueError(f"diffusion backend: adapt_z is a fraction of n in [0, 1], got {adapt_z}")
+        self.adapt_z = float(adapt_z)
+        self.adapt_z_temperature = float(adapt_z_temperature)
+        self.corrector_steps = max(0, int(corrector_steps))
+        self.corrector_lr = float(corrector_lr)
         self._model = None
 
     # ------------------------------------------------------------------ model
@@ -198,18 +223,30 @@ class DiffusionBackend:
             c_null = self._model.encode(pattern, torch.tensor([True]))
         out: list[Proposal] = []
         per_fu = sum(counts.values())
-        # one candidate list over all Z, sorted by size, denoised in padded batches (few model calls)
-        cands = [(z, [el for el, c in counts.items() for _ in range(c * z)]) for z, k in allocate(n, zs, per_fu)
-                 for _ in range(k)]
-        for start in range(0, len(cands), self.batch_size):
-            chunk = cands[start : start + self.batch_size]
-            lat, frac = self._reverse([[numbers_fu[el] for el in sp] for _, sp in chunk], c_cond,
-                                      c_null if use_pattern else None, guide, gen,
-                                      metric=hint.metric if hint is not None else None)
-            for b, (z, sp) in enumerate(chunk):
-                out.append(self._proposal(lat[b], frac[b, : len(sp)], sp, z, seed, len(out)))
-            if progress:
-                progress(len(chunk))
+        metric = hint.metric if hint is not None else None
+        c_un = c_null if use_pattern else None
+
+        def run(alloc):
+            # one batch per Z (chunked at batch_size): the network's cost grows as atoms², so a
+            # 4-atom cell must not be padded to the 20 atoms of another Z
+            chunks = [[(z, [el for el, c in counts.items() for _ in range(c * z)])] * min(self.batch_size, k - s)
+                      for z, k in alloc for s in range(0, k, self.batch_size)]
+            for chunk in chunks:
+                lat, frac = self._reverse([[numbers_fu[el] for el in sp] for _, sp in chunk], c_cond, c_un, guide, gen,
+                                          metric=metric)
+                for b, (z, sp) in enumerate(chunk):
+                    out.append(self._proposal(lat[b], frac[b, : len(sp)], sp, z, seed, len(out)))
+                if progress:
+                    progress(len(chunk))
+
+        n1 = int(round(self.adapt_z * n))
+        if observation.kind != "xrd" or len(zs) < 2 or not 0 < n1 < n:
+            run(allocate(n, zs, per_fu))
+        else:
+            prior = z_prior(zs, per_fu)
+            run(allocate(n1, zs, per_fu))
+            w = prior * self._z_evidence(observation, out, zs)
+            run(allocate(n - len(out), zs, per_fu, weights=w))
         if hint is not None:
             from .symmetry_hint import apply_hint
 
@@ -219,6 +256,30 @@ class DiffusionBackend:
         for p in out:
             p.provenance["sample_seconds_total"] = dt
         return out
+
+    def _z_evidence(self, observation, pilot: list[Proposal], zs: list[int]) -> np.ndarray:
+        """exp(−(Rwp_Z − Rwp_best) / T) per Z from a screen of the pilot; 1 for Z the pilot did not sample."""
+        import dataclasses
+
+        from ...screen import screen
+
+        copies = [dataclasses.replace(p, structure=p.structure.copy(), scores=dict(p.scores),
+                                      provenance=dict(p.provenance)) for p in pilot]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ranked = screen(observation, copies, 1, do_dedupe=False).ranked
+        best: dict[int, float] = {}
+        for q in ranked:
+            z = int(q.provenance["z"])
+            best[z] = min(best.get(z, np.inf), float(q.scores["screen_rwp"]))
+        if not best:
+            return np.ones(len(zs))
+        r0 = min(best.values())
+        ev = np.array([math.exp(-(best[z] - r0) / max(self.adapt_z_temperature, 1e-6)) if z in best else 1.0
+                       for z in zs])
+        for p in pilot:
+            p.provenance["z_evidence"] = {int(z): round(float(e), 4) for z, e in zip(zs, ev)}
+        return ev
 
     def _reverse(self, nums_list, c_cond, c_null, guide, gen, metric=None):
         """Denoise one padded batch; ``metric`` (a crystal system's, or None) is imposed on the lattice every step."""
@@ -269,6 +330,11 @@ class DiffusionBackend:
             if metric is not None:
                 # why: keep the state on the metric subspace so the network denoises a cell of that system
                 lat_new = project_lattice(lat_new, metric)
+            for _ in range(self.corrector_steps if s > 0 else 0):
+                # Langevin corrector on the coordinates at time s (predictor-corrector, as in DiffCSP)
+                with torch.no_grad():
+                    _pl, pf_s = model(numbers, frac_new, lat_new, torch.full((B,), s), mask, cond=cc)
+                frac_new = proc.corrector(frac_new, pf_s.float(), s, mask, step_lr=self.corrector_lr, generator=gen)
             lat, frac = lat_new, frac_new
         lat, frac = denormalise_lattice(lat, natoms).double(), frac.double()
         if metric is not None:
