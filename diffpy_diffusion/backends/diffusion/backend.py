@@ -239,7 +239,7 @@ class DiffusionBackend:
                 if progress:
                     progress(len(chunk))
 
-        n1 = int(round(self.adapt_z * n))
+        n1 = round(self.adapt_z * n)
         if observation.kind != "xrd" or len(zs) < 2 or not 0 < n1 < n:
             run(allocate(n, zs, per_fu))
         else:
