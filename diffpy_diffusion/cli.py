@@ -226,6 +226,47 @@ def backend_option(default: str = "auto"):
                              "'a+b' merges the candidates of two backends.")
 
 
+def _parse_backend_options(ctx, param, values):
+    """``-O KEY=VALUE`` / ``-O BACKEND.KEY=VALUE`` (repeatable) -> backend_options dict.
+
+    VALUE is read as JSON when it parses (``1``, ``0.5``, ``true``, ``"x"``), else kept as text.
+    """
+    import json
+
+    out: dict = {}
+    for item in values or ():
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE or BACKEND.KEY=VALUE, e.g. corrector_steps=0 "
+                                     "or diffusion.cfg_scale=2", param=param)
+        try:
+            val = json.loads(raw)
+        except ValueError:
+            val = raw
+        name, dot, opt = key.partition(".")
+        if dot:
+            out.setdefault(name, {})[opt] = val
+        else:
+            out[key] = val
+    return out or None
+
+
+def backend_options_option():
+    """``--backend-option/-O``: options for the backends' constructors."""
+    return click.option("--backend-option", "-O", "backend_options", multiple=True, metavar="[BACKEND.]KEY=VALUE",
+                        callback=_parse_backend_options,
+                        help="Option for the backends (repeatable), e.g. -O corrector_steps=0, "
+                             "-O diffusion.cfg_scale=2, -O diffusion.checkpoint=runs/x/last.pt. A plain KEY goes "
+                             "to every backend that takes it. See the backend's docstring for its options.")
+
+
+def _merge_library(backend_options: dict | None, library: str | None) -> dict | None:
+    if not library:
+        return backend_options
+    return {**(backend_options or {}), "library": library}
+
+
 def n_option(default: int = 200):
     return click.option("--n", "-n", "n", type=click.IntRange(1, 100000), default=default, show_default=True,
                         help="Number of raw candidates to generate.")
@@ -369,6 +410,7 @@ def diffusion_weights_available() -> bool:
 @backend_option()
 @click.option("--library", default=None, metavar="NAME|PATH",
               help="Template library of the templates backend: aflow (default), training-pool, or a folder/CSV.")
+@backend_options_option()
 @n_option(200)
 @top_option(5)
 @seed_option
@@ -379,8 +421,8 @@ def diffusion_weights_available() -> bool:
 @json_option
 @quiet_option
 @debug_option
-def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegroup, max_atoms, backend, library, n, top,
-            seed, do_refine, output, force, as_json, quiet):
+def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegroup, max_atoms, backend, library,
+            backend_options, n, top, seed, do_refine, output, force, as_json, quiet):
     """Propose and refine crystal structures for the pattern in DATA.
 
     DATA is a powder pattern (.xy .xye .dat .csv .chi: 2θ or Q vs intensity)
@@ -407,7 +449,7 @@ def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegrou
         try:
             results = pipeline_propose(obs, backend=backend, n=n, top=top, seed=seed, output_dir=output,
                                        force=force, progress=not (quiet or as_json),
-                                       backend_options={"library": library} if library else None,
+                                       backend_options=_merge_library(backend_options, library),
                                        refine=do_refine)
         except KeyboardInterrupt:
             if output is not None and (Path(output) / "results.json").exists():
@@ -813,6 +855,7 @@ def train(ctx):
 @seed_option
 @click.option("--library", default=None, metavar="NAME|PATH",
               help="Template library of the templates backend: aflow (default), training-pool, or a folder/CSV.")
+@backend_options_option()
 @click.option("--refine-top", type=click.IntRange(0, None), default=1, show_default=True,
               help="Refine only the best this many of --top; matches are counted among all --top. "
                    "(First 10 targets at 10 nm: refining all 10 left the diffusion top-10 rate unchanged "
@@ -827,8 +870,8 @@ def train(ctx):
 @json_option
 @quiet_option
 @debug_option
-def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, seed, library, refine_top, workers,
-             dask_scheduler, output, force, as_json, quiet):
+def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, seed, library, backend_options, refine_top,
+             workers, dask_scheduler, output, force, as_json, quiet):
     """Benchmark a backend on simulated patterns of known structures (match rate, RMSE, Rwp, time)."""
     try:
         from .evaluate import run_evaluation
@@ -839,7 +882,7 @@ def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, see
                    backend=",".join(resolve_backend(b, quiet or as_json) for b in backend.split(",") if b.strip()),
                    n=n, top=top, seed=seed, output_dir=output, force=force, as_json=as_json, quiet=quiet,
                    workers=workers,
-                   library=library, refine_top=refine_top,
+                   library=library, refine_top=refine_top, backend_options=backend_options,
                    **({"scheduler": dask_scheduler} if dask_scheduler else {}))
 
 

@@ -292,6 +292,7 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
               "refine_top": refine_top, "backend_options": opts} for i, e in enumerate(entries)]
     meta = {"dataset": dataset, "limit": len(entries), "size_nm": size, "wavelength": WAVELENGTH, "n": n, "top": top,
             "refine_top": refine_top, "seed": seed, "backends": specs, "library": library, "workers": workers,
+            "backend_options": opts,
             "match": MATCH, "noise": NOISE, "n_q": N_Q}
     records: list[dict] = []
     t0 = time.perf_counter()
