@@ -89,3 +89,33 @@ def test_eval_set_is_first_rows(shared_data):
     es = eval_set(3, data=shared_data)
     assert [e.material_id for e in es] == ["mp-10009", *[e.material_id for e in es[1:]]]
     assert all(e.source == "mp20/test" for e in es)
+
+
+def test_interrupted_run_keeps_finished_targets(tmp_path, monkeypatch):
+    """Ctrl-C after the first target: its records are on disk, one JSON line; a finished run leaves no partial file."""
+    import pandas as pd
+
+    import diffpy_diffusion.batch as batch
+
+    cscl = Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    csv = tmp_path / "set.csv"
+    pd.DataFrame({"material_id": ["t-1", "t-2"], "cif": [_nacl().to(fmt="cif"), cscl.to(fmt="cif")]}).to_csv(csv)
+    real = batch.map_tasks
+
+    def first_then_ctrl_c(fn, tasks, **kw):
+        for i, res in real(fn, tasks[:1], **kw):
+            yield i, res
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "map_tasks", first_then_ctrl_c)
+    out = tmp_path / "ev"
+    with pytest.raises(KeyboardInterrupt, match="1 finished target"):
+        P.run_evaluation(dataset=str(csv), limit=2, size_nm="10nm", backend="templates", n=20, top=3,
+                         refine_top=0, output_dir=out, quiet=True)
+    lines = (out / P.PARTIAL).read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])[0]["material_id"] == "t-1"
+    assert not (out / "evaluation.json").exists()
+    monkeypatch.setattr(batch, "map_tasks", real)
+    P.run_evaluation(dataset=str(csv), limit=1, size_nm="10nm", backend="templates", n=20, top=3, refine_top=0,
+                     output_dir=out, quiet=True)
+    assert (out / "evaluation.json").exists() and not (out / P.PARTIAL).exists()

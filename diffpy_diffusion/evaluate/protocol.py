@@ -22,6 +22,7 @@ candidate, seconds per target, and per backend how many targets it alone solved.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -44,6 +45,8 @@ UISO = 0.005
 #: StructureMatcher tolerances of the protocol.
 MATCH = {"stol": 0.3, "ltol": 0.2, "angle_tol": 5.0}
 KS = (1, 5, 10)
+#: Per-target records of a run in progress (JSON lines) in the output folder.
+PARTIAL = "evaluation.partial.jsonl"
 
 
 def simulate_target(structure, size_nm: float, *, seed: int = 0, n_q: int = N_Q,
@@ -305,6 +308,12 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
 
         prog = Progress(TextColumn("evaluating"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    # a long run keeps what it finished: one JSON line per target as it arrives, removed once
+    # evaluation.json is written (left behind by a Ctrl-C or a crash)
+    partial = out / PARTIAL if out is not None else None
+    if partial is not None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.unlink(missing_ok=True)
     try:
         if prog:
             prog.__enter__()
@@ -312,10 +321,18 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
         for _, res in map_tasks(_eval_one, tasks, workers=workers, scheduler=scheduler, on_error="return"):
             if isinstance(res, list):
                 records.extend(res)
+                if partial is not None:
+                    with open(partial, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(res) + "\n")
             else:  # TaskError from the executor
                 warnings.warn(f"evaluate: task failed: {res}", stacklevel=2)
             if prog:
                 prog.advance(tid, 1)
+    except KeyboardInterrupt:
+        if partial is not None and partial.exists():
+            raise KeyboardInterrupt(f"{len({r['index'] for r in records})} finished target(s) are in {partial} "
+                                    "(one JSON list of records per line)") from None
+        raise
     finally:
         if prog:
             prog.__exit__(None, None, None)
@@ -327,6 +344,7 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
     if out is not None:
         write_json(doc, out / "evaluation.json", force=force)
         atomic_write_text(out / "evaluation.md", md, force=force)
+        partial.unlink(missing_ok=True)
     if as_json:
         import click
 
