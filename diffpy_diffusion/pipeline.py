@@ -189,12 +189,33 @@ class _Progress:
         return lambda k=1: self.prog.advance(tid, k)
 
 
-def sample_all(observation: Observation, backends: list, n: int, seed: int | None, progress: _Progress | None = None):
-    """Raw proposals of every backend (merged), and per-backend timings/errors."""
+def _copy_proposal(p: Proposal) -> Proposal:
+    import dataclasses
+
+    return dataclasses.replace(p, structure=p.structure.copy(), scores=dict(p.scores), refined=dict(p.refined),
+                               provenance=dict(p.provenance))
+
+
+def sample_all(observation: Observation, backends: list, n: int, seed: int | None, progress: _Progress | None = None,
+               cache: dict | None = None):
+    """Raw proposals of every backend (merged), and per-backend timings/errors.
+
+    ``cache`` (optional, owned by the caller, one per observation and set of backend options)
+    keeps each backend's proposals under ``(name, n, seed)``: a later call for the same backend,
+    alone or merged (``a`` then ``a+b``), gets copies instead of sampling again.  Seeded
+    backends return the same proposals either way; ``info`` then says ``"reused": true`` and
+    keeps the original ``sample_s``.
+    """
     props: list[Proposal] = []
     info: dict[str, Any] = {}
     errors = []
     for be in backends:
+        key = (be.name, int(n), seed)
+        if cache is not None and seed is not None and key in cache:
+            got, first_info = cache[key]
+            props.extend(_copy_proposal(p) for p in got)
+            info[be.name] = {**first_info, "reused": True}
+            continue
         t0 = time.perf_counter()
         adv = progress.task(f"sampling ({be.name})", n) if progress else None
         try:
@@ -210,6 +231,8 @@ def sample_all(observation: Observation, backends: list, n: int, seed: int | Non
             p.provenance.setdefault("backend_version", getattr(be, "version", None))
         info[be.name] = {"proposals": len(got), "sample_s": round(time.perf_counter() - t0, 3),
                          "version": getattr(be, "version", None)}
+        if cache is not None and seed is not None:
+            cache[key] = ([_copy_proposal(p) for p in got], dict(info[be.name]))
         props.extend(got)
     if not props:
         raise BackendError("no backend produced a proposal: " + "; ".join(errors))
@@ -394,6 +417,7 @@ def propose(
     screen_options: dict | None = None,
     refine_options: dict | None = None,
     refine_top: int | None = None,
+    sample_cache: dict | None = None,
 ) -> list[Proposal]:
     """Propose, screen and refine structures for ``observation``; best first.
 
@@ -426,6 +450,9 @@ def propose(
     refine_top : int, optional
         Refine only the best this many of the ``top`` screened candidates (default: all);
         the others follow in screening order, unrefined (``scores["rw"]`` absent).
+    sample_cache : dict, optional
+        Reuse raw proposals across calls for the *same* observation and backend options (see
+        :func:`sample_all`); ``evaluate`` uses it so that ``a``, ``b`` and ``a+b`` sample once.
 
     Returns
     -------
@@ -466,7 +493,7 @@ def propose(
         backends = get_backends(backend, backend_options)
         meta["backends"] = {be.name: {"version": getattr(be, "version", None)} for be in backends}
         t0 = time.perf_counter()
-        raw, info = sample_all(observation, backends, n, seed, prog)
+        raw, info = sample_all(observation, backends, n, seed, prog, cache=sample_cache)
         timings["sample_s"] = round(time.perf_counter() - t0, 3)
         for k, v in info.items():
             meta["backends"].setdefault(k, {}).update(v)

@@ -95,7 +95,7 @@ def test_interrupted_run_keeps_finished_targets(tmp_path, monkeypatch):
     """Ctrl-C after the first target: its records are on disk, one JSON line; a finished run leaves no partial file."""
     import pandas as pd
 
-    import diffpy_diffusion.batch as batch
+    from diffpy_diffusion import batch
 
     cscl = Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     csv = tmp_path / "set.csv"
@@ -103,8 +103,7 @@ def test_interrupted_run_keeps_finished_targets(tmp_path, monkeypatch):
     real = batch.map_tasks
 
     def first_then_ctrl_c(fn, tasks, **kw):
-        for i, res in real(fn, tasks[:1], **kw):
-            yield i, res
+        yield from real(fn, tasks[:1], **kw)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(batch, "map_tasks", first_then_ctrl_c)

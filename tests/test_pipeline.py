@@ -203,3 +203,33 @@ def test_pipeline_runs_rerank_hooks(nacl_obs, monkeypatch):
     monkeypatch.setattr(plugins, "call_rerank", fake_rerank)
     props = pipeline.propose(nacl_obs, backend="templates", n=10, top=2, seed=0, progress=False, refine=False)
     assert props and all("plugin_score" in p.scores for p in props)
+
+
+def test_sample_cache_reuses_a_backends_proposals_as_copies():
+    """``a`` then ``a+b``: ``a`` samples once; the reused proposals are copies, not the same objects."""
+    from diffpy_diffusion.types import Proposal
+
+    calls = []
+
+    class Counting:
+        def __init__(self, name, a):
+            self.name, self.a = name, a
+
+        def sample(self, obs, n, seed=None, progress=None):
+            calls.append(self.name)
+            return [Proposal(structure=Structure(Lattice.cubic(self.a + i), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+                             backend=self.name, seed=seed) for i in range(n)]
+
+    a, b = Counting("a", 5.0), Counting("b", 6.0)
+    cache: dict = {}
+    first, info1 = pipeline.sample_all(None, [a], 3, 0, cache=cache)
+    merged, info2 = pipeline.sample_all(None, [a, b], 3, 0, cache=cache)
+    assert calls == ["a", "b"]
+    assert info2["a"]["reused"] is True and "reused" not in info2["b"]
+    assert [p.structure.lattice.a for p in merged[:3]] == [p.structure.lattice.a for p in first]
+    merged[0].structure.scale_lattice(1000.0)  # downstream edits must not leak into the cache
+    again, _ = pipeline.sample_all(None, [a], 3, 0, cache=cache)
+    assert again[0].structure.lattice.a == pytest.approx(5.0)
+    pipeline.sample_all(None, [a], 4, 0, cache=cache)  # another n: sampled anew
+    pipeline.sample_all(None, [a], 3, None, cache=cache)  # unseeded: never reused
+    assert calls == ["a", "b", "a", "a"]
