@@ -189,13 +189,6 @@ class _Progress:
         return lambda k=1: self.prog.advance(tid, k)
 
 
-def _copy_proposal(p: Proposal) -> Proposal:
-    import dataclasses
-
-    return dataclasses.replace(p, structure=p.structure.copy(), scores=dict(p.scores), refined=dict(p.refined),
-                               provenance=dict(p.provenance))
-
-
 def sample_all(observation: Observation, backends: list, n: int, seed: int | None, progress: _Progress | None = None,
                cache: dict | None = None):
     """Raw proposals of every backend (merged), and per-backend timings/errors.
@@ -213,7 +206,7 @@ def sample_all(observation: Observation, backends: list, n: int, seed: int | Non
         key = (be.name, int(n), seed)
         if cache is not None and seed is not None and key in cache:
             got, first_info = cache[key]
-            props.extend(_copy_proposal(p) for p in got)
+            props.extend(p.copy() for p in got)
             info[be.name] = {**first_info, "reused": True}
             continue
         t0 = time.perf_counter()
@@ -232,7 +225,7 @@ def sample_all(observation: Observation, backends: list, n: int, seed: int | Non
         info[be.name] = {"proposals": len(got), "sample_s": round(time.perf_counter() - t0, 3),
                          "version": getattr(be, "version", None)}
         if cache is not None and seed is not None:
-            cache[key] = ([_copy_proposal(p) for p in got], dict(info[be.name]))
+            cache[key] = ([p.copy() for p in got], dict(info[be.name]))
         props.extend(got)
     if not props:
         raise BackendError("no backend produced a proposal: " + "; ".join(errors))

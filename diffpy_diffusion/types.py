@@ -278,6 +278,11 @@ class Proposal:
     refined: dict[str, dict[str, float]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    def copy(self) -> Proposal:
+        """An independent copy: structure and the score/refined/provenance dicts (one level) copied."""
+        return Proposal(structure=self.structure.copy(), backend=self.backend, seed=self.seed, scores=dict(self.scores),
+                        refined=dict(self.refined), provenance=dict(self.provenance))
+
     def to_diffpy(self):
         """The structure as a :class:`diffpy.structure.Structure` (Uiso kept when present)."""
         from .io.structures import pymatgen_to_diffpy

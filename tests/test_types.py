@@ -61,3 +61,18 @@ def test_proposal_to_diffpy():
     ds = p.to_diffpy()
     assert len(ds) == 2 and ds.lattice.a == pytest.approx(5.64)
     assert p.formula == "NaCl"
+
+
+def test_proposal_copy_is_independent():
+    from pymatgen.core import Lattice, Structure
+
+    from diffpy_diffusion.types import Proposal
+
+    p = Proposal(structure=Structure(Lattice.cubic(4.0), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]), backend="x",
+                 seed=3, scores={"screen_rwp": 0.1}, provenance={"z": 1})
+    q = p.copy()
+    q.structure.scale_lattice(100.0)
+    q.scores["rw"] = 0.2
+    q.provenance["z"] = 2
+    assert p.structure.lattice.a == 4.0 and p.scores == {"screen_rwp": 0.1} and p.provenance == {"z": 1}
+    assert (q.backend, q.seed) == ("x", 3)

@@ -265,15 +265,11 @@ class DiffusionBackend:
 
     def _z_evidence(self, observation, pilot: list[Proposal], zs: list[int]) -> np.ndarray:
         """exp(−(Rwp_Z − Rwp_best) / T) per Z from a screen of the pilot; 1 for Z the pilot did not sample."""
-        import dataclasses
-
         from ...screen import screen
 
-        copies = [dataclasses.replace(p, structure=p.structure.copy(), scores=dict(p.scores),
-                                      provenance=dict(p.provenance)) for p in pilot]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ranked = screen(observation, copies, 1, do_dedupe=False).ranked
+            ranked = screen(observation, [p.copy() for p in pilot], 1, do_dedupe=False).ranked
         best: dict[int, float] = {}
         for q in ranked:
             z = int(q.provenance["z"])
