@@ -334,8 +334,12 @@ class DiffusionBackend:
                 lat_new = project_lattice(lat_new, metric)
             for _ in range(self.corrector_steps if s > 0 else 0):
                 # Langevin corrector on the coordinates at time s (predictor-corrector, as in DiffCSP)
+                ts_ = torch.full((B,), s)
                 with torch.no_grad():
-                    _pl, pf_s = model(numbers, frac_new, lat_new, torch.full((B,), s), mask, cond=cc)
+                    _pl, pf_s = model(numbers, frac_new, lat_new, ts_, mask, cond=cc)
+                    if cn is not None:  # the same classifier-free guidance as the predictor
+                        _ul, uf_s = model(numbers, frac_new, lat_new, ts_, mask, cond=cn)
+                        pf_s = uf_s + self.cfg_scale * (pf_s - uf_s)
                 frac_new = proc.corrector(frac_new, pf_s.float(), s, mask, step_lr=self.corrector_lr, generator=gen)
             lat, frac = lat_new, frac_new
         lat, frac = denormalise_lattice(lat, natoms).double(), frac.double()
