@@ -237,10 +237,11 @@ def sample_all(observation: Observation, backends: list, n: int, seed: int | Non
 RW_TIE = 0.02
 
 
-def _rank_key(p: Proposal):
+def _rank_key(p: Proposal, position: int):
+    """Refined candidates by Rw first, then the unrefined ones in the order screening kept them."""
     rw = p.scores.get("rw")
     refined = rw is not None and np.isfinite(rw)
-    return (0 if refined else 1, rw if refined else p.scores.get("screen_rwp", np.inf))
+    return (0, rw) if refined else (1, position)
 
 
 def rank_refined(done: list) -> list:
@@ -249,7 +250,7 @@ def rank_refined(done: list) -> list:
     (a supercell or a distorted variant that refined back into the same structure)."""
     from .screen import dedupe
 
-    base = sorted(done, key=lambda pr: _rank_key(pr[0]))
+    base = [pr for _, pr in sorted(enumerate(done), key=lambda ipr: _rank_key(ipr[1][0], ipr[0]))]
     out: list = []
     for pr in base:
         # insertion with parsimony: move ahead of near-tied candidates with more parameters
@@ -450,7 +451,9 @@ def propose(
     Returns
     -------
     list of Proposal
-        Ranked: refined ones by Rw (``scores["rw"]``), then unrefined by screening Rwp.
+        Ranked: refined ones by Rw (``scores["rw"]``), then unrefined in screening order (by
+        screening Rwp; for merged backends ``a+b``, the backends' rankings taken in turn, see
+        :func:`diffpy_diffusion.screen.fuse_by_backend`).
         ``refined`` holds the refined parameters with esds.
 
     Raises

@@ -55,7 +55,8 @@ class ScreenResult:
     Attributes
     ----------
     kept : list[Proposal]
-        The best ``k`` distinct candidates, best first, structures strained/scaled to the fit,
+        The best ``k`` distinct candidates, best first (proposals of several backends: their
+        rankings in turn, see ``fuse_backends``), structures strained/scaled to the fit,
         ``scores["screen_rwp"]`` set and ``provenance["screen"]`` holding the fitted
         ``scale``, ``size_nm``, ``zero_deg``, ``uiso``.
     ranked : list[Proposal]
@@ -531,6 +532,25 @@ def _refine_scales(evaluate, n: int, coarse=COARSE_SCALES, extra: np.ndarray | N
     return [b2 if b2[0] <= b1[0] else b1 for b1, b2 in zip(best, best2)]
 
 
+def fuse_by_backend(ranked: list[Proposal]) -> list[Proposal]:
+    """Interleave the backends' rankings: the best of each, then the second of each, and so on.
+
+    Screening Rwp is not comparable across backends: a template is an idealised, symmetric
+    structure that fits a pattern's peak positions well even when it is the wrong one, while a
+    sampled structure that is right can still carry coordinate noise.  Taking turns (the
+    backend whose best candidate screens best goes first) keeps each backend's leaders in a
+    short list, as reciprocal-rank fusion does with one list per backend.  ``ranked`` is
+    ordered best first; with one backend it is returned unchanged.
+    """
+    by: dict[str, list[Proposal]] = {}
+    for p in ranked:
+        by.setdefault(p.backend, []).append(p)
+    if len(by) < 2:
+        return list(ranked)
+    lists = list(by.values())  # insertion order = order of each backend's best candidate in `ranked`
+    return [lst[i] for i in range(max(map(len, lists))) for lst in lists if i < len(lst)]
+
+
 def dedupe(proposals, k: int | None = None, *, ltol: float = 0.2, stol: float = 0.3, angle_tol: float = 5.0,
            max_compare: int = 50):
     """Drop proposals that pymatgen's ``StructureMatcher`` finds equal to a better one (list order = rank).
@@ -580,7 +600,7 @@ def _unique_axis(lattice, tol: float = 1e-3) -> int | None:
 
 def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, gradient_steps: int = 40,
            gradient_top: int | None = None, do_dedupe: bool = True,
-           axial_ratios: tuple[float, ...] = (0.85, 0.92, 1.08, 1.15)) -> ScreenResult:
+           axial_ratios: tuple[float, ...] = (0.85, 0.92, 1.08, 1.15), fuse_backends: bool = True) -> ScreenResult:
     """Pre-fit all proposals against ``observation``, rank by screening Rwp, dedupe, keep the best ``k``.
 
     Parameters
@@ -599,6 +619,9 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
         Remove StructureMatcher duplicates.
     axial_ratios : tuple of float
         Extra scales of the unique axis tried for tetragonal/hexagonal cells in stage A (PXRD).
+    fuse_backends : bool
+        When the proposals come from several backends (``a+b``), fill ``kept`` from each
+        backend's own ranking in turn (:func:`fuse_by_backend`) instead of by one screening Rwp.
 
     Returns
     -------
@@ -704,9 +727,10 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
                      provenance={**p.provenance, "screen": {k2: (float(v) if isinstance(v, (float, np.floating)) else v)
                                                             for k2, v in info[i].items()}})
         ranked.append(q)
+    order = fuse_by_backend(ranked) if fuse_backends else ranked
     if do_dedupe:
-        kept, dropped = dedupe(ranked, k)
+        kept, dropped = dedupe(order, k)
     else:
-        kept, dropped = ranked[:k], 0
+        kept, dropped = order[:k], 0
     timings["total"] = time.perf_counter() - t0
     return ScreenResult(kept, ranked, failed=failed, duplicates=dropped, timings=timings)

@@ -113,3 +113,24 @@ def test_dedupe_drops_supercell():
 def test_empty_and_failed():
     obs = _xrd_obs(_nacl())
     assert S.screen(obs, [], k=3).kept == []
+
+
+def test_fuse_by_backend_takes_turns_best_backend_first():
+    a1, a2, a3, b1, b2 = (Proposal(_nacl(5.0 + i / 10), name) for i, name in enumerate("aaabb"))
+    ranked = [a1, a2, a3, b1, b2]  # every candidate of a screens better than any of b
+    assert S.fuse_by_backend(ranked) == [a1, b1, a2, b2, a3]
+    assert S.fuse_by_backend([a1, a2]) == [a1, a2]
+    assert S.fuse_by_backend([b1, a1, a2]) == [b1, a1, a2]
+
+
+def test_merged_backends_keep_each_backends_best_in_a_short_list():
+    """k = 2 of two backends: the best of each, the better one first, whatever the other Rwp are."""
+    truth = _nacl()
+    obs = _xrd_obs(truth)
+    cscl, zb, wz = _decoys()
+    props = [Proposal(s, "idealised") for s in (truth, zb, cscl)] + [Proposal(wz, "sampled")]
+    res = S.screen(obs, props, k=2)
+    assert [p.backend for p in res.kept] == ["idealised", "sampled"]
+    assert res.kept[0].structure.lattice.a == pytest.approx(5.64, rel=0.004)
+    by_rwp = S.screen(obs, props, k=4, fuse_backends=False).kept
+    assert [p.scores["screen_rwp"] for p in by_rwp] == sorted(p.scores["screen_rwp"] for p in by_rwp)
