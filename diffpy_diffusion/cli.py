@@ -857,7 +857,8 @@ def train(ctx):
               help="Template library of the templates backend: aflow (default), training-pool, or a folder/CSV.")
 @backend_options_option()
 @click.option("--refine-top", type=click.IntRange(0, None), default=1, show_default=True,
-              help="Refine only the best this many of --top; matches are counted among all --top. "
+              help="Refine only the best this many of --top (of each backend for a+b); matches are counted "
+                   "among all --top. "
                    "(First 10 targets at 10 nm: refining all 10 left the diffusion top-10 rate unchanged "
                    "and doubled the time; raising --n from 32 to 128 tripled it.)")
 @click.option("--workers", "-j", type=click.IntRange(1, 1024), default=1, show_default=True,

@@ -442,8 +442,9 @@ def propose(
     screen_options, refine_options : dict, optional
         Passed to :func:`screen.screen` and :func:`refine.refine_structure`.
     refine_top : int, optional
-        Refine only the best this many of the ``top`` screened candidates (default: all);
-        the others follow in screening order, unrefined (``scores["rw"]`` absent).
+        Refine only the best this many of the ``top`` screened candidates (default: all), the
+        best this many *of each backend* when backends are merged (``a+b``); the others follow
+        in screening order, unrefined (``scores["rw"]`` absent).
     sample_cache : dict, optional
         Reuse raw proposals across calls for the *same* observation and backend options (see
         :func:`sample_all`); ``evaluate`` uses it so that ``a``, ``b`` and ``a+b`` sample once.
@@ -513,7 +514,10 @@ def propose(
 
         t0 = time.perf_counter()
         try:
-            nref = len(sres.kept) if refine_top is None else max(0, min(int(refine_top), len(sres.kept)))
+            # merged backends take turns in the short list (screen.fuse_by_backend), so the first
+            # refine_top × (number of backends) are each backend's best refine_top
+            per = 1 if len({p.backend for p in sres.kept}) < 2 else len(backends)
+            nref = len(sres.kept) if refine_top is None else max(0, min(int(refine_top) * per, len(sres.kept)))
             rest = [(p, None) for p in sres.kept[nref:]] if refine else []
             if refine and nref:
                 checkpoint([(p, None) for p in sres.kept])  # screened candidates survive a Ctrl-C

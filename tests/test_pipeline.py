@@ -233,3 +233,11 @@ def test_sample_cache_reuses_a_backends_proposals_as_copies():
     pipeline.sample_all(None, [a], 4, 0, cache=cache)  # another n: sampled anew
     pipeline.sample_all(None, [a], 3, None, cache=cache)  # unseeded: never reused
     assert calls == ["a", "b", "a", "a"]
+
+
+def test_merged_backends_refine_the_best_of_each(nacl_obs):
+    """refine_top=1 with a+b: one refinement per backend, each backend's best; the rest unrefined."""
+    props = pipeline.propose(nacl_obs, backend="templates+random", n=6, top=4, refine_top=1, progress=False)
+    refined = [p for p in props if p.scores.get("rw") is not None]
+    assert sorted(p.backend for p in refined) == ["random", "templates"]
+    assert all(p.scores.get("rw") is None for p in props[len(refined):])
