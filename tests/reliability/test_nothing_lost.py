@@ -32,6 +32,8 @@ def blank_timing(obj):
 # Writes that are allowed to be non-atomic, with the reason.
 _ALLOWED_PLAIN_WRITES = {
     ("backends/diffusion/train.py", "open(log_path"): "log.csv is an append-only progress log, not a result",
+    ("evaluate/protocol.py", "open(partial"): "evaluation.partial.jsonl is an append-only progress log; the "
+                                              "result, evaluation.json, is written atomically",
     ("backends/priors.py", "open(path or PRIORS_FILE"): "developer tool regenerating package data",
     ("backends/priors.py", "json.dump(out, fh"): "same: the file opened on the line above",
     ("physics/benchmark.py", "open(os.devnull"): "silences output",
