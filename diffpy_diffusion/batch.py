@@ -402,6 +402,21 @@ def _remove_stale_partials(out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _remove_stale_temp_files(out: Path, started_at: float) -> None:
+    """Delete the atomic writers' temp files (``.NAME.*.tmp``) in ``out`` that predate this run.
+
+    A kill -9 during a write leaves one behind (``io.writers`` renames it into place only when
+    the write completes).  A write takes milliseconds, so a temp file older than this whole run
+    belongs to a process that is gone; newer ones are left alone.
+    """
+    for tmp in out.glob(".*.tmp"):
+        try:
+            if tmp.is_file() and tmp.stat().st_mtime < started_at:
+                tmp.unlink()
+        except OSError:  # removed meanwhile, or not ours to remove
+            continue
+
+
 def _write_failure(out: Path, name: str, error: TaskError, meta: dict) -> None:
     from .io import write_json
 
@@ -577,6 +592,7 @@ def propose_batch(patterns: str | os.PathLike | Sequence[str | os.PathLike], out
         if old.get("settings_key") != key:
             raise OutputExistsError(f"{out} holds a batch run with other settings ({old.get('settings')}); "
                                     "use another -o folder or --force to redo everything")
+    started_at = time.time()
     _remove_stale_partials(out)
     from . import __version__
     from .io import write_json
@@ -624,6 +640,7 @@ def propose_batch(patterns: str | os.PathLike | Sequence[str | os.PathLike], out
             advance(name)
     rows = [_summary_row(f.stem, rows_comp[f.stem], out) for f in files]
     write_summary(out, rows)
+    _remove_stale_temp_files(out, started_at)
     return BatchSummary(rows=rows, computed=computed, skipped=skipped, failed=failed, output_dir=out,
                         seconds=time.perf_counter() - t0)
 

@@ -225,3 +225,22 @@ def test_cli_dask_scheduler_and_workers(tmp_path, patterns):
     assert answers(tmp_path / "dask") == answers(tmp_path / "w1")
     bad = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "x"), "--dask-scheduler", "tcp://127.0.0.1:9"])
     assert bad.exit_code == 2 and "Dask scheduler" in bad.output
+
+
+def test_stale_writer_temp_files_are_removed_but_not_fresh_ones(tmp_path):
+    """A kill -9 mid-write leaves ``.summary.csv.XXXX.tmp``; the next run removes it, never a newer one."""
+    import os
+    import time
+
+    from diffpy_diffusion.batch import _remove_stale_temp_files
+
+    stale = tmp_path / ".summary.csv.k_h3prhp.tmp"
+    stale.write_text("half")
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    started = time.time() - 1
+    fresh = tmp_path / ".summary.csv.abcdef.tmp"
+    fresh.write_text("being written")
+    keep = tmp_path / "summary.csv"
+    keep.write_text("done")
+    _remove_stale_temp_files(tmp_path, started)
+    assert not stale.exists() and fresh.exists() and keep.exists()
