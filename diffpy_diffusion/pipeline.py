@@ -515,8 +515,8 @@ def propose(
         t0 = time.perf_counter()
         try:
             # merged backends take turns in the short list (screen.fuse_by_backend), so the first
-            # refine_top × (number of backends) are each backend's best refine_top
-            per = 1 if len({p.backend for p in sres.kept}) < 2 else len(backends)
+            # refine_top × (backends in it) are each backend's best refine_top
+            per = max(1, len({p.backend for p in sres.kept}))
             nref = len(sres.kept) if refine_top is None else max(0, min(int(refine_top) * per, len(sres.kept)))
             rest = [(p, None) for p in sres.kept[nref:]] if refine else []
             if refine and nref:
