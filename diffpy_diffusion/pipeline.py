@@ -495,7 +495,11 @@ def propose(
         for k, v in info.items():
             meta["backends"].setdefault(k, {}).update(v)
         t0 = time.perf_counter()
-        sres = screen(observation, raw, top, **(screen_options or {}))
+        sopts = dict(screen_options or {})
+        if refine_top is not None:
+            # merged backends: the candidates each backend refines stay in, as if it had run alone
+            sopts.setdefault("backend_leaders", max(1, int(refine_top)))
+        sres = screen(observation, raw, top, **sopts)
         timings["screen_s"] = round(time.perf_counter() - t0, 3)
         meta["screen"] = {"raw": len(raw), "evaluated": len(sres.ranked), "failed": sres.failed,
                           "duplicates_dropped": sres.duplicates, "kept": len(sres.kept),

@@ -552,20 +552,25 @@ def fuse_by_backend(ranked: list[Proposal]) -> list[Proposal]:
 
 
 def dedupe(proposals, k: int | None = None, *, ltol: float = 0.2, stol: float = 0.3, angle_tol: float = 5.0,
-           max_compare: int = 50):
+           max_compare: int = 50, own_backend_only: set[int] | None = None):
     """Drop proposals that pymatgen's ``StructureMatcher`` finds equal to a better one (list order = rank).
 
+    ``own_backend_only`` holds ``id()`` s of proposals that are compared only with better ones
+    of their own backend (see :func:`screen`'s ``backend_leaders``).
     Returns (kept, number dropped).  Stops after ``k`` kept when ``k`` is given.
     """
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     sm = StructureMatcher(ltol=ltol, stol=stol, angle_tol=angle_tol, primitive_cell=True, scale=True,
                           attempt_supercell=False)
+    own = own_backend_only or set()
     kept, dropped = [], 0
     for p in proposals:
         dup = False
         for q in kept[:max_compare]:
             if p.structure.composition.reduced_formula != q.structure.composition.reduced_formula:
+                continue
+            if id(p) in own and q.backend != p.backend:
                 continue
             try:
                 with warnings.catch_warnings():
@@ -600,7 +605,8 @@ def _unique_axis(lattice, tol: float = 1e-3) -> int | None:
 
 def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, gradient_steps: int = 40,
            gradient_top: int | None = None, do_dedupe: bool = True,
-           axial_ratios: tuple[float, ...] = (0.85, 0.92, 1.08, 1.15), fuse_backends: bool = True) -> ScreenResult:
+           axial_ratios: tuple[float, ...] = (0.85, 0.92, 1.08, 1.15), fuse_backends: bool = True,
+           backend_leaders: int = 1) -> ScreenResult:
     """Pre-fit all proposals against ``observation``, rank by screening Rwp, dedupe, keep the best ``k``.
 
     Parameters
@@ -614,7 +620,8 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
     gradient_steps : int
         Adam steps of stage B (PXRD); 0 skips stage B.
     gradient_top : int, optional
-        How many stage-A leaders enter stage B (default ``max(3 k, 12)``).
+        How many stage-A leaders enter stage B (default ``max(3 k, 12)``); of each backend when
+        ``fuse_backends`` merges several.
     do_dedupe : bool
         Remove StructureMatcher duplicates.
     axial_ratios : tuple of float
@@ -622,6 +629,13 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
     fuse_backends : bool
         When the proposals come from several backends (``a+b``), fill ``kept`` from each
         backend's own ranking in turn (:func:`fuse_by_backend`) instead of by one screening Rwp.
+    backend_leaders : int
+        With ``fuse_backends``: each backend's best this many distinct candidates stay in
+        ``kept`` even when ``StructureMatcher`` finds them equal to another backend's, so a
+        merged short list holds what each backend alone would have put first.  Two backends'
+        near-identical screened structures can refine apart (an H ordering, a small
+        distortion the pattern shows only once refined); refined duplicates are removed after
+        refinement (:func:`diffpy_diffusion.pipeline.rank_refined`).
 
     Returns
     -------
@@ -692,7 +706,14 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
     # stage B: gradient strain/size/zero for the leaders (PXRD)
     if observation.kind == "xrd" and gradient_steps > 0:
         m = gradient_top or max(3 * k, 12)
-        lead = [int(i) for i in order[:m] if np.isfinite(rwp[i])]
+        per_backend: dict[str, list[int]] = {}
+        for i in order:
+            if np.isfinite(rwp[i]):
+                # merged backends: each backend's own leaders, as if screened alone (stage B is per candidate)
+                lst = per_backend.setdefault(props[i].backend if fuse_backends else "", [])
+                if len(lst) < m:
+                    lst.append(int(i))
+        lead = sorted((i for lst in per_backend.values() for i in lst), key=lambda i: rwp[i])
         if lead:
             import torch
 
@@ -729,7 +750,13 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
         ranked.append(q)
     order = fuse_by_backend(ranked) if fuse_backends else ranked
     if do_dedupe:
-        kept, dropped = dedupe(order, k)
+        own: set[int] = set()
+        backends = list(dict.fromkeys(p.backend for p in ranked))
+        if fuse_backends and len(backends) > 1 and backend_leaders > 0:
+            for b in backends:
+                leaders, _ = dedupe([p for p in ranked if p.backend == b], backend_leaders)
+                own.update(id(p) for p in leaders)
+        kept, dropped = dedupe(order, k, own_backend_only=own)
     else:
         kept, dropped = order[:k], 0
     timings["total"] = time.perf_counter() - t0

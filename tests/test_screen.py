@@ -134,3 +134,41 @@ def test_merged_backends_keep_each_backends_best_in_a_short_list():
     assert res.kept[0].structure.lattice.a == pytest.approx(5.64, rel=0.004)
     by_rwp = S.screen(obs, props, k=4, fuse_backends=False).kept
     assert [p.scores["screen_rwp"] for p in by_rwp] == sorted(p.scores["screen_rwp"] for p in by_rwp)
+
+
+def test_dedupe_own_backend_only_compares_within_its_backend():
+    sup = _nacl()
+    sup.make_supercell([2, 1, 1])
+    a, b, c = Proposal(_nacl(), "x"), Proposal(sup, "y"), Proposal(sup.copy(), "x")
+    kept, dropped = S.dedupe([a, b, c], own_backend_only={id(b), id(c)})
+    # b is another backend's copy of a: kept; c duplicates a of its own backend: dropped
+    assert kept == [a, b] and dropped == 1
+    assert S.dedupe([a, b, c])[0] == [a]
+
+
+def test_merged_backends_keep_each_backends_leader_even_when_they_coincide():
+    """Two backends found the same structure: both leaders stay (they may refine apart), unless switched off."""
+    truth = _nacl()
+    obs = _xrd_obs(truth)
+    sup = _nacl(5.66)
+    sup.make_supercell([1, 1, 2])  # a StructureMatcher duplicate of the truth
+    props = [Proposal(truth, "idealised"), Proposal(_decoys()[1], "idealised"), Proposal(sup, "sampled")]
+    res = S.screen(obs, props, k=3)
+    assert sorted(p.backend for p in res.kept[:2]) == ["idealised", "sampled"]
+    assert res.duplicates == 0
+    off = S.screen(obs, props, k=3, backend_leaders=0)
+    assert [p.backend for p in off.kept] == ["idealised", "idealised"] and off.duplicates == 1
+
+
+def test_stage_b_takes_each_backends_leaders_when_merged():
+    """gradient_top counts per backend: the best of the weaker backend is strain-fitted too."""
+    truth = _nacl()
+    obs = _xrd_obs(truth)
+    strained = [_nacl(5.64 * (1 + e)) for e in (0.004, 0.006)]
+    rect = strained[1].copy()
+    rect.apply_strain([0.0, 0.0, 0.01])  # tetragonal: stage A's isotropic scale cannot fit it
+    props = [Proposal(strained[0], "a"), Proposal(rect, "b")]
+    merged = S.screen(obs, props, k=2, gradient_top=1, backend_leaders=0, do_dedupe=False)
+    assert all(p.provenance["screen"].get("stage") == "gradient" for p in merged.ranked)
+    alone = S.screen(obs, props, k=2, gradient_top=1, fuse_backends=False, do_dedupe=False)
+    assert sum(p.provenance["screen"].get("stage") == "gradient" for p in alone.ranked) == 1
