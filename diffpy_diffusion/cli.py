@@ -868,11 +868,15 @@ def train(ctx):
                    "(needs the 'dask' extra). Overrides --workers.")
 @output_option(None, "Folder for per-structure results and the summary.")
 @force_option
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --output: reuse the targets it finished (an interrupted run's "
+                   "evaluation.partial.jsonl, or evaluation.json when --limit grows) and evaluate the rest. "
+                   "The other options must be the same.")
 @json_option
 @quiet_option
 @debug_option
 def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, seed, library, backend_options, refine_top,
-             workers, dask_scheduler, output, force, as_json, quiet):
+             workers, dask_scheduler, output, force, resume, as_json, quiet):
     """Benchmark a backend on simulated patterns of known structures (match rate, RMSE, Rwp, time)."""
     try:
         from .evaluate import run_evaluation
@@ -882,7 +886,7 @@ def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, see
                    # evaluate compares comma-separated backends one by one (a+b still merges)
                    backend=",".join(resolve_backend(b, quiet or as_json) for b in backend.split(",") if b.strip()),
                    n=n, top=top, seed=seed, output_dir=output, force=force, as_json=as_json, quiet=quiet,
-                   workers=workers,
+                   workers=workers, resume=resume,
                    library=library, refine_top=refine_top, backend_options=backend_options,
                    **({"scheduler": dask_scheduler} if dask_scheduler else {}))
 

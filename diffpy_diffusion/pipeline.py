@@ -232,6 +232,13 @@ def sample_all(observation: Observation, backends: list, n: int, seed: int | Non
     return props, info
 
 
+def cached_sample_seconds(cache: dict, names) -> float:
+    """Seconds the backends ``names`` first spent sampling the proposals held in a :func:`sample_all` cache."""
+    wanted = set(names)
+    return float(sum(first_info.get("sample_s", 0.0) for (name, _, _), (_, first_info) in cache.items()
+                     if name in wanted))
+
+
 #: Refined candidates whose Rw differ by less than this fraction count as equally good;
 #: the one with fewer refined parameters (higher symmetry) then ranks first.
 RW_TIE = 0.02

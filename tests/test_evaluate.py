@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
+from diffpy_diffusion.errors import DiffpyDiffusionError, OutputExistsError
 from diffpy_diffusion.evaluate import protocol as P
 
 
@@ -76,7 +77,6 @@ def test_run_evaluation_on_a_small_csv(tmp_path):
     assert (out / "evaluation.md").read_text().startswith("Evaluation on")
     saved = json.loads((out / "evaluation.json").read_text())
     assert [r["material_id"] for r in saved["records"]] == ["t-1", "t-2"]
-    from diffpy_diffusion.errors import OutputExistsError
 
     with pytest.raises(OutputExistsError):
         P.run_evaluation(dataset=str(csv), limit=1, backend="templates", output_dir=out, quiet=True)
@@ -112,9 +112,49 @@ def test_interrupted_run_keeps_finished_targets(tmp_path, monkeypatch):
         P.run_evaluation(dataset=str(csv), limit=2, size_nm="10nm", backend="templates", n=20, top=3,
                          refine_top=0, output_dir=out, quiet=True)
     lines = (out / P.PARTIAL).read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])[0]["material_id"] == "t-1"
+    assert len(lines) == 2 and json.loads(lines[0])["meta"]["limit"] == 2
+    assert json.loads(lines[1])[0]["material_id"] == "t-1"
     assert not (out / "evaluation.json").exists()
     monkeypatch.setattr(batch, "map_tasks", real)
-    P.run_evaluation(dataset=str(csv), limit=1, size_nm="10nm", backend="templates", n=20, top=3, refine_top=0,
-                     output_dir=out, quiet=True)
+    opts = dict(dataset=str(csv), size_nm="10nm", backend="templates", n=20, top=3, refine_top=0, output_dir=out,
+                quiet=True)
+    with pytest.raises(OutputExistsError, match="--resume"):  # a rerun never wipes the finished targets
+        P.run_evaluation(limit=2, **opts)
+    with pytest.raises(DiffpyDiffusionError, match="top: 3 there, 4 now"):
+        P.run_evaluation(limit=2, resume=True, **{**opts, "top": 4})
+    ran = []
+
+    def spy(fn, tasks, **kw):
+        ran.extend(t["index"] for t in tasks)
+        yield from real(fn, tasks, **kw)
+
+    monkeypatch.setattr(batch, "map_tasks", spy)
+    doc = P.run_evaluation(limit=2, resume=True, **opts)
+    assert ran == [1] and [r["material_id"] for r in doc["records"]] == ["t-1", "t-2"]
+    assert doc["meta"]["resumed_targets"] == 1
     assert (out / "evaluation.json").exists() and not (out / P.PARTIAL).exists()
+
+
+def test_resume_extends_a_finished_run(tmp_path, monkeypatch):
+    """--resume with a larger --limit evaluates only the new targets; a cut last partial line is re-run."""
+    import pandas as pd
+
+    from diffpy_diffusion import batch
+
+    cscl = Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    csv = tmp_path / "set.csv"
+    pd.DataFrame({"material_id": ["t-1", "t-2"], "cif": [_nacl().to(fmt="cif"), cscl.to(fmt="cif")]}).to_csv(csv)
+    opts = dict(dataset=str(csv), size_nm="10nm", backend="templates", n=20, top=3, refine_top=0,
+                output_dir=tmp_path / "ev", quiet=True)
+    first = P.run_evaluation(limit=1, **opts)
+    real, ran = batch.map_tasks, []
+
+    def spy(fn, tasks, **kw):
+        ran.extend(t["index"] for t in tasks)
+        yield from real(fn, tasks, **kw)
+
+    monkeypatch.setattr(batch, "map_tasks", spy)
+    doc = P.run_evaluation(limit=2, resume=True, **opts)
+    assert ran == [1] and doc["records"][0] == first["records"][0] and len(doc["records"]) == 2
+    with pytest.raises(DiffpyDiffusionError, match="--force starts over"):
+        P.run_evaluation(limit=2, resume=True, force=True, **opts)

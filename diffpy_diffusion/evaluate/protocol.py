@@ -45,8 +45,12 @@ UISO = 0.005
 #: StructureMatcher tolerances of the protocol.
 MATCH = {"stol": 0.3, "ltol": 0.2, "angle_tol": 5.0}
 KS = (1, 5, 10)
-#: Per-target records of a run in progress (JSON lines) in the output folder.
+#: Per-target records of a run in progress (JSON lines) in the output folder: a first line
+#: ``{"meta": ...}`` with the run's settings, then one JSON list of records per finished target.
 PARTIAL = "evaluation.partial.jsonl"
+#: Settings that must be equal for ``--resume`` to reuse earlier targets' records.
+RESUME_KEYS = ("dataset", "size_nm", "wavelength", "n", "top", "refine_top", "seed", "backends", "library",
+               "backend_options", "match", "noise", "n_q", "version")
 
 
 def simulate_target(structure, size_nm: float, *, seed: int = 0, n_q: int = N_Q,
@@ -120,7 +124,7 @@ class TargetResult:
 def _eval_one(task: dict) -> list[dict]:
     """Evaluate one target with every backend spec (module-level: runs in worker processes)."""
     from ..datasets import Entry
-    from ..pipeline import propose
+    from ..pipeline import cached_sample_seconds, propose
 
     entry = Entry(**task["entry"])
     truth = entry.structure()
@@ -129,7 +133,7 @@ def _eval_one(task: dict) -> list[dict]:
     cache: dict = {}  # a, b and a+b of one target sample each backend once (same seed, same proposals)
     for spec in task["backends"]:
         t0 = time.perf_counter()
-        reused_s = sum(v[1].get("sample_s", 0.0) for k, v in cache.items() if k[0] in spec.split("+"))
+        reused_s = cached_sample_seconds(cache, spec.split("+"))
         tr = TargetResult(task["index"], entry.material_id, truth.composition.reduced_formula, spec, len(truth),
                           entry.spacegroup)
         try:
@@ -220,6 +224,67 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _previous_records(out: Path, meta: dict, entries) -> list[dict]:
+    """Records of finished targets in ``out`` (``evaluation.json``, then the partial file) that ``--resume`` reuses.
+
+    Raises
+    ------
+    DiffpyDiffusionError
+        The earlier run used other settings (:data:`RESUME_KEYS`), another target list, or its
+        partial file has no settings line.
+    """
+    from ..errors import InputFileError
+
+    found: dict[int, list[dict]] = {}
+    sources = []
+    full = out / "evaluation.json"
+    if full.exists():
+        doc = json.loads(full.read_text(encoding="utf-8"))
+        sources.append((full, doc.get("meta"), [doc.get("records", [])]))
+    part = out / PARTIAL
+    if part.exists():
+        head, groups = None, []
+        for lineno, line in enumerate(part.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                # a kill during the append leaves a cut last line: that target runs again
+                warnings.warn(f"{part}:{lineno}: not a complete JSON line (ignored; that target runs again)",
+                              stacklevel=3)
+                continue
+            if isinstance(obj, dict) and "meta" in obj and lineno == 1:
+                head = obj["meta"]
+            elif isinstance(obj, list):
+                groups.append(obj)
+            else:
+                raise InputFileError(part, "expected a JSON list of one target's records", line=lineno)
+        if head is None:
+            raise DiffpyDiffusionError(f"{part}: no settings line (written by an older version), so it cannot be "
+                                       "checked against this run; pass --force to start over")
+        sources.append((part, head, groups))
+    for path, old, groups in sources:
+        diff = [k for k in RESUME_KEYS if (old or {}).get(k) != meta.get(k)]
+        if diff:
+            show = ", ".join(f"{k}: {(old or {}).get(k)!r} there, {meta.get(k)!r} now" for k in diff)
+            raise DiffpyDiffusionError(f"{path}: cannot resume, the earlier run used other settings ({show}); "
+                                       "pass the same options, or --force to start over")
+        for group in groups:
+            for r in group:
+                i = int(r["index"])
+                if i < len(entries) and r["material_id"] != entries[i].material_id:
+                    raise DiffpyDiffusionError(f"{path}: target {i} is {r['material_id']} there but "
+                                               f"{entries[i].material_id} now (another target list); "
+                                               "pass --force to start over")
+                found.setdefault(i, [])
+                if all(x["backend"] != r["backend"] for x in found[i]):
+                    found[i].append(r)
+    specs = set(meta["backends"])
+    return [r for i in sorted(found) if i < len(entries) and {x["backend"] for x in found[i]} >= specs
+            for r in found[i]]
+
+
 def _parse_size(size_nm) -> float:
     if size_nm is None:
         return 10.0
@@ -234,7 +299,7 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
                    wavelength=None, backend: str = "diffusion", n: int = 200, top: int = 10,
                    refine_top: int | None = None, seed: int = 0, output_dir=None, force: bool = False,
                    as_json: bool = False, quiet: bool = False, workers: int = 1, library: str | None = None,
-                   backend_options: dict | None = None, scheduler=None) -> dict[str, Any]:
+                   backend_options: dict | None = None, scheduler=None, resume: bool = False) -> dict[str, Any]:
     """Run the evaluation protocol; print and (optionally) write the summary.
 
     Parameters
@@ -255,12 +320,17 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
         Template library for the ``templates`` backend (e.g. ``"training-pool"``).
     wavelength : ignored
         The protocol fixes Cu Kα (1.54184 Å); accepted for CLI symmetry.
+    resume : bool
+        Reuse the targets an earlier run in ``output_dir`` finished (its ``evaluation.json``
+        or the partial file an interrupted run left) and evaluate only the others; the
+        settings must be the same (:data:`RESUME_KEYS`), ``limit`` may grow.
 
     Returns
     -------
     dict
         ``{"meta", "summary", "records"}``.
     """
+    from .. import __version__
     from ..datasets import eval_set
     from ..io import atomic_write_text, write_json
 
@@ -271,11 +341,15 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
     out = None
     if output_dir is not None:
         out = Path(output_dir)
-        for name in ("evaluation.json", "evaluation.md"):
-            if (out / name).exists() and not force:
-                from ..errors import OutputExistsError
+        from ..errors import OutputExistsError
 
-                raise OutputExistsError(f"{out / name}: exists; pass --force to overwrite")
+        if force and resume:
+            raise DiffpyDiffusionError("evaluate: --force starts over and --resume continues: give one of them")
+        for name in ("evaluation.json", "evaluation.md", PARTIAL):
+            if (out / name).exists() and not (force or resume):
+                hint = ("an interrupted run's finished targets; pass --resume to continue it or --force to start over"
+                        if name == PARTIAL else "exists; pass --resume to add targets or --force to overwrite")
+                raise OutputExistsError(f"{out / name}: {hint}")
     if dataset in ("mp20-test", "mp20_test", "mp20"):
         entries = eval_set(limit, data=data_dir)
     else:
@@ -299,8 +373,13 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
     meta = {"dataset": dataset, "limit": len(entries), "size_nm": size, "wavelength": WAVELENGTH, "n": n, "top": top,
             "refine_top": refine_top, "seed": seed, "backends": specs, "library": library, "workers": workers,
             "backend_options": opts,
-            "match": MATCH, "noise": NOISE, "n_q": N_Q}
+            "match": MATCH, "noise": NOISE, "n_q": N_Q, "version": __version__}
     records: list[dict] = []
+    if resume and out is not None:
+        records = _previous_records(out, json.loads(json.dumps(meta)), entries)
+        done_idx = {r["index"] for r in records}
+        tasks = [t for t in tasks if t["index"] not in done_idx]
+        meta["resumed_targets"] = len(done_idx)
     t0 = time.perf_counter()
     from ..batch import map_tasks
 
@@ -316,11 +395,16 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
     partial = out / PARTIAL if out is not None else None
     if partial is not None:
         partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.unlink(missing_ok=True)
+        groups: dict[int, list] = {}
+        for r in records:  # targets a resumed run reuses: carried into the new partial file
+            groups.setdefault(r["index"], []).append(r)
+        atomic_write_text(partial, "".join(json.dumps(x) + "\n" for x in [{"meta": meta}, *groups.values()]),
+                          force=True)
     try:
         if prog:
             prog.__enter__()
-            tid = prog.add_task("eval", total=len(tasks))
+            tid = prog.add_task("eval", total=len(tasks) + len({r["index"] for r in records}),
+                                completed=len({r["index"] for r in records}))
         for _, res in map_tasks(_eval_one, tasks, workers=workers, scheduler=scheduler, on_error="return"):
             if isinstance(res, list):
                 records.extend(res)
@@ -334,7 +418,8 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
     except KeyboardInterrupt:
         if partial is not None and partial.exists():
             raise KeyboardInterrupt(f"{len({r['index'] for r in records})} finished target(s) are in {partial} "
-                                    "(one JSON list of records per line)") from None
+                                    "(one JSON list of records per line); run the same command with --resume "
+                                    "to continue") from None
         raise
     finally:
         if prog:
@@ -345,8 +430,9 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
     md = markdown_table(summary, meta)
     doc = {"meta": meta, "summary": summary, "records": records}
     if out is not None:
-        write_json(doc, out / "evaluation.json", force=force)
-        atomic_write_text(out / "evaluation.md", md, force=force)
+        # a resumed run's records are a superset of what it replaces
+        write_json(doc, out / "evaluation.json", force=force or resume)
+        atomic_write_text(out / "evaluation.md", md, force=force or resume)
         partial.unlink(missing_ok=True)
     if as_json:
         import click
