@@ -26,6 +26,9 @@ and zero shift through :func:`physics.xrd.xrd_profile` with the peak list fixed.
 
 Candidates are then ranked by their screening Rwp (unit weights, on the data scale),
 near-duplicates removed with pymatgen's ``StructureMatcher`` and the best ``k`` kept.
+Candidates of several backends (``a+b``) are screened as each backend would be alone (stage B
+takes each backend's leaders), then the backends' rankings are taken in turn, and each
+backend's best ``backend_leaders`` survive the dedupe against the other backends.
 """
 
 from __future__ import annotations

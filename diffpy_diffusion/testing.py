@@ -49,6 +49,32 @@ def make_observation(composition: str = "NaCl", kind: str = "xrd", *, max_atoms:
     raise ValueError(f"kind must be 'xrd' or 'pdf', got {kind!r}")
 
 
+def noisy_pxrd(structure, *, size_nm: float = 3.0, noise: float = 0.01, seed: int = 0,
+               two_theta_deg: tuple[float, float, float] = (10.0, 90.0, 0.02), ka2: bool = True,
+               uiso: float = 0.008, size_hint: bool = False) -> Observation:
+    """A simulated Cu Kα powder pattern of ``structure`` with a flat background and noise (tests, benchmarks).
+
+    The physics module's own pattern (:func:`diffpy_diffusion.physics.xrd.xrd_pattern`) on
+    ``np.arange(*two_theta_deg)``, Kα1 1.540598 Å (+ Kα2 1.544426 Å at half intensity with
+    ``ka2``), Uiso ``uiso`` Å², scaled to a maximum of 1, plus 0.05 background and Gaussian
+    noise of ``noise`` (fraction of the maximum).  ``size_hint`` puts ``size_nm`` into the
+    observation, as a user who knows the crystallite size would.
+    """
+    import torch
+
+    from .physics.crystal import CrystalBatch
+    from .physics.xrd import xrd_pattern
+
+    x = np.arange(*two_theta_deg)
+    lam2 = {"wavelength2": 1.544426} if ka2 else {}
+    b = CrystalBatch.from_structures([structure], uiso=uiso, dtype=torch.float64)
+    y = xrd_pattern(b, x, wavelength=1.540598, size_nm=size_nm, **lam2)[0].numpy()
+    y = y / y.max() + 0.05 + np.random.default_rng(seed).normal(0, noise, len(x))
+    return Observation("xrd", x, y, "2theta", composition=structure.composition.reduced_formula,
+                       wavelength=1.540598, **({**lam2, "ka2_ratio": 0.5} if ka2 else {}),
+                       **({"size_nm": size_nm} if size_hint else {}))
+
+
 def _resolve(backend_or_name, options: dict | None = None):
     if isinstance(backend_or_name, str):
         from . import plugins

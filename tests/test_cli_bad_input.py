@@ -38,17 +38,13 @@ def _write_xy(path: Path, x, y) -> Path:
 @pytest.fixture(scope="module")
 def nacl_pattern(tmp_path_factory):
     """Rock-salt NaCl, Cu Kα1, 3 nm crystallites, 1 % noise, 15-80° in 0.1° steps (the physics module's own)."""
-    import torch
     from pymatgen.core import Lattice, Structure
 
-    from diffpy_diffusion.physics.crystal import CrystalBatch
-    from diffpy_diffusion.physics.xrd import xrd_pattern
+    from diffpy_diffusion.testing import noisy_pxrd
 
     s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    x = np.arange(15.0, 80.0, 0.1)
-    y = xrd_pattern(CrystalBatch.from_structures([s], uiso=0.008, dtype=torch.float64), x,
-                    wavelength=1.540598, size_nm=3.0)[0].numpy()
-    y = y / y.max() + 0.05 + np.random.default_rng(0).normal(0, 0.01, len(x))
+    obs = noisy_pxrd(s, two_theta_deg=(15.0, 80.0, 0.1), ka2=False)
+    x, y = obs.x, obs.y
     d = tmp_path_factory.mktemp("patterns")
     return SimpleNamespace(path=_write_xy(d / "nacl.xy", x, y), x=x, y=y, dir=d)
 

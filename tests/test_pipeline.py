@@ -25,16 +25,9 @@ def _nacl(a=5.64):
 
 @pytest.fixture(scope="module")
 def nacl_obs():
-    import torch
+    from diffpy_diffusion.testing import noisy_pxrd
 
-    from diffpy_diffusion.physics.crystal import CrystalBatch
-    from diffpy_diffusion.physics.xrd import xrd_pattern
-
-    x = np.arange(15.0, 80.0, 0.04)
-    b = CrystalBatch.from_structures([_nacl()], uiso=0.008, dtype=torch.float64)
-    y = xrd_pattern(b, x, wavelength=1.540598, size_nm=3.0)[0].numpy()
-    y = y / y.max() + 0.05 + np.random.default_rng(0).normal(0, 0.01, len(x))
-    return Observation("xrd", x, y, "2theta", composition="NaCl", wavelength=1.540598, size_nm=3.0)
+    return noisy_pxrd(_nacl(), two_theta_deg=(15.0, 80.0, 0.04), ka2=False, size_hint=True)
 
 
 def _fake_refine(calls=None, interrupt_at=None):

@@ -37,18 +37,9 @@ def _truths():
 
 def simulated_pxrd(structure, size_nm=3.0, noise=0.01, seed=0):
     """Cu Kα1+Kα2 pattern, 10–90° 2θ, Uiso 0.008 Å², flat background 5 %, Gaussian noise of 1 % of the maximum."""
-    import torch
+    from diffpy_diffusion.testing import noisy_pxrd
 
-    from diffpy_diffusion.physics.crystal import CrystalBatch
-    from diffpy_diffusion.physics.xrd import xrd_pattern
-    from diffpy_diffusion.types import Observation
-
-    x = np.arange(10.0, 90.0, 0.02)
-    b = CrystalBatch.from_structures([structure], uiso=0.008, dtype=torch.float64)
-    y = xrd_pattern(b, x, wavelength=1.540598, wavelength2=1.544426, size_nm=size_nm)[0].numpy()
-    y = y / y.max() + 0.05 + np.random.default_rng(seed).normal(0, noise, len(x))
-    return Observation("xrd", x, y, "2theta", composition=structure.composition.reduced_formula,
-                       wavelength=1.540598, wavelength2=1.544426, ka2_ratio=0.5)
+    return noisy_pxrd(structure, size_nm=size_nm, noise=noise, seed=seed)
 
 
 def conventional_abc(s):

@@ -37,18 +37,11 @@ def test_exact_structure_keeps_strict_tolerance():
 
 @pytest.mark.slow
 def test_pipeline_refines_rattled_proposal_in_fm3m():
-    import torch
-
-    from diffpy_diffusion.physics.crystal import CrystalBatch
-    from diffpy_diffusion.physics.xrd import xrd_pattern
     from diffpy_diffusion.pipeline import refine_candidates
-    from diffpy_diffusion.types import Observation, Proposal
+    from diffpy_diffusion.testing import noisy_pxrd
+    from diffpy_diffusion.types import Proposal
 
-    x = np.arange(15.0, 80.0, 0.04)
-    b = CrystalBatch.from_structures([_rocksalt()], uiso=0.008, dtype=torch.float64)
-    y = xrd_pattern(b, x, wavelength=1.540598, size_nm=3.0)[0].numpy()
-    y = y / y.max() + 0.05 + np.random.default_rng(0).normal(0, 0.01, len(x))
-    obs = Observation("xrd", x, y, "2theta", composition="NaCl", wavelength=1.540598, size_nm=3.0)
+    obs = noisy_pxrd(_rocksalt(), two_theta_deg=(15.0, 80.0, 0.04), ka2=False, size_hint=True)
     (q, res), = refine_candidates(obs, [Proposal(structure=_rattled_primitive(), backend="test")])
     assert res.spacegroup == "Fm-3m", q.provenance.get("symmetry")
     assert q.provenance["symmetry"]["unconstrained_spacegroup"] != "Fm-3m"

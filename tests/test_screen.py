@@ -7,6 +7,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from diffpy_diffusion import screen as S
+from diffpy_diffusion.testing import noisy_pxrd
 from diffpy_diffusion.types import Observation, Proposal
 
 
@@ -23,17 +24,7 @@ def _decoys():
 
 
 def _xrd_obs(structure, size=3.0, noise=0.01, seed=0):
-    import torch
-
-    from diffpy_diffusion.physics.crystal import CrystalBatch
-    from diffpy_diffusion.physics.xrd import xrd_pattern
-
-    x = np.arange(10.0, 90.0, 0.02)
-    b = CrystalBatch.from_structures([structure], uiso=0.008, dtype=torch.float64)
-    y = xrd_pattern(b, x, wavelength=1.540598, wavelength2=1.544426, size_nm=size)[0].numpy()
-    y = y / y.max() + 0.05 + np.random.default_rng(seed).normal(0, noise, len(x))
-    return Observation("xrd", x, y, "2theta", composition=structure.composition.reduced_formula,
-                       wavelength=1.540598, wavelength2=1.544426)
+    return noisy_pxrd(structure, size_nm=size, noise=noise, seed=seed)
 
 
 def test_linear_fit_recovers_coefficients():

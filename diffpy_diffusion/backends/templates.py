@@ -513,10 +513,11 @@ class TemplatesBackend:
         """
         cands = self.candidates(observation)
         if not cands:
+            other = "" if self.library_name == "training-pool" else "--library training-pool, "
             raise BackendError(
                 f"templates: no structure with the stoichiometry of {observation.formula} "
                 f"(≤ {observation.max_atoms} atoms) in library {self.library_name!r}; "
-                "try --library training-pool, a larger --max-atoms, or another backend"
+                f"try {other}a larger --max-atoms, or another backend"
             )
         lib = self.library
         out = []

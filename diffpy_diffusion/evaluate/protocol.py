@@ -445,12 +445,17 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
         from rich.table import Table
 
         t = Table(title=f"{dataset}: first {len(entries)} targets, {size:g} nm (not published MP-20 figures)")
-        for col in ("backend", "top-1", "top-5", "top-10", "mean RMS", "mean Rwp#1", "s/target", "only this"):
-            t.add_column(col, justify="left" if col == "backend" else "right")
+        names = [b for b in summary if not b.startswith("_")]
+        for col in ("backend", "top-1 %", "top-5 %", "top-10 %", "mean RMS", "mean Rwp#1 %", "s/target",
+                    "only this"):
+            if col == "backend":  # never cut a+b names short: the other columns wrap instead
+                t.add_column(col, no_wrap=True, min_width=max(map(len, names), default=7))
+            else:
+                t.add_column(col, justify="right")
         for b, r in summary.items():
             if b.startswith("_"):
                 continue
-            f = lambda v: "-" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+            f = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731 - percent, as the header says
             t.add_row(b, f(r["top1"]), f(r["top5"]), f(r["top10"]),
                       "-" if r["mean_rms"] is None else f"{r['mean_rms']:.3f}", f(r["mean_rwp_top1"]),
                       "-" if r["s_per_target"] is None else f"{r['s_per_target']:.1f}",
