@@ -158,3 +158,5 @@ def test_resume_extends_a_finished_run(tmp_path, monkeypatch):
     assert ran == [1] and doc["records"][0] == first["records"][0] and len(doc["records"]) == 2
     with pytest.raises(DiffpyDiffusionError, match="--force starts over"):
         P.run_evaluation(limit=2, resume=True, force=True, **opts)
+    with pytest.raises(DiffpyDiffusionError, match="give -o/--output"):
+        P.run_evaluation(limit=2, resume=True, **{**opts, "output_dir": None})

@@ -339,6 +339,8 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
     if not specs:
         raise DiffpyDiffusionError("evaluate: give at least one backend (e.g. --backend templates,random)")
     out = None
+    if resume and output_dir is None:
+        raise DiffpyDiffusionError("evaluate: --resume continues the run in an --output folder; give -o/--output")
     if output_dir is not None:
         out = Path(output_dir)
         from ..errors import OutputExistsError
