@@ -17,8 +17,9 @@ Use it from your plugin's tests in one of two ways::
     def test_contract():
         check_backend("mysampler")
 
-Everything here uses numpy and pymatgen only; a synthetic observation stands in
-for real data (:func:`make_observation`).
+The contract checks use numpy and pymatgen only; a synthetic observation stands in
+for real data (:func:`make_observation`).  :func:`noisy_pxrd` (a simulated pattern for
+tests and benchmarks) also needs the physics module's torch.
 """
 
 from __future__ import annotations
