@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
+from diffpy_diffusion.testing import noisy_pxrd
+
 pytestmark = [pytest.mark.slow, pytest.mark.acceptance]
 
 SM = dict(ltol=0.2, stol=0.3, angle_tol=5)
@@ -35,13 +37,6 @@ def _truths():
     }
 
 
-def simulated_pxrd(structure, size_nm=3.0, noise=0.01, seed=0):
-    """Cu Kα1+Kα2 pattern, 10–90° 2θ, Uiso 0.008 Å², flat background 5 %, Gaussian noise of 1 % of the maximum."""
-    from diffpy_diffusion.testing import noisy_pxrd
-
-    return noisy_pxrd(structure, size_nm=size_nm, noise=noise, seed=seed)
-
-
 def conventional_abc(s):
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
@@ -55,7 +50,7 @@ def test_simulated_pxrd_templates_rank1(name, tmp_path):
     from diffpy_diffusion.pipeline import propose
 
     truth = _truths()[name]
-    obs = simulated_pxrd(truth)
+    obs = noisy_pxrd(truth)
     props = propose(obs, backend="templates", n=200, top=3, seed=0, output_dir=tmp_path / name, progress=False)
     best = props[0]
     assert StructureMatcher(**SM).fit(best.structure, truth), \

@@ -23,10 +23,6 @@ def _decoys():
     return [cscl, zb, wz]
 
 
-def _xrd_obs(structure, size=3.0, noise=0.01, seed=0):
-    return noisy_pxrd(structure, size_nm=size, noise=noise, seed=seed)
-
-
 def test_linear_fit_recovers_coefficients():
     x = np.linspace(0, 1, 200)
     model = np.stack([np.sin(7 * x), np.cos(3 * x)])
@@ -51,7 +47,7 @@ def test_point_group_projection_keeps_cubic_metric():
 
 def test_xrd_screen_ranks_truth_first_and_recovers_scale():
     truth = _nacl()
-    obs = _xrd_obs(truth)
+    obs = noisy_pxrd(truth)
     start = Structure(Lattice(truth.lattice.matrix * 1.04), truth.species, truth.frac_coords)
     props = [Proposal(s, "test") for s in [*_decoys(), start]]
     res = S.screen(obs, props, k=4)
@@ -65,7 +61,7 @@ def test_xrd_screen_ranks_truth_first_and_recovers_scale():
 def test_xrd_screen_gradient_fixes_axial_ratio():
     truth = Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.82, 6.26), ["Zn", "S"],
                                       [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.375]])
-    obs = _xrd_obs(truth)
+    obs = noisy_pxrd(truth)
     # a = +3 %, c = -2 %: an isotropic scan alone cannot fix it
     start = Structure(Lattice.hexagonal(3.82 * 1.03, 6.26 * 0.98), truth.species, truth.frac_coords)
     res = S.screen(obs, [Proposal(start, "test")], k=1, gradient_steps=60)
@@ -102,7 +98,7 @@ def test_dedupe_drops_supercell():
 
 
 def test_empty_and_failed():
-    obs = _xrd_obs(_nacl())
+    obs = noisy_pxrd(_nacl())
     assert S.screen(obs, [], k=3).kept == []
 
 
@@ -117,7 +113,7 @@ def test_fuse_by_backend_takes_turns_best_backend_first():
 def test_merged_backends_keep_each_backends_best_in_a_short_list():
     """k = 2 of two backends: the best of each, the better one first, whatever the other Rwp are."""
     truth = _nacl()
-    obs = _xrd_obs(truth)
+    obs = noisy_pxrd(truth)
     cscl, zb, wz = _decoys()
     props = [Proposal(s, "idealised") for s in (truth, zb, cscl)] + [Proposal(wz, "sampled")]
     res = S.screen(obs, props, k=2)
@@ -140,7 +136,7 @@ def test_dedupe_own_backend_only_compares_within_its_backend():
 def test_merged_backends_keep_each_backends_leader_even_when_they_coincide():
     """Two backends found the same structure: both leaders stay (they may refine apart), unless switched off."""
     truth = _nacl()
-    obs = _xrd_obs(truth)
+    obs = noisy_pxrd(truth)
     sup = _nacl(5.66)
     sup.make_supercell([1, 1, 2])  # a StructureMatcher duplicate of the truth
     props = [Proposal(truth, "idealised"), Proposal(_decoys()[1], "idealised"), Proposal(sup, "sampled")]
@@ -154,7 +150,7 @@ def test_merged_backends_keep_each_backends_leader_even_when_they_coincide():
 def test_stage_b_takes_each_backends_leaders_when_merged():
     """gradient_top counts per backend: the best of the weaker backend is strain-fitted too."""
     truth = _nacl()
-    obs = _xrd_obs(truth)
+    obs = noisy_pxrd(truth)
     strained = [_nacl(5.64 * (1 + e)) for e in (0.004, 0.006)]
     rect = strained[1].copy()
     rect.apply_strain([0.0, 0.0, 0.01])  # tetragonal: stage A's isotropic scale cannot fit it
