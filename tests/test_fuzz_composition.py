@@ -8,7 +8,7 @@ Contracts:
   re-parses to the same dict (``composition_formula`` round trip).
 * ``io.parse_wavelength`` / ``io.parse_size_nm`` return a finite positive float
   in range or raise ``ValueError`` (the CLI turns it into a usage error).
-* ``safe_pickle.read_ddp`` returns a project or raises ``InputFileError``
+* ``io.ddp.read_ddp`` returns a project or raises ``InputFileError``
   naming the file, for any bytes.
 
 ``test_fuzz_target_*`` (slow) feed >= 10,000 derandomised inputs each.
@@ -187,7 +187,7 @@ def _ddp_input(i: int) -> bytes:
 
 
 def check_ddp(tmp, data: bytes) -> None:
-    from diffpy_diffusion.safe_pickle import read_ddp
+    from diffpy_diffusion.io.ddp import read_ddp
 
     COUNTS["ddp"] += 1
     p = tmp / "fuzz.ddp"
@@ -201,7 +201,7 @@ def check_ddp(tmp, data: bytes) -> None:
 
 
 def test_prop_ddp_seed_reads(tmp_path):
-    from diffpy_diffusion.safe_pickle import read_ddp
+    from diffpy_diffusion.io.ddp import read_ddp
 
     p = tmp_path / "seed.ddp"
     p.write_bytes(_DDP_SEED)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputFileError
+from .symops import install_safe_cif_symops
 
 STRUCTURE_EXTENSIONS = (".cif", ".stru", ".json", ".vasp", ".poscar", ".xyz")
 
@@ -205,8 +206,6 @@ def _read_diffpy(p: Path, text: str, fmt: str):
 
     from diffpy.structure import loadStructure  # noqa: F401  (import check)
     from diffpy.structure.parsers import getParser
-
-    from ..safe_pickle import install_safe_cif_symops
 
     install_safe_cif_symops()  # diffpy's CIF parser evals symmetry-operation text: never on user files
     parser = getParser(fmt)
