@@ -23,9 +23,9 @@ __version__ = "0.1.0"
 _LAZY = {
     # name: candidate (module, attribute) pairs, first importable wins
     "propose": [("diffpy_diffusion.pipeline", "propose")],
-    "propose_structure": [("diffpy_diffusion.refine.oneline", "propose_structure"),
+    "propose_structure": [("diffpy_diffusion.oneline", "propose_structure"),
                           ("diffpy_diffusion.pipeline", "propose_structure")],
-    "seed_recipe": [("diffpy_diffusion.refine.oneline", "seed_recipe"),
+    "seed_recipe": [("diffpy_diffusion.oneline", "seed_recipe"),
                     ("diffpy_diffusion.pipeline", "seed_recipe")],
     "simulate": [("diffpy_diffusion.simulation", "simulate")],
     "hookimpl": [("diffpy_diffusion.hookspecs", "hookimpl")],

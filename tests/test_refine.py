@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from pymatgen.core import Lattice, Structure
 
-pytest.importorskip("diffpy.srfit")
-torch = pytest.importorskip("torch")
-
-from pymatgen.core import Lattice, Structure  # noqa: E402
-
-from diffpy_diffusion.errors import DiffpyDiffusionError  # noqa: E402
-from diffpy_diffusion.types import Observation  # noqa: E402
+from diffpy_diffusion.errors import DiffpyDiffusionError
+from diffpy_diffusion.types import Observation
 
 
 def wurtzite_cdse() -> Structure:
@@ -92,7 +89,7 @@ def _simulate_pdf(s: Structure, r, *, qmax=25.0, qdamp=0.03, delta2=1.5, noise=0
 
 
 def test_polar_axes():
-    from diffpy_diffusion.refine.core import polar_axes
+    from diffpy_diffusion.refine.recipe import polar_axes
     from diffpy_diffusion.refine.symmetry import symmetrize
 
     assert polar_axes(symmetrize(wurtzite_cdse()).spacegroup) == {"z"}
@@ -120,7 +117,8 @@ def test_constraints_keep_symmetry(make):
     """Random moves of every free variable leave spglib's space group unchanged."""
     import spglib
 
-    from diffpy_diffusion.refine.core import _update_constraints, build_recipe
+    from diffpy_diffusion.refine.optimize import update_constraints
+    from diffpy_diffusion.refine.recipe import build_recipe
     from diffpy_diffusion.refine.symmetry import to_pymatgen
 
     truth = make()
@@ -134,7 +132,7 @@ def test_constraints_keep_symmetry(make):
         [rng.normal(0, 0.05) if n[:2] in ("x_", "y_", "z_") else 0.0 for n in names]
     )
     p[[i for i, n in enumerate(names) if n in ("a", "b", "c")]] *= 1.02
-    _update_constraints(rec, p)
+    update_constraints(rec, p)
     moved = to_pymatgen(b.generator.stru)
     num = spglib.get_symmetry_dataset(
         (moved.lattice.matrix, moved.frac_coords, [sp.Z for sp in moved.species]), symprec=1e-4
@@ -270,7 +268,8 @@ def test_trigonal_x2x_site_keeps_symmetry():
     build_recipe must detect it and keep the structure symmetric under any variable move."""
     import spglib
 
-    from diffpy_diffusion.refine.core import _update_constraints, build_recipe
+    from diffpy_diffusion.refine.optimize import update_constraints
+    from diffpy_diffusion.refine.recipe import build_recipe
     from diffpy_diffusion.refine.symmetry import to_pymatgen
 
     # Sr3Nb2ZnO9 cell of an MP-20 validation entry, in spglib's standard order (O at 6i first
@@ -292,7 +291,7 @@ def test_trigonal_x2x_site_keeps_symmetry():
         rng = np.random.default_rng(trial)
         p = np.array(rec.getValues()) + np.array([rng.normal(0, 0.03) if n[:2] in ("x_", "y_", "z_") else 0.0
                                                   for n in names])
-        _update_constraints(rec, p)
+        update_constraints(rec, p)
         m = to_pymatgen(b.generator.stru)
         ds = spglib.get_symmetry_dataset((m.lattice.matrix, m.frac_coords, [sp.Z for sp in m.species]), symprec=1e-4)
         assert ds.number == 164
@@ -303,7 +302,7 @@ def test_broyden_lm_solves_a_nonlinear_fit_like_scipy():
     """The Broyden-LM solver against scipy.optimize.least_squares on y = a·exp(−b·x) + c·sin(d·x)."""
     from scipy.optimize import least_squares
 
-    from diffpy_diffusion.refine.core import _broyden_lm
+    from diffpy_diffusion.refine.optimize import broyden_lm
 
     x = np.linspace(0, 5, 200)
     truth = np.array([2.0, 0.7, 0.3, 3.1])
@@ -323,7 +322,7 @@ def test_broyden_lm_solves_a_nonlinear_fit_like_scipy():
 
     p0 = np.array([1.5, 1.0, 0.2, 3.0])
     lo, hi = np.full(4, -10.0), np.full(4, 10.0)
-    ours = _broyden_lm(fun, jac, p0, lo, hi, max_nfev=200, ftol=1e-10)
+    ours = broyden_lm(fun, jac, p0, lo, hi, max_nfev=200, ftol=1e-10)
     ref = least_squares(fun, p0, jac=jac, bounds=(lo, hi))
     assert np.allclose(ours.x, ref.x, atol=1e-5)
     assert ours.jac.shape == (200, 4)

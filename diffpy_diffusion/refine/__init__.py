@@ -1,11 +1,15 @@
 """Refinement with diffpy.srfit (the only package that imports srfit) and pdffit2.
 
 - :func:`refine_structure` — staged, space-group-constrained refinement of a
-  proposal against a PXRD pattern or a PDF -> :class:`RefinementResult`.
+  proposal against a PXRD pattern or a PDF -> :class:`RefinementResult`
+  (modules: ``staged`` drives ``recipe`` and ``optimize``; ``results`` holds
+  the result and :func:`rw_factor`).
 - :func:`build_recipe` — the srfit FitRecipe behind it, for scripting.
 - :class:`XRDGenerator`, :class:`TorchPDFGenerator` — srfit ProfileGenerators
   backed by the torch physics (no srreal needed).
-- :func:`propose_structure`, :func:`seed_recipe` — one line for existing SrFit scripts.
+- :func:`add_phase`, :func:`observation_from_profile` — the srfit side of the
+  one-liners :func:`diffpy_diffusion.propose_structure` and
+  :func:`diffpy_diffusion.seed_recipe` (which sit above the pipeline, not here).
 - :func:`write_stru`, :func:`pdffit2_script`, :func:`write_pdfgui_project` — PDFgui-style output.
 
 Names are imported lazily so ``import diffpy_diffusion.refine`` stays cheap.
@@ -30,19 +34,18 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "refine_structure": ".core",
-    "build_recipe": ".core",
-    "RefinementResult": ".core",
-    "RecipeBundle": ".core",
-    "rw_factor": ".core",
-    "DEFAULT_STAGES": ".core",
+    "refine_structure": ".staged",
+    "DEFAULT_STAGES": ".staged",
+    "build_recipe": ".recipe",
+    "RecipeBundle": ".recipe",
+    "RefinementResult": ".results",
+    "rw_factor": ".results",
+    "observation_sigma": ".results",
     "XRDGenerator": ".generators",
     "TorchPDFGenerator": ".generators",
     "HookPDFGenerator": ".generators",
     "symmetrize": ".symmetry",
     "symmetry_tolerance": ".symmetry",
-    "propose_structure": ".oneline",
-    "seed_recipe": ".oneline",
     "observation_from_profile": ".oneline",
     "add_phase": ".oneline",
     "write_stru": ".pdffit2_engine",

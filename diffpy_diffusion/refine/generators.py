@@ -13,7 +13,7 @@ batched forward pass instead of one call per variable.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from .compat import MetadataCompatMixin
 __all__ = ["TorchGenerator", "XRDGenerator", "TorchPDFGenerator", "chebyshev_background"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _atomic_number(label: str) -> int:
     from pymatgen.core.periodic_table import Element
 

@@ -1,16 +1,8 @@
-"""One line for existing SrFit users.
+"""The srfit side of the one-liners: srfit Profile -> Observation, structure -> recipe phase.
 
-.. code-block:: python
-
-    from diffpy_diffusion import propose_structure
-    structure = propose_structure(profile, composition="Ni")   # diffpy.structure.Structure
-    generator.setStructure(structure)                          # the rest of the script unchanged
-
-    from diffpy_diffusion import seed_recipe
-    seed_recipe(recipe, composition="CdSe")   # adds the best proposal's phase to the recipe
-
-Both run :func:`diffpy_diffusion.pipeline.propose` (sample -> screen -> refine)
-on the data already loaded in the Profile / FitContribution / FitRecipe.
+:func:`diffpy_diffusion.propose_structure` and :func:`diffpy_diffusion.seed_recipe`
+(module :mod:`diffpy_diffusion.oneline`, above the pipeline) use these; they
+need no proposal machinery themselves, so they live in the refine layer.
 """
 
 from __future__ import annotations
@@ -19,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError, DiffpyDiffusionError
+from ..errors import DiffpyDiffusionError
 
-__all__ = ["observation_from_profile", "propose_structure", "seed_recipe", "add_phase"]
+__all__ = ["observation_from_profile", "as_observation", "add_phase"]
 
 
 def _is_profile(obj) -> bool:
@@ -70,7 +62,17 @@ def observation_from_profile(profile, *, composition=None, kind: str | None = No
     return Observation(**kw)
 
 
-def _as_observation(data, composition, **kw):
+def as_observation(data, composition=None, **kw):
+    """An Observation from an Observation, an srfit ``Profile`` or a ``FitContribution``.
+
+    ``composition`` (str or dict) and ``kw`` (Observation fields) are set on the
+    result; an Observation passed in is updated in place.
+
+    Raises
+    ------
+    DiffpyDiffusionError
+        ``data`` is none of these.
+    """
     from ..types import Observation
 
     if isinstance(data, Observation):
@@ -87,66 +89,8 @@ def _as_observation(data, composition, **kw):
     if prof is not None and _is_profile(prof):
         return observation_from_profile(prof, composition=composition, **kw)
     raise DiffpyDiffusionError(
-        f"propose_structure needs an Observation, an srfit Profile or a FitContribution, got {type(data).__name__}"
+        f"expected an Observation, an srfit Profile or a FitContribution, got {type(data).__name__}"
     )
-
-
-def _best(observation, backend, n, top, seed, backend_options):
-    from ..pipeline import propose
-
-    proposals = propose(
-        observation, backend=backend, n=n, top=top, seed=seed, output_dir=None, progress=False,
-        backend_options=backend_options,
-    )
-    if not proposals:
-        raise BackendError(f"backend {backend!r} produced no structure for {observation.formula}")
-    return proposals[0]
-
-
-def propose_structure(
-    profile_or_observation,
-    composition=None,
-    *,
-    backend: str = "diffusion",
-    n: int = 200,
-    top: int = 5,
-    seed: int = 0,
-    backend_options: dict | None = None,
-    return_proposal: bool = False,
-    **observation_fields,
-):
-    """The best proposed (and refined) structure for the data, as a diffpy Structure.
-
-    Parameters
-    ----------
-    profile_or_observation : Observation, srfit Profile or FitContribution
-        The data.  From a Profile, qmax/qdamp/stype metadata are used.
-    composition : str or dict
-        e.g. ``"CdSe"``.
-    backend, n, top, seed, backend_options
-        Passed to :func:`diffpy_diffusion.pipeline.propose`.
-    return_proposal : bool
-        Also return the :class:`~diffpy_diffusion.types.Proposal` (scores, refined values).
-    **observation_fields
-        Extra Observation fields (``size_nm``, ``radiation``, ``wavelength`` ...).
-
-    Returns
-    -------
-    diffpy.structure.Structure
-        Ready for ``generator.setStructure(...)``.
-    """
-    from .symmetry import symmetrize, to_diffpy
-
-    obs = _as_observation(profile_or_observation, composition, **observation_fields)
-    if not obs.composition:
-        raise DiffpyDiffusionError("propose_structure needs a composition, e.g. composition='Ni'")
-    best = _best(obs, backend, n, top, seed, backend_options)
-    # Standard conventional cell; its space group travels in stru.pdffit["spcgr"]
-    # (written to .stru files, usable in constrainAsSpaceGroup).
-    sym = symmetrize(best.structure, tol=0.01)
-    stru = to_diffpy(sym.structure, spacegroup=sym.symbol)
-    stru.title = f"{best.formula} proposed by diffpy-diffusion ({best.backend}), {sym.symbol}"
-    return (stru, best) if return_proposal else stru
 
 
 def add_phase(recipe, contribution, structure, *, name: str = "phase", generator=None,
@@ -216,53 +160,3 @@ def add_phase(recipe, contribution, structure, *, name: str = "phase", generator
             continue
         recipe.addVar(par, name=f"{name}_{pname}", tag=pname)
     return generator
-
-
-def seed_recipe(
-    recipe,
-    composition=None,
-    *,
-    contribution: str | None = None,
-    backend: str = "diffusion",
-    n: int = 200,
-    top: int = 5,
-    seed: int = 0,
-    backend_options: dict | None = None,
-    name: str = "phase",
-    **observation_fields,
-):
-    """Propose a structure for the data of a recipe's contribution and add it as a phase.
-
-    Parameters
-    ----------
-    recipe : diffpy.srfit.fitbase.FitRecipe
-        Holding at least one FitContribution with a Profile (observed data).
-    composition : str or dict
-    contribution : str, optional
-        Which contribution (default: the first).
-    name : str
-        Phase name (prefix of the new variables).
-
-    Returns
-    -------
-    Proposal
-        The proposal used (its structure is now the recipe's phase).
-    """
-    from ..types import Proposal  # noqa: F401 - documented return type
-
-    cons = getattr(recipe, "_contributions", {})
-    if not cons:
-        raise DiffpyDiffusionError("seed_recipe: the recipe has no FitContribution with data")
-    con = cons[contribution] if contribution else next(iter(cons.values()))
-    obs = _as_observation(con, composition, **observation_fields)
-    if not obs.composition:
-        raise DiffpyDiffusionError("seed_recipe needs a composition, e.g. composition='Ni'")
-    best = _best(obs, backend, n, top, seed, backend_options)
-    add_phase(recipe, con, best.structure, name=name)
-    try:
-        from ..plugins import notify_recipe_seeded
-
-        notify_recipe_seeded(recipe, best)
-    except ImportError:
-        pass
-    return best

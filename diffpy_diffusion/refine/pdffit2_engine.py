@@ -17,13 +17,12 @@
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 
@@ -61,20 +60,10 @@ def stru_text(structure) -> str:
 
 def write_stru(structure, path, *, force: bool = False) -> Path:
     """Write ``structure`` as a ``.stru`` file (atomically; refuses to overwrite unless ``force``)."""
+    from ..io import atomic_write_text
+
     path = Path(path)
-    text = stru_text(structure)
-    try:
-        from ..io import atomic_write_text  # H1's writer when present
-
-        atomic_write_text(path, text, force=force)
-    except ImportError:
-        from ..errors import OutputExistsError
-
-        if path.exists() and not force:
-            raise OutputExistsError(f"{path} exists; use force=True to overwrite")
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    atomic_write_text(path, stru_text(structure), force=force)
     return path
 
 
@@ -243,7 +232,7 @@ def pdffit2_script(
         lines.append("pf.refine()")
     stem = os.path.splitext(os.path.basename(stru_file))[0]
     lines += [
-        f'print("Rw =", pf.getrw())',
+        'print("Rw =", pf.getrw())',
         f"pf.save_struct(1, {stem + '_refined.stru'!r})",
         f"pf.save_res({stem + '_refined.res'!r})",
         f"pf.save_pdf(1, {stem + '_refined.fgr'!r})",
@@ -285,7 +274,7 @@ def refine_pdffit2(
     """
     from diffpy.pdffit2 import PdfFit, redirect_stdout
 
-    from .core import RefinementResult, observation_sigma, rw_factor
+    from .results import RefinementResult, observation_sigma, rw_factor
 
     t0 = time.perf_counter()
     if observation.kind != "pdf":
@@ -310,7 +299,8 @@ def refine_pdffit2(
         pf = PdfFit()
         pf.read_struct_string(stru.writeStr(format="pdffit"))
         qmax = float(observation.qmax) if observation.qmax else 0.0
-        pf.read_data_lists(_stype(observation), qmax, float(qdamp), list(x), list(y), None if sigma is None else list(sigma))
+        pf.read_data_lists(_stype(observation), qmax, float(qdamp), list(x), list(y),
+                           None if sigma is None else list(sigma))
         pf.pdfrange(1, float(lo), float(hi))
         if observation.qbroad:
             pf.setvar("qbroad", float(observation.qbroad))

@@ -133,7 +133,8 @@ def make_spacegroup(rotations, translations, number: int, symbol: str, pointgrou
     """A diffpy ``SpaceGroup`` holding exactly the given operations."""
     from diffpy.structure.spacegroupmod import SpaceGroup, SymOp
 
-    ops = [SymOp(np.array(R, dtype=float), np.mod(np.array(t, dtype=float), 1.0)) for R, t in zip(rotations, translations)]
+    ops = [SymOp(np.array(R, dtype=float), np.mod(np.array(t, dtype=float), 1.0))
+           for R, t in zip(rotations, translations)]
     n_point = len({tuple(np.asarray(R).ravel()) for R in rotations})
     return SpaceGroup(
         number=number,
@@ -147,7 +148,8 @@ def make_spacegroup(rotations, translations, number: int, symbol: str, pointgrou
     )
 
 
-def symmetrize(structure, *, tol: float = 0.01, angle_tol: float = -1.0, use_symmetry: bool = True) -> SymmetrizedStructure:
+def symmetrize(structure, *, tol: float = 0.01, angle_tol: float = -1.0,
+               use_symmetry: bool = True) -> SymmetrizedStructure:
     """Find the space group of ``structure`` and return its standard conventional cell.
 
     Parameters
@@ -246,8 +248,7 @@ def to_diffpy(structure, *, default_uiso: float = 0.005, spacegroup: str | None 
     Uiso from site property ``uiso`` or ``Biso``, else ``default_uiso`` Å².
     ``spacegroup`` (a symbol) goes to ``pdffit["spcgr"]`` (shown by PDFgui, written to .stru).
     """
-    from diffpy.structure import Atom, Lattice
-    from diffpy.structure import PDFFitStructure as Structure
+    from diffpy.structure import Atom, Lattice, PDFFitStructure as Structure
 
     lat = structure.lattice
     # Exact 90/120 degrees: srfit's trigonal/monoclinic constraints compare angles with ==.
