@@ -1,6 +1,6 @@
 # diffpy-diffusion developer commands.  The two that matter:
 #   make demo   create/update .venv, then propose structures for the bundled example pattern
-#   make test   create/update .venv, then run the test suite (what CI runs: .ci/run)
+#   make test   create/update .venv, lint (ruff + import-linter), then run the test suite (what CI runs: .ci/run)
 #
 # The virtual environment is (re)installed only when pyproject.toml, constraints.txt
 # or a plugin's pyproject.toml changed since the last install (stamp file in .venv),
@@ -22,11 +22,12 @@ DEMO_OUT   ?= demo_output
 DEMO_N     ?= 16
 DEMO_TOP   ?= 3
 
-.PHONY: demo test test-fast acceptance venv clean-venv help docs
+.PHONY: demo test test-fast acceptance lint venv clean-venv help docs
 
 help:
 	@echo "make demo       install (if needed) and run diffpy-diffuse propose on the bundled example"
-	@echo "make test       install (if needed) and run the tests (PYTEST_ARGS='-k io' to select)"
+	@echo "make test       install (if needed), lint, and run the tests (PYTEST_ARGS='-k io' to select)"
+	@echo "make lint       ruff check + lint-imports (layering contracts in pyproject.toml)"
 	@echo "make test-fast  same, skipping tests marked slow"
 	@echo "make acceptance the long acceptance runs (tests marked acceptance; minutes per case)"
 	@echo "make venv       only create/update $(VENV)"
@@ -51,9 +52,15 @@ demo: venv
 	$(VENV)/bin/diffpy-diffuse propose $(DEMO_DATA) --composition NaCl --wavelength CuKa --size 3nm \
 	  --n $(DEMO_N) --top $(DEMO_TOP) --seed 0 -o $(DEMO_OUT) --force
 
+# Style (ruff) and the import layering (import-linter contracts in pyproject.toml).
+# Both run over everything before stopping, so one `make lint` shows all findings.
+lint: venv
+	@set +e; $(VENV)/bin/ruff check .; r1=$$?; $(VENV)/bin/lint-imports; r2=$$?; \
+	test $$r1 -eq 0 -a $$r2 -eq 0
+
 # pytest exit status 5 = "no tests collected": an error for the full suite (collection
 # broke), but fine when PYTEST_ARGS/PYTEST_ADDOPTS selected nothing on purpose.
-test: venv
+test: venv lint
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then \
 	  if [ -n "$(PYTEST_ARGS)$$PYTEST_ADDOPTS" ]; then echo "[make] no tests matched the selection"; rc=0; \

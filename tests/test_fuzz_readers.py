@@ -392,10 +392,8 @@ def test_prop_deep_json_nesting_is_clean(tmp_path):
 
 
 def _composition_table_reader():
-    try:
-        from diffpy_diffusion.batch import read_composition_table
-    except ImportError:  # propose-batch not installed in this tree yet
-        pytest.skip("diffpy_diffusion.batch (propose-batch) not available")
+    from diffpy_diffusion.batch import read_composition_table
+
     return read_composition_table
 
 

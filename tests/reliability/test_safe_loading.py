@@ -259,9 +259,10 @@ loop_
         pass
     assert not marker.exists(), "a CIF symmetry operation executed code"
     # and diffpy's own parser, after our loader ran once in this process, is safe as well
+    from diffpy.structure import StructureFormatError
     from diffpy.structure.parsers import getParser
 
-    with pytest.raises(Exception):
+    with pytest.raises(StructureFormatError, match="invalid symmetry operation"):
         getParser("cif").parse(cif)
     assert not marker.exists()
 
