@@ -19,7 +19,7 @@ Usage::
     python benchmarks/sampler_diagnostics.py 0 10 '{"corrector_steps": 0, "adapt_z": 0}'
     python benchmarks/sampler_diagnostics.py 10 20 '{"n": 256, "checkpoint": "runs/x/last.pt"}'
 
-Needs ``../shared/data`` (the evaluation set).  One torch thread (2-core machine).
+Needs the datasets (``DIFFPY_DIFFUSION_DATA``, for the evaluation set).  One torch thread (2-core machine).
 """
 
 from __future__ import annotations

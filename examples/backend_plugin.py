@@ -12,6 +12,7 @@ from pymatgen.core import Lattice, Structure
 
 from diffpy_diffusion import Proposal, hookimpl, plugins, propose, read_observation
 from diffpy_diffusion.errors import BackendError
+
 PROTOTYPES = {"rocksalt": ("Fm-3m", [[0, 0, 0], [0.5] * 3]), "CsCl": ("Pm-3m", [[0, 0, 0], [0.5] * 3]),
               "zincblende": ("F-43m", [[0, 0, 0], [0.25] * 3])}
 
@@ -25,8 +26,7 @@ class PrototypeBackend:
             raise BackendError(f"prototypes: needs an AB composition, got {observation.formula}")
         rng, out = np.random.default_rng(seed), []
         for i in range(n):
-            kind = list(PROTOTYPES)[i % len(PROTOTYPES)]
-            sg, xyz = PROTOTYPES[kind]
+            kind, (sg, xyz) = list(PROTOTYPES.items())[i % len(PROTOTYPES)]
             s = Structure.from_spacegroup(sg, Lattice.cubic(rng.uniform(3.5, 6.5)), list(comp), xyz)
             if len(s) <= observation.max_atoms:
                 out.append(Proposal(s, backend=self.name, seed=seed, provenance={"structure_type": kind}))

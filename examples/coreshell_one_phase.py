@@ -12,10 +12,9 @@ structure and a poor fit, the signature of a second phase.  Seeding a two-phase 
 start from the same averaged cell, so their scales are not separable.  A two-phase model
 needs starting lattices from the pure phases, as in srfit's ``coreshellnp.py``.
 
-Data: ``measured/cds_zns_coreshell_nano/CdS_ZnS_nano.gr`` from the diffpy.srfit examples
-(DiffPy-CMI licence, see the LICENSE file next to the data); Qmax 26 Å⁻¹, Qdamp 0.0396 as
-in srfit's ``coreshellnp.py``.  It is read from ``$DIFFPY_DIFFUSION_DATA`` or
-``../shared/data``; without it the script says so and exits 0.
+Data: ``examples/data/CdS_ZnS_nano.gr`` (bundled, with ``CdS.cif`` and ``ZnS.cif`` next to it)
+from the diffpy.srfit examples (DiffPy-CMI licence, see ``examples/data/README.md`` and the
+licence files next to the data); Qmax 26 Å⁻¹, Qdamp 0.0396 as in srfit's ``coreshellnp.py``.
 
 Run::
 
@@ -27,21 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-DATA = Path("measured") / "cds_zns_coreshell_nano" / "CdS_ZnS_nano.gr"
+DATA = Path(__file__).resolve().parent / "data" / "CdS_ZnS_nano.gr"
 QMAX, QDAMP = 26.0, 0.0396  # srfit docs/examples/coreshellnp.py
-
-
-def find_data(folder: Path | None = None) -> Path | None:
-    try:
-        from diffpy_diffusion.datasets import data_dir
-
-        path = (folder if folder is not None else data_dir()) / DATA
-    except Exception:  # noqa: BLE001 - NotAvailableError: no shared data folder here
-        return None
-    return path if path.is_file() else None
 
 
 def one_phase(obs, composition: str, out: Path, n: int, top: int) -> dict:
@@ -78,13 +68,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--output", type=Path, default=Path("coreshell_results"))
     ap.add_argument("--quick", action="store_true", help="small settings (CI): fewer candidates, r < 12 Å")
-    ap.add_argument("--data-dir", type=Path, default=None,
-                    help="shared data folder (default: $DIFFPY_DIFFUSION_DATA, else ../shared/data)")
+    ap.add_argument("--data", type=Path, default=DATA,
+                    help="G(r) file with CdS.cif and ZnS.cif next to it (default: the bundled core-shell PDF)")
     args = ap.parse_args(argv)
-    path = find_data(args.data_dir)
-    if path is None:
-        print(f"skipped: {DATA} not found (set DIFFPY_DIFFUSION_DATA to the shared data folder)")
-        return 0
+    path = args.data
+    if not path.is_file():
+        print(f"error: {path}: file not found", file=sys.stderr)
+        return 2
     import torch
 
     from diffpy_diffusion import read_observation

@@ -40,7 +40,7 @@ def simulate_ideal(tth):
     from diffpy_diffusion.types import TUBE_WAVELENGTHS
 
     l1, l2, ratio = TUBE_WAVELENGTHS["CuKa"]
-    params = dict(wavelength=l1, wavelength2=l2, ka2_ratio=ratio, size_nm=SIZE_NM, W=0.003)
+    params = {"wavelength": l1, "wavelength2": l2, "ka2_ratio": ratio, "size_nm": SIZE_NM, "W": 0.003}
     try:
         from diffpy_diffusion.simulation import simulate
 

@@ -6,10 +6,9 @@ particle envelope, then the r-space fit plot of the best candidate and the candi
 overview, as PNG and SVG.  The reference structure type is fcc Pt (Fm-3m); the script
 checks that rank 1 has it.
 
-Data: ``measured/pt_nanoparticles_xray/Pt-nanoparticles.gr`` from the diffpy-CMI book
-(BSD-3-Clause, see the LICENSE file next to the data; cite Juhás et al., Acta Cryst. A71,
-562 (2015)).  It is read from ``$DIFFPY_DIFFUSION_DATA`` or ``../shared/data``; when the
-data is absent the script says so and exits without error.
+Data: ``examples/data/Pt-nanoparticles.gr`` (bundled), from the diffpy-CMI book
+(BSD-3-Clause, see ``examples/data/README.md`` and the licence file next to the data; cite
+Juhás et al., Acta Cryst. A71, 562 (2015)).  ``--data`` runs it on another G(r) file.
 
 Run::
 
@@ -23,18 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
-DATA = Path("measured") / "pt_nanoparticles_xray" / "Pt-nanoparticles.gr"
+DATA = Path(__file__).resolve().parent / "data" / "Pt-nanoparticles.gr"
 REFERENCE_SPACEGROUP = "Fm-3m"
-
-
-def find_data(folder: Path | None = None) -> Path | None:
-    try:
-        from diffpy_diffusion.datasets import data_dir
-
-        path = (folder if folder is not None else data_dir()) / DATA
-    except Exception:  # noqa: BLE001 - NotAvailableError: no shared data folder here
-        return None
-    return path if path.is_file() else None
 
 
 def main(argv=None) -> int:
@@ -42,14 +31,13 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--output", type=Path, default=Path("pt_nanoparticles_results"))
     ap.add_argument("--backend", default="templates", help="structure proposer (default: templates)")
     ap.add_argument("--quick", action="store_true", help="small settings (CI): fewer candidates, r < 20 Å")
-    ap.add_argument("--data-dir", type=Path, default=None,
-                    help="shared data folder (default: $DIFFPY_DIFFUSION_DATA, else ../shared/data)")
+    ap.add_argument("--data", type=Path, default=DATA, help="G(r) file (default: the bundled Pt nanoparticle PDF)")
     args = ap.parse_args(argv)
 
-    path = find_data(args.data_dir)
-    if path is None:
-        print(f"skipped: {DATA} not found (set DIFFPY_DIFFUSION_DATA to the shared data folder)")
-        return 0
+    path = args.data
+    if not path.is_file():
+        print(f"error: {path}: file not found", file=sys.stderr)
+        return 2
 
     import numpy as np
 

@@ -13,16 +13,18 @@ parameters.
 
 Run::
 
-    python examples/srfit_pdf_oneline.py ../shared/data/measured/ni_xray_2008/ni-q27r60-xray.gr
+    python examples/srfit_pdf_oneline.py                     # the bundled examples/data/ni-q27r60-xray.gr
+    python examples/srfit_pdf_oneline.py my_nickel.gr
 
-Data: measured x-ray PDF of Ni (PDFgetX2, 2008) from the diffpy.srfit examples
-(DiffPy-CMI licence, see the LICENSE files next to the data).
+Data: measured x-ray PDF of Ni (PDFgetX2, 2008) from the diffpy.srfit examples, bundled in
+``examples/data`` (DiffPy-CMI licence, see ``examples/data/README.md`` and the licence files there).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 from diffpy.srfit.fitbase import FitContribution, FitRecipe, FitResults, Profile
@@ -89,7 +91,8 @@ def fit(recipe) -> FitResults:
 
 def main(argv=None) -> FitResults:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", help="a .gr file, e.g. ni-q27r60-xray.gr")
+    ap.add_argument("data", nargs="?", default=str(Path(__file__).resolve().parent / "data" / "ni-q27r60-xray.gr"),
+                    help="a .gr file (default: the bundled examples/data/ni-q27r60-xray.gr)")
     ap.add_argument("--xmax", type=float, default=20.0, help="fit range end, Å")
     ap.add_argument("--backend", default="templates", help="diffpy-diffusion backend that proposes the structure")
     ap.add_argument("--n", type=int, default=50, help="raw proposals")

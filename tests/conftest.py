@@ -1,8 +1,10 @@
 """Shared pytest fixtures.
 
-``shared_data``: the staged data folder (``$DIFFPY_DIFFUSION_DATA`` or
-``../shared/data`` next to the repository); tests that need it are skipped with
-a clear reason when it is absent (e.g. on a fresh clone elsewhere).
+``shared_data``: the datasets folder named by ``$DIFFPY_DIFFUSION_DATA`` (mp20/, mpts_52/,
+perov_5/, measured/, ...; see docs/design.md), found through
+:func:`diffpy_diffusion.datasets.data_dir`.  Tests that need it skip with a reason saying
+which variable to set when it is not set (a fresh clone); the bundled ``examples/data``
+files need nothing.
 """
 
 from __future__ import annotations
@@ -15,23 +17,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _shared_data_dir() -> Path | None:
-    env = os.environ.get("DIFFPY_DIFFUSION_DATA")
-    candidates = [Path(env)] if env else []
-    candidates += [REPO.parent / "shared" / "data", Path("/work/shared/data")]
-    for c in candidates:
-        if (c / "README.md").exists():
-            return c
-    return None
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Path of ../shared/data; skips the test when the folder is not there."""
-    d = _shared_data_dir()
-    if d is None:
-        pytest.skip("shared data folder not found (set DIFFPY_DIFFUSION_DATA or put it at ../shared/data)")
-    return d
+    """The datasets folder (``$DIFFPY_DIFFUSION_DATA``); skips the test when it is not set or not there."""
+    from diffpy_diffusion.datasets import DATA_ENV, data_dir
+    from diffpy_diffusion.errors import NotAvailableError
+
+    if not os.environ.get(DATA_ENV):
+        pytest.skip(f"set {DATA_ENV} to the datasets folder (mp20/, measured/, ...) to run this test")
+    try:
+        return data_dir()
+    except NotAvailableError as exc:  # set, but not a datasets folder: say what is wrong
+        pytest.skip(str(exc))
 
 
 @pytest.fixture

@@ -71,11 +71,11 @@ def test_noise_targets_are_unit_scale():
 
 # ----------------------------------------------------------------------------- data split
 def test_training_pool_excludes_evaluation_set(shared_data):
-    from diffpy_diffusion.backends.diffusion.data import evaluation_ids, training_pool_records
+    from diffpy_diffusion.datasets import eval_material_ids, training_pool
 
-    recs = training_pool_records(shared_data)
+    recs = training_pool(data=shared_data)
     ids = [r.material_id for r in recs]
-    ev = evaluation_ids(shared_data)
+    ev = eval_material_ids(data=shared_data)
     assert len(ev) == 1000
     assert not set(ids) & ev, "training pool contains evaluation-set material_ids"
     assert len(ids) == len(set(ids)) > 20000

@@ -2,8 +2,8 @@
 
 ``srfit_pdf_oneline.py`` is run by tests/test_refine_oneline.py; ``make_demo_pattern.py``
 rewrites the bundled demo file (its output is checked by the foundation), so it is not run
-here.  The measured-data example skips with a message when ../shared/data is absent
-and must then still exit 0.
+here.  The measured-data examples read the small files bundled in ``examples/data``, so they
+run on a fresh clone without ``$DIFFPY_DIFFUSION_DATA``.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ def test_backend_plugin_is_short_and_runs():
 
 
 @pytest.mark.slow
-def test_measured_pdf_example(tmp_path, shared_data):
+def test_measured_pdf_example(tmp_path):
     res = run_example("measured_pdf_nanoparticles.py", "--quick", "-o", str(tmp_path / "pt"),
-                      "--data-dir", str(shared_data))
+                      env={"DIFFPY_DIFFUSION_DATA": ""})  # the bundled examples/data file is enough
     assert "rank 1 is Fm-3m" in res.stdout and ": yes" in res.stdout  # reference structure type at rank 1
     for stem in ("pt_fit", "pt_candidates"):
         for ext in ("png", "svg"):
@@ -53,11 +53,23 @@ def test_measured_pdf_example(tmp_path, shared_data):
     assert (tmp_path / "pt" / "results.json").is_file()
 
 
-def test_measured_pdf_example_skips_without_data(tmp_path):
-    res = run_example("measured_pdf_nanoparticles.py", "--quick", "-o", str(tmp_path / "pt"),
-                      "--data-dir", str(tmp_path / "nowhere"), timeout=300)
-    assert res.stdout.startswith("skipped:") and "not found" in res.stdout
-    assert not (tmp_path / "pt").exists()
+def test_example_data_is_bundled_with_licences():
+    """Every file the examples read is in examples/data, listed in its README with a licence next to it."""
+    data = EXAMPLES / "data"
+    readme = (data / "README.md").read_text()
+    for name in ("Pt-nanoparticles.gr", "CdS_ZnS_nano.gr", "CdS.cif", "ZnS.cif", "ni-q27r60-xray.gr", "ni.cif"):
+        assert (data / name).is_file() and f"`{name}`" in readme, name
+    for lic in data.glob("LICENSE*"):
+        assert f"`{lic.name}`" in readme, lic.name
+    assert sum(f.stat().st_size for f in data.iterdir()) <= 2 * 1024**2  # small: a clone stays light
+
+
+@pytest.mark.parametrize("name", ["measured_pdf_nanoparticles.py", "coreshell_one_phase.py"])
+def test_measured_example_missing_file_is_one_line_error(tmp_path, name):
+    res = subprocess.run([sys.executable, str(EXAMPLES / name), "--quick", "-o", str(tmp_path / "out"),
+                          "--data", str(tmp_path / "nowhere.gr")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.strip() == f"error: {tmp_path / 'nowhere.gr'}: file not found"
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -113,19 +125,13 @@ def test_make_demo_pattern_reproduces_bundled_file(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.acceptance
-def test_coreshell_one_phase_example(tmp_path, shared_data):
+def test_coreshell_one_phase_example(tmp_path):
     """Minutes on 2 cores: run with ``make acceptance``."""
     import json
 
-    res = run_example("coreshell_one_phase.py", "--quick", "-o", str(tmp_path / "cs"), "--data-dir", str(shared_data))
+    res = run_example("coreshell_one_phase.py", "--quick", "-o", str(tmp_path / "cs"))
     summary = json.loads((tmp_path / "cs" / "summary.json").read_text())
     assert {r["composition"] for r in summary["one_phase"]} == {"CdS", "ZnS"}, res.stdout
     # a single phase can only average the two: its lattice lies between pure ZnS and pure CdS
     assert summary["lattice_between_pure_phases"], res.stdout
 
-
-def test_coreshell_example_skips_without_data(tmp_path):
-    res = run_example("coreshell_one_phase.py", "--quick", "-o", str(tmp_path / "cs"),
-                      "--data-dir", str(tmp_path / "nowhere"), timeout=300)
-    assert res.stdout.startswith("skipped:") and "not found" in res.stdout
-    assert not (tmp_path / "cs").exists()

@@ -204,7 +204,7 @@ def test_parse_header_tube_doublet():
     assert h["wavelength"] == pytest.approx(0.709319)
 
 
-# ------------------------------------------------------------------ real files in ../shared/data
+# ------------------------------------------------------------------ real files in $DIFFPY_DIFFUSION_DATA
 
 
 def test_real_pdfgetx2_file_matches_loadtxt(shared_data):

@@ -3,7 +3,7 @@
 * Simulated nanocrystal PXRD (Cu Kα1+Kα2, 3 nm crystallites, 1 % noise) of seven classic structure
   types: the ``templates`` backend ranks the right type first and the refined lattice is within
   0.5 % of the truth.
-* Measured PDFs of ../shared/data/measured: the reference structure type at rank 1, Rw within
+* Measured PDFs of $DIFFPY_DIFFUSION_DATA/measured: the reference structure type at rank 1, Rw within
   10 % of a fit started from the reference structure.
 """
 

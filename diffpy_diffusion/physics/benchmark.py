@@ -6,7 +6,7 @@ same structures and grids, and is printed as a ratio ``reference / ours``.
 * PXRD: pymatgen ``XRDCalculator.get_pattern`` (Cu Kα, 0–90°) per structure
   vs the batched merged peak list (:func:`~.xrd.reflections` + Lorentz–
   polarisation) over 256 MP-20 structures (pymatgen-built ones when
-  ../shared/data is absent), and vs full patterns on a 2θ grid.
+  ``$DIFFPY_DIFFUSION_DATA`` is not set), and vs full patterns on a 2θ grid.
 * PDF: ``diffpy.pdffit2`` ``calc()`` vs :func:`~.pdf.pdf_gr` for a 20-atom
   cell, r = 1–30 Å step 0.01, Qmax 25, Qdamp 0.04, delta2 2, spdiameter 40 Å.
 * Debye: I(Q) of a 5 nm CdSe sphere, Q = 0.5–25 Å⁻¹ (1000 points).
@@ -45,7 +45,7 @@ def _structures(n: int):
     s = reference.mp20_structures(reference.shared_data_dir(), n=n)
     if s is not None and len(s) >= n:
         return s, "MP-20 test rows"
-    return reference.built_structures(n), "pymatgen-built structures (../shared/data absent)"
+    return reference.built_structures(n), "pymatgen-built structures (DIFFPY_DIFFUSION_DATA not set)"
 
 
 def bench_xrd(n_structures: int = 256, n_reference: int = 32, repeats: int = 3) -> dict:

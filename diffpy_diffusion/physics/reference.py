@@ -1,4 +1,8 @@
-"""Reference structures for physics tests and benchmarks (MP-20 from ../shared/data, or pymatgen-built)."""
+"""Reference structures for physics tests and benchmarks (MP-20 from ``$DIFFPY_DIFFUSION_DATA``, or pymatgen-built).
+
+The physics layer does not import :mod:`diffpy_diffusion.datasets` (a higher layer), so
+:func:`shared_data_dir` reads the environment variable itself.
+"""
 
 from __future__ import annotations
 
@@ -55,7 +59,15 @@ def built_structures(n: int = 60, seed: int = 0):
 
 
 def mp20_structures(shared_data, n: int = 60):
-    """First ``n`` structures of ../shared/data/mp20/test.csv.gz, or ``None`` when absent."""
+    """First ``n`` structures of ``<shared_data>/mp20/test.csv.gz``, or ``None`` when absent.
+
+    Parameters
+    ----------
+    shared_data : Path or None
+        The datasets folder (:func:`shared_data_dir`); ``None`` gives ``None``.
+    n : int
+        Number of rows to read.
+    """
     if shared_data is None:
         return None
     path = shared_data / "mp20" / "test.csv.gz"
@@ -71,13 +83,17 @@ def mp20_structures(shared_data, n: int = 60):
 
 
 def shared_data_dir():
-    """../shared/data (or ``$DIFFPY_DIFFUSION_DATA``) when present, else ``None``."""
+    """The datasets folder ``$DIFFPY_DIFFUSION_DATA`` when it is set and exists, else ``None``.
+
+    Returns
+    -------
+    Path or None
+        Callers fall back to :func:`built_structures` on ``None``.
+    """
     import os
     from pathlib import Path
 
     env = os.environ.get("DIFFPY_DIFFUSION_DATA")
-    repo = Path(__file__).resolve().parents[2]
-    for c in ([Path(env)] if env else []) + [repo.parent / "shared" / "data", Path("/work/shared/data")]:
-        if (c / "README.md").exists():
-            return c
+    if env and Path(env).expanduser().is_dir():
+        return Path(env).expanduser()
     return None

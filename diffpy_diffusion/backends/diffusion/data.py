@@ -1,37 +1,23 @@
-"""Training data of the diffusion backend: the training pool of DESIGN.md and its array cache.
+"""Training data of the diffusion backend: the array cache of the training pool.
 
-The pool is everything in ``../shared/data`` that DESIGN.md allows for training:
-
-* ``mp20/train.csv.gz`` and ``mp20/val.csv.gz`` (all rows),
-* ``mp20/test.csv.gz`` rows after the first 1,000,
-* ``mpts_52/{val,test}.csv.gz`` cells of at most 20 atoms,
-* ``perov_5/{train,val,test}.csv.gz``,
-
-minus every structure whose ``material_id`` is in the **evaluation set** (the first
-1,000 rows of ``mp20/test.csv.gz``); duplicates of a ``material_id`` are kept once.
-perov_5 ids are integers of another database and get the prefix ``perov_5:``.
-
-CIFs are parsed with pymatgen once; the arrays (canonical Niggli lattice, fractional
-coordinates, atomic numbers and the X-ray reflection list up to Q = 8.2 Å⁻¹) are cached in
-an ``.npz`` under a gitignored cache folder (``$DIFFPY_DIFFUSION_CACHE`` or
-``<repo>/.cache/diffpy_diffusion``).  Nothing at module level imports pymatgen or torch,
-so the GPU training path (which reads only the ``.npz``) runs without pymatgen.
+The pool itself (which structures, in which order, never an evaluation-set ``material_id``)
+is :func:`diffpy_diffusion.datasets.iter_training_pool`.  Here its CIFs are parsed with
+pymatgen once and the arrays (canonical Niggli lattice, fractional coordinates, atomic
+numbers and the X-ray reflection list up to Q = 8.2 Å⁻¹) are cached in an ``.npz`` in the
+user cache folder (``$DIFFPY_DIFFUSION_CACHE``, else ``platformdirs.user_cache_dir("diffpy-diffusion")``).
+Nothing at module level imports pymatgen or torch, so the GPU training path (which reads
+only the ``.npz``) runs without pymatgen.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-#: Rows of mp20/test.csv.gz that form the evaluation set (never trained on).
-EVAL_ROWS = 1000
-#: Atom cap of the training pool (atoms per cell).
-MAX_ATOMS = 20
+from ...datasets import MAX_ATOMS
+
 #: Upper end of the stored reflection lists, Å⁻¹ (covers the canonical grid 0–8.15).
 Q_MAX_REFL = 8.2
 #: Width of the Q bins reflections are merged into, Å⁻¹ (≪ the narrowest peak, FWHM ≈ 0.028 at 20 nm).
@@ -39,139 +25,15 @@ Q_BIN = 0.004
 #: Strongest merged reflections kept per structure.
 MAX_REFL = 384
 
-POOL_SOURCES = (
-    ("mp20", "train", None),
-    ("mp20", "val", None),
-    ("mp20", "test", "after_eval"),
-    ("mpts_52", "val", "max_atoms"),
-    ("mpts_52", "test", "max_atoms"),
-    ("perov_5", "train", None),
-    ("perov_5", "val", None),
-    ("perov_5", "test", None),
-)
-
-
-def default_data_dir() -> Path:
-    """``$DIFFPY_DIFFUSION_DATA`` or ``../shared/data`` next to the repository."""
-    env = os.environ.get("DIFFPY_DIFFUSION_DATA")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent.parent / "shared" / "data"
-        if cand.is_dir():
-            return cand
-    return Path("../shared/data")
-
 
 def default_cache_dir() -> Path:
-    """``$DIFFPY_DIFFUSION_CACHE`` or ``<repo>/.cache/diffpy_diffusion`` (gitignored)."""
+    """``$DIFFPY_DIFFUSION_CACHE``, else the user cache folder ``platformdirs.user_cache_dir("diffpy-diffusion")``."""
     env = os.environ.get("DIFFPY_DIFFUSION_CACHE")
     if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[3]
-    return repo / ".cache" / "diffpy_diffusion"
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
 
-
-def _read_csv(path: Path):
-    import pandas as pd
-
-    return pd.read_csv(path)
-
-
-def evaluation_ids(data_dir: str | Path | None = None) -> set[str]:
-    """material_ids of the evaluation set: the first 1,000 rows of ``mp20/test.csv.gz``."""
-    data_dir = Path(data_dir) if data_dir else default_data_dir()
-    df = _read_csv(data_dir / "mp20" / "test.csv.gz")
-    return set(df["material_id"].astype(str).iloc[:EVAL_ROWS])
-
-
-def _count_atoms_in_cif(cif: str) -> int:
-    """Atom sites of a P1 pymatgen CIF without parsing it (lines of the atom_site loop)."""
-    n = 0
-    in_loop = False
-    for line in cif.splitlines():
-        s = line.strip()
-        if s.startswith("_atom_site_"):
-            in_loop = True
-            continue
-        if in_loop:
-            if not s or s.startswith("loop_") or s.startswith("_"):
-                if n:
-                    break
-                continue
-            n += 1
-    return n
-
-
-@dataclass
-class PoolRecord:
-    """One structure of the training pool (unparsed)."""
-
-    material_id: str
-    source: str
-    cif: str
-
-
-def training_pool_records(
-    data_dir: str | Path | None = None, *, max_atoms: int = MAX_ATOMS
-) -> list[PoolRecord]:
-    """The training pool of DESIGN.md as (material_id, source, CIF text) records.
-
-    This is also what ``--library training-pool`` of the templates backend resolves to.
-
-    Parameters
-    ----------
-    data_dir : path, optional
-        The ``shared/data`` folder (default :func:`default_data_dir`).
-    max_atoms : int
-        Cap on cell size for MPTS-52 (MP-20 and perov_5 are ≤ 20 atoms already).
-
-    Returns
-    -------
-    list of PoolRecord
-        Unique material_ids, none in the evaluation set.
-    """
-    data_dir = Path(data_dir) if data_dir else default_data_dir()
-    if not (data_dir / "mp20" / "test.csv.gz").is_file():
-        raise FileNotFoundError(f"training data not found under {data_dir} (set DIFFPY_DIFFUSION_DATA)")
-    excluded = evaluation_ids(data_dir)
-    seen: set[str] = set()
-    out: list[PoolRecord] = []
-    for ds, split, rule in POOL_SOURCES:
-        path = data_dir / ds / f"{split}.csv.gz"
-        if not path.is_file():
-            continue
-        df = _read_csv(path)
-        if rule == "after_eval":
-            df = df.iloc[EVAL_ROWS:]
-        ids = df["material_id"].astype(str)
-        if ds == "perov_5":
-            ids = "perov_5:" + ids
-        for mid, cif in zip(ids, df["cif"]):
-            if mid in excluded or mid in seen:
-                continue
-            if rule == "max_atoms" and _count_atoms_in_cif(cif) > max_atoms:
-                continue
-            seen.add(mid)
-            out.append(PoolRecord(mid, f"{ds}/{split}", cif))
-    return out
-
-
-def parse_cif(cif: str):
-    """A pymatgen Structure from a pool CIF (the README's recipe)."""
-    from pymatgen.io.cif import CifParser
-
-    return CifParser.from_str(cif).parse_structures(primitive=False)[0]
-
-
-def training_pool_structures(data_dir=None) -> Iterator[tuple[str, object]]:
-    """Yield ``(material_id, pymatgen Structure)`` for the training pool (parses lazily)."""
-    for rec in training_pool_records(data_dir):
-        try:
-            yield rec.material_id, parse_cif(rec.cif)
-        except Exception:  # a broken CIF is skipped, not fatal
-            continue
+    return Path(user_cache_dir("diffpy-diffusion"))
 
 
 # --------------------------------------------------------------------------- reflections
@@ -263,20 +125,26 @@ def canonical_arrays(structure):
     return lat.matrix.astype(np.float32), frac.astype(np.float32), np.array(s.atomic_numbers, dtype=np.int16)
 
 
-def pool_cache_path(cache_dir=None) -> Path:
+def pool_cache_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The pool's array cache file in ``cache_dir`` (default :func:`default_cache_dir`)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     return cache_dir / "pool_v1.npz"
 
 
-def build_pool_arrays(data_dir=None, out: str | Path | None = None, *, limit: int | None = None,
-                      with_reflections: bool = True, progress: bool = True, max_refl: int = MAX_REFL) -> Path:
-    """Parse the pool once and save its arrays as ``.npz`` (the training input).
+def build_pool_arrays(data_dir: str | os.PathLike | None = None, out: str | Path | None = None, *,
+                      limit: int | None = None, with_reflections: bool = True, progress: bool = True,
+                      max_refl: int = MAX_REFL) -> Path:
+    """Parse the training pool once and save its arrays as ``.npz`` (the training input).
 
-    Saved keys: ``ids``, ``source``, ``lattice`` (B,3,3) Å, ``natoms`` (B,), ``frac`` (N,3),
-    ``numbers`` (N,), and with reflections ``refl_n`` (B,), ``refl_bin`` (R,) uint16,
-    ``refl_int`` (R,) float16, ``q_bin``.
+    The pool is :func:`diffpy_diffusion.datasets.training_pool` of ``data_dir`` (default
+    ``$DIFFPY_DIFFUSION_DATA``), its first ``limit`` structures when given; ``out`` defaults to
+    :func:`pool_cache_path`.  Saved keys: ``ids``, ``source``, ``lattice`` (B,3,3) Å,
+    ``natoms`` (B,), ``frac`` (N,3), ``numbers`` (N,), and with reflections ``refl_n`` (B,),
+    ``refl_bin`` (R,) uint16, ``refl_int`` (R,) float16, ``q_bin``.
     """
-    records = training_pool_records(data_dir)
+    from ...datasets import cif_to_structure, training_pool
+
+    records = training_pool(data=data_dir)
     if limit:
         records = records[:limit]
     out = Path(out) if out else pool_cache_path()
@@ -284,13 +152,13 @@ def build_pool_arrays(data_dir=None, out: str | Path | None = None, *, limit: in
     ids, srcs, lats, nat, fracs, nums, rn, rb, ri = [], [], [], [], [], [], [], [], []
     for k, rec in enumerate(records):
         try:
-            s = parse_cif(rec.cif)
+            s = cif_to_structure(rec.cif)
             if len(s) > MAX_ATOMS or not s.is_ordered:
                 continue
             lat, frac, z = canonical_arrays(s)
             if with_reflections:
                 bins, inten = reflections(lat, frac, z, max_refl=max_refl)
-        except Exception as exc:  # skip unparsable rows, report them
+        except Exception as exc:  # noqa: BLE001 - skip unparsable rows, report them
             print(f"skip {rec.material_id}: {exc}")
             continue
         ids.append(rec.material_id)
@@ -315,12 +183,6 @@ def build_pool_arrays(data_dir=None, out: str | Path | None = None, *, limit: in
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, out)
     return out
-
-
-def split_ids(ids, val_fraction: float = 0.02):
-    """Deterministic train/validation split of the pool by a hash of material_id (bool mask: True = val)."""
-    h = np.array([int(hashlib.md5(str(i).encode()).hexdigest()[:8], 16) for i in ids])
-    return (h % 10000) < val_fraction * 10000
 
 
 if __name__ == "__main__":  # python -m diffpy_diffusion.backends.diffusion.data [out.npz] [limit]

@@ -3,12 +3,13 @@
 One code path for one CPU process, one GPU, or many processes under ``torchrun`` (DDP with
 gloo on CPU, nccl on GPU)::
 
-    python -m diffpy_diffusion.backends.diffusion.train --data .cache/diffpy_diffusion/pool_v1.npz --out runs/r1
+    python -m diffpy_diffusion.backends.diffusion.train --data $DIFFPY_DIFFUSION_DATA --out runs/r1
     torchrun --nproc_per_node 2 -m diffpy_diffusion.backends.diffusion.train --data ... --out runs/r1
     python -m diffpy_diffusion.backends.diffusion.train --out runs/r1 --resume   # continue where it stopped
 
-The data is the training pool's array cache (``data.build_pool_arrays``); ``--data`` may also
-be the ``shared/data`` folder, in which case the cache is built first (needs pymatgen).  This
+The data is the training pool's array cache (``data.build_pool_arrays``, in the user cache
+folder); ``--data`` may also be the data folder (default ``$DIFFPY_DIFFUSION_DATA``), in which
+case the cache is built first when it is missing (needs pymatgen).  This
 module imports neither pymatgen nor diffpy, so it runs on a bare GPU machine with torch.
 
 Per step: a batch of cells (grouped by atom count to limit padding), a random PXRD pattern per
@@ -36,7 +37,7 @@ import numpy as np
 
 @dataclass
 class TrainConfig:
-    data: str = ""  # pool .npz (or shared/data folder)
+    data: str = ""  # pool .npz (or the data folder holding mp20/)
     out: str = "runs/diffusion"
     batch_size: int = 64  # cells per process per step
     lr: float = 1e-3
@@ -242,11 +243,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     data_path = Path(cfg.data)
-    if data_path.is_dir():  # shared/data folder: build the array cache once (needs pymatgen)
+    if data_path.is_dir():  # the data folder: build the array cache once (needs pymatgen)
         from .data import build_pool_arrays, pool_cache_path
 
         if not (data_path / "mp20").is_dir() and (data_path.parent / "mp20").is_dir():
-            data_path = data_path.parent  # e.g. --data ../shared/data/mp20: the pool uses all of shared/data
+            data_path = data_path.parent  # e.g. --data <data>/mp20: the pool uses the whole data folder
         cache = pool_cache_path()
         if not cache.is_file() and rank == 0:
             build_pool_arrays(data_path, cache)
@@ -254,7 +255,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             torch.distributed.barrier()
         data_path = cache
     pool = PoolTensors(data_path, device, limit=cfg.limit)
-    from .data import split_ids
+    from ...datasets import split_ids
 
     is_val = split_ids(pool.ids, cfg.val_fraction) if len(pool) > 50 else np.zeros(len(pool), bool)
     train_idx = np.flatnonzero(~is_val)
@@ -428,7 +429,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffpy-diffuse train", description=__doc__.split("\n\n")[0])
     d = TrainConfig()
-    p.add_argument("--data", default=d.data, help="pool .npz cache or shared/data folder (default: built cache)")
+    p.add_argument("--data", default=d.data, help="pool .npz cache or data folder (default: the cache, built from "
+                   "$DIFFPY_DIFFUSION_DATA when missing)")
     p.add_argument("--out", default=d.out, help="output folder (checkpoints, log.csv)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     for name in ("batch_size", "warmup", "steps", "epochs", "limit", "seed", "log_every", "hidden", "layers", "n_freq",
@@ -451,7 +453,13 @@ def main(argv: list[str] | None = None, **overrides) -> dict:
     if not kw["data"]:
         from .data import pool_cache_path
 
-        kw["data"] = str(pool_cache_path())
+        cache = pool_cache_path()
+        if cache.is_file():
+            kw["data"] = str(cache)
+        else:  # build it from the data folder; a one-line error names DIFFPY_DIFFUSION_DATA when unset
+            from ...datasets import data_dir
+
+            kw["data"] = str(data_dir())
     cfg = TrainConfig(**kw)
     summary = train(cfg, resume=resume)
     try:
