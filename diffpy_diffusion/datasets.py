@@ -84,14 +84,13 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
         env = os.environ.get(DATA_ENV, "")
         if not env:
             raise NotAvailableError(
-                f"no dataset folder: set {DATA_ENV} to the folder that holds mp20/, mpts_52/ and perov_5/ "
-                "(or pass it with --data-dir)")
+                f"no dataset folder: set {DATA_ENV} to the folder that holds mp20/, mpts_52/ and perov_5/")
         root, origin = Path(env).expanduser(), f"{DATA_ENV}={env}"
     else:
         root, origin = Path(path).expanduser(), str(path)
     if not (root / "mp20").is_dir():
-        raise NotAvailableError(f"{origin}: no mp20/ folder there; set {DATA_ENV} (or --data-dir) to the folder "
-                                "that holds mp20/, mpts_52/ and perov_5/")
+        raise NotAvailableError(f"{origin}: no mp20/ folder there; the dataset folder ({DATA_ENV}, or the "
+                                "command's data option) is the one that holds mp20/, mpts_52/ and perov_5/")
     return root
 
 
