@@ -158,6 +158,8 @@ class _XRDScreen:
     """Stage A and B of the PXRD screen for one observation."""
 
     def __init__(self, obs: Observation, max_points: int = 1000):
+        from .physics.xrd import size_fwhm_q
+
         self.obs = obs
         q = obs.q()
         order = np.argsort(q)
@@ -177,7 +179,7 @@ class _XRDScreen:
         else:
             self.sizes = np.array([1.5, 3.0, 6.0, 12.0, 30.0])
         # fine-grid step: a quarter of the narrowest Scherrer FWHM scanned, at most 0.004 Å⁻¹
-        self.dq = float(min(0.004, 2 * math.pi * 0.9 / (10 * self.sizes.max()) / 4))
+        self.dq = float(min(0.004, float(size_fwhm_q(float(self.sizes.max()))) / 4))
         self.qmax_model = float(self.q[-1]) / COARSE_SCALES[0] + 0.05
         if self.lam:
             self.qmax_model = min(self.qmax_model, 4 * math.pi / self.lam * (1 - 1e-9))
@@ -187,19 +189,27 @@ class _XRDScreen:
         self.nq = int(2 ** math.ceil(math.log2((self.qmax_model + pad) / self.dq)))
 
     def _lp(self, q):
+        import torch
+
+        from .physics.xrd import lorentz_polarization
+
         th = np.arcsin(np.clip(q * self.lam / (4 * math.pi), 0, 1 - 1e-9))
-        return (1 + np.cos(2 * th) ** 2) / (np.sin(th) ** 2 * np.cos(th)).clip(1e-6)
+        # θ ≥ 1e-3 rad keeps sin²θ cosθ ≥ 1e-6: a finite factor for a data point at Q = 0
+        return lorentz_polarization(torch.from_numpy(np.maximum(th, 1e-3))).numpy()
 
     def lp_stick(self, q1, ratio: float = 1.0):
         """LP factor of reflections at Kα1-equivalent Q ``q1`` seen with wavelength ``λ1·ratio`` (0 if unreachable)."""
+        import torch
+
+        from .physics.xrd import lorentz_polarization
+
         if not self.lam:
             return np.ones_like(q1)
         lam = self.lam * ratio
         sin_t = q1 * lam / (4 * math.pi)
         out = np.zeros_like(q1)
         ok = (sin_t > 1e-3) & (sin_t < 1 - 1e-9)
-        th = np.arcsin(sin_t[ok])
-        out[ok] = (1 + np.cos(2 * th) ** 2) / (np.sin(th) ** 2 * np.cos(th))
+        out[ok] = lorentz_polarization(torch.from_numpy(np.arcsin(sin_t[ok]))).numpy()
         return out
 
     def peaks(self, structures):
@@ -223,12 +233,14 @@ class _XRDScreen:
     def _kernels(self, sizes):
         """rFFT of unit-area size kernels, shape (2 Z, nq//2+1): Scherrer Lorentzians, then sinc².
 
-        Lorentzian of FWHM 2π·0.9/L: FT ``exp(-2π γ |k|)`` (γ the HWHM).  Laue function
-        ``sinc²(L ΔQ/2)`` (PXRDnet's kernel): FT ``max(0, 1 − 2π|k|/L)`` (a triangle).
+        Lorentzian of the Scherrer FWHM (``physics.xrd.size_fwhm_q``): FT ``exp(-2π γ |k|)`` (γ the
+        HWHM).  Laue function ``sinc²(L ΔQ/2)`` (PXRDnet's kernel): FT ``max(0, 1 − 2π|k|/L)`` (a triangle).
         """
+        from .physics.xrd import size_fwhm_q
+
         k = np.fft.rfftfreq(self.nq, d=self.dq)  # cycles per Å⁻¹
         L = 10.0 * np.asarray(sizes)  # Å
-        gam = 2 * math.pi * 0.9 / L / 2  # HWHM, Å⁻¹
+        gam = size_fwhm_q(np.asarray(sizes, dtype=float)).numpy() / 2  # HWHM, Å⁻¹
         lor = np.exp(-2 * math.pi * gam[:, None] * k[None, :])
         tri = np.clip(1 - 2 * math.pi * k[None, :] / L[:, None], 0, None)
         return np.concatenate([lor, tri], 0)
@@ -284,6 +296,8 @@ class _XRDScreen:
         """
         import torch
 
+        from .physics.xrd import lorentz_polarization, size_fwhm_q
+
         B = len(structures)
         dt = torch.float32
         qg, yg = _downsample(self.q, self.y, max_points)
@@ -321,8 +335,7 @@ class _XRDScreen:
             if not self.lam:
                 return torch.ones_like(q1)
             sin_t = (q1 * self.lam * ratio / (4 * math.pi)).clamp(1e-3, 1 - 1e-6)
-            th = torch.asin(sin_t)
-            return (1 + torch.cos(2 * th) ** 2) / (torch.sin(th) ** 2 * torch.cos(th))
+            return lorentz_polarization(torch.asin(sin_t))
 
         def model():
             e = 0.5 * (eps + eps.transpose(1, 2))
@@ -333,8 +346,9 @@ class _XRDScreen:
             Gs = torch.linalg.inv(G).to(dt)
             qv = 2 * math.pi * torch.sqrt(torch.einsum("bri,bij,brj->br", hkl, Gs, hkl).clamp_min(1e-12))
             qv = qv + shift[:, None]
-            L = (10.0 * torch.exp(log_size).clamp(0.5, 200.0))[:, None, None]
-            gam = 2 * math.pi * 0.9 / L / 2
+            size_nm = torch.exp(log_size).clamp(0.5, 200.0)[:, None, None]
+            L = 10.0 * size_nm  # Å
+            gam = size_fwhm_q(size_nm) / 2  # Scherrer HWHM, Å⁻¹
 
             def shape(dx):
                 lor = gam / math.pi / (dx**2 + gam**2)

@@ -53,7 +53,7 @@ def bench_xrd(n_structures: int = 256, n_reference: int = 32, repeats: int = 3) 
     from pymatgen.analysis.diffraction.xrd import XRDCalculator
 
     from .crystal import CrystalBatch
-    from .xrd import _lp_factor, reflections, xrd_pattern
+    from .xrd import lorentz_polarization, reflections, xrd_pattern
 
     lam = 1.540598
     structures, source = _structures(n_structures)
@@ -67,7 +67,7 @@ def bench_xrd(n_structures: int = 256, n_reference: int = 32, repeats: int = 3) 
         with torch.inference_mode():
             r = reflections(batch, q_max)
             th = torch.asin(lam * r.q / (4 * math.pi))
-            return r.intensity * _lp_factor(th, None)
+            return r.intensity * lorentz_polarization(th)
 
     t_peaks = _best(peaks, repeats) / len(structures)
     x = torch.arange(10.0, 90.0, 0.02)

@@ -146,6 +146,45 @@ class CrystalBatch:
         )
 
     @classmethod
+    def from_padded(
+        cls,
+        lattice: torch.Tensor,
+        frac: torch.Tensor,
+        numbers: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        uiso: float = 0.0,
+    ) -> "CrystalBatch":
+        """Build from padded tensors (as a generative model holds them), keeping their autograd.
+
+        Parameters
+        ----------
+        lattice : torch.Tensor, shape (B, 3, 3)
+            Lattice vectors as rows, Å.
+        frac : torch.Tensor, shape (B, N, 3)
+            Fractional coordinates.
+        numbers : torch.Tensor, shape (B, N)
+            Atomic numbers (any value at padding).
+        mask : torch.Tensor, shape (B, N)
+            True (or 1) for the real atoms.
+        uiso : float
+            Uiso of every atom, Å².
+
+        Raises
+        ------
+        ValueError
+            When a crystal has no atom.
+        """
+        mask = mask.bool()
+        counts = mask.sum(1)
+        if bool((counts == 0).any()):
+            raise ValueError(f"mask: crystal {int(torch.nonzero(counts == 0)[0])} has no atoms")
+        dev = lattice.device
+        batch = torch.repeat_interleave(torch.arange(mask.shape[0], device=dev), counts)
+        occ = torch.ones(int(counts.sum()), dtype=lattice.dtype, device=dev)
+        return cls(lattice, frac[mask].to(lattice.dtype), numbers[mask].long(), batch, occ, torch.full_like(occ, uiso))
+
+    @classmethod
     def from_structures(
         cls,
         structures: Sequence,

@@ -414,14 +414,77 @@ def reflections(
 # profile
 
 
-def _lp_factor(theta: torch.Tensor, mono_2theta_deg) -> torch.Tensor:
+def lorentz_polarization(theta: torch.Tensor, monochromator_2theta_deg: float | None = None) -> torch.Tensor:
+    """Lorentz-polarisation factor of a powder reflection at Bragg angle ``theta``.
+
+    Without a monochromator: pymatgen's ``(1 + cos²2θ)/(sin²θ cosθ)``; with a
+    monochromator crystal at 2θ_m: ``2 (1 + cos²2θ_m cos²2θ)/((1 + cos²2θ_m) sin²θ cosθ)``
+    (equal to the former at 2θ_m = 0).
+
+    Parameters
+    ----------
+    theta : torch.Tensor
+        Bragg angle θ (half the scattering angle), radians, any shape.
+    monochromator_2theta_deg : float, optional
+        Scattering angle 2θ_m of the monochromator, degrees.
+
+    Returns
+    -------
+    torch.Tensor
+        The factor, same shape as ``theta`` (diverges at θ → 0 and θ → 90°;
+        callers cap it where a reflection can sit there).
+    """
+    theta = torch.as_tensor(theta)
     cos2t = torch.cos(2 * theta)
     sint = torch.sin(theta)
     cost = torch.cos(theta)
-    if mono_2theta_deg is None:
+    if monochromator_2theta_deg is None:
         return (1 + cos2t**2) / (sint**2 * cost)
-    cm2 = math.cos(math.radians(float(mono_2theta_deg))) ** 2
+    cm2 = math.cos(math.radians(float(monochromator_2theta_deg))) ** 2
     return 2 * (1 + cm2 * cos2t**2) / ((1 + cm2) * sint**2 * cost)
+
+
+# why: xrd_profile and xrd_pattern take a bool argument of the same name that shadows the function
+_lorentz_polarization = lorentz_polarization
+
+
+def debye_waller(q: torch.Tensor, uiso) -> torch.Tensor:
+    """Isotropic Debye–Waller factor of an intensity, ``exp(−Uiso Q²)``.
+
+    The square of the per-atom amplitude factor ``exp(−Uiso Q²/2)`` that
+    :func:`reflections` applies with ``debye_waller=True`` (all atoms with the
+    same Uiso).
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        Q in Å⁻¹.
+    uiso : float or torch.Tensor
+        Isotropic displacement parameter in Å² (broadcast against ``q``).
+    """
+    return torch.exp(-torch.as_tensor(uiso) * q * q)
+
+
+def pseudo_voigt(dx: torch.Tensor, fwhm, eta) -> torch.Tensor:
+    """Unit-area pseudo-Voigt ``(1 − η) G + η L`` at offsets ``dx`` from the peak.
+
+    Parameters
+    ----------
+    dx : torch.Tensor
+        Offset from the peak centre (same unit as ``fwhm``).
+    fwhm : float or torch.Tensor
+        Full width at half maximum of both components (broadcast against ``dx``).
+    eta : float or torch.Tensor
+        Lorentzian fraction of the area, 0 (Gaussian) … 1 (Lorentzian).
+
+    Returns
+    -------
+    torch.Tensor
+        Profile in 1/(unit of ``dx``), integrating to 1.
+    """
+    fwhm = torch.as_tensor(fwhm, dtype=dx.dtype, device=dx.device)
+    eta = torch.as_tensor(eta, dtype=dx.dtype, device=dx.device)
+    return _pv(dx * dx, fwhm, eta)
 
 
 def _gauss(dx, h):
@@ -639,7 +702,7 @@ def xrd_profile(
         theta = torch.asin(s)
         inten = refl.intensity * weight * scale_t[c]
         if lorentz_polarization:
-            inten = inten * _lp_factor(theta, monochromator_2theta_deg)
+            inten = inten * _lorentz_polarization(theta, monochromator_2theta_deg)
         inten = torch.where(valid, inten, torch.zeros_like(inten))
         tt = 2 * theta * _DEG + zero_t[c]  # observed 2θ, degrees
         # widths in degrees 2θ
@@ -1023,8 +1086,7 @@ def xrd_peaks(
     cr = refl.crystal.cpu().numpy()
     hkl = refl.hkl.cpu().numpy()
     theta = np.arcsin(np.clip(lam * q / _FOUR_PI, -1, 1))
-    lp = (1 + np.cos(2 * theta) ** 2) / (np.sin(theta) ** 2 * np.cos(theta))
-    inten = inten * lp
+    inten = inten * lorentz_polarization(torch.from_numpy(theta)).numpy()
     tt = np.degrees(2 * theta)
     tol = 1e-5
     results = []

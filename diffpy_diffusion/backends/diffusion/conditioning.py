@@ -9,10 +9,11 @@ zero when there is none.  (The shipped weights were trained on PXRD only, so a P
 is sampled with the pattern condition dropped and relies on physics guidance.)
 
 **Training patterns** are made on the fly from each structure's precomputed reflection list
-(``data.reflections``: Q and Σ|F|² per Q bin): random crystallite size 1–20 nm (Scherrer
-FWHM_Q = 2πK/L, K = 0.9), instrument width, pseudo-Voigt mixing, Debye–Waller damping exp(−U Q²),
-Lorentz–polarisation for a random wavelength, zero shift in 2θ, a random measured range,
-smooth background and noise.  All in torch on the training device.
+(``data.binned_reflections``: Q and Σ|F|² per Q bin).  This module holds only the randomisation
+policy (:func:`sample_settings`: wavelength, measured range, zero shift, Uiso, crystallite size,
+instrument width, pseudo-Voigt mixing, background, noise) and the canonical representation; the
+diffraction physics (Lorentz–polarisation, Debye–Waller, Scherrer width, profile) is
+:func:`physics.canonical.powder_pattern_q`.  All in torch on the training device.
 
 **Encoder**: a 1-D CNN over the grid → a vector; with probability ``p_uncond`` in training the
 vector is replaced by a learned "no pattern" embedding (classifier-free guidance).
@@ -21,11 +22,13 @@ vector is replaced by a learned "no pattern" embedding (classifier-free guidance
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from ...physics.canonical import powder_pattern_q, pv_area_fraction
 
 Q_GRID_MAX = 8.15  # Å⁻¹
 Q_GRID_POINTS = 512
@@ -72,8 +75,108 @@ def canonical_pattern(observation) -> np.ndarray:
     return out
 
 
-def simulate_training_patterns(refl_q, refl_i, refl_mask, generator=None, *, size_nm_range=(1.0, 20.0)):
-    """Random realistic patterns (B, N_CHANNELS, M) from reflection lists, in torch.
+#: Wavelengths of the training mix, Å: Cu Kα1, Mo Kα1, Co Kα1 (lab sources).
+LAB_WAVELENGTHS = (1.5406, 0.7093, 1.789)
+#: Cap on the Lorentz-polarisation factor of training patterns: the shipped weights were trained with
+#: sin²θ cosθ clamped at 1e-4, i.e. (1 + cos²2θ)/1e-4 ≤ 2e4 near 2θ = 0.
+TRAIN_LP_MAX = 2e4
+
+
+@dataclass
+class PatternSettings:
+    """Random measurement settings of B training patterns (every field has one value per pattern).
+
+    Attributes
+    ----------
+    wavelength : Tensor (B,)
+        Å.
+    q_min, q_max : Tensor (B,)
+        Measured Q range, Å⁻¹ (the pattern is zero outside).
+    zero_shift_deg : Tensor (B,)
+        Zero shift in degrees 2θ.
+    uiso : Tensor (B,)
+        Debye–Waller Uiso of every atom, Å².
+    lorentz_polarization : Tensor (B,) bool
+    size_nm : Tensor (B,)
+        Crystallite size (Scherrer), nm.
+    inst_fwhm_q : Tensor (B,)
+        Instrument FWHM in Q, Å⁻¹.
+    eta : Tensor (B,)
+        Lorentzian area fraction of the pseudo-Voigt.
+    bg_decay_amp, bg_decay_len, bg_hump_amp, bg_hump_centre, bg_hump_width, bg_const : Tensor (B,)
+        Background ``a·exp(−Q/ℓ) + h·exp(−(Q − c)²/w) + const`` (fractions of the pattern maximum, Å⁻¹, Å⁻²).
+    bg_on : Tensor (B,) bool
+    noise_level : Tensor (B,)
+        Poisson-like noise ``level · N(0, 1) · sqrt(y + bg + 0.05)``.
+    noise : Tensor (B, M)
+        The standard normal draws of the noise.
+    """
+
+    wavelength: torch.Tensor
+    q_min: torch.Tensor
+    q_max: torch.Tensor
+    zero_shift_deg: torch.Tensor
+    uiso: torch.Tensor
+    lorentz_polarization: torch.Tensor
+    size_nm: torch.Tensor
+    inst_fwhm_q: torch.Tensor
+    eta: torch.Tensor
+    bg_decay_amp: torch.Tensor
+    bg_decay_len: torch.Tensor
+    bg_hump_amp: torch.Tensor
+    bg_hump_centre: torch.Tensor
+    bg_hump_width: torch.Tensor
+    bg_const: torch.Tensor
+    bg_on: torch.Tensor
+    noise_level: torch.Tensor
+    noise: torch.Tensor
+
+
+def sample_settings(batch_size: int, generator: torch.Generator | None = None, *, device="cpu",
+                    size_nm_range: tuple[float, float] = (1.0, 20.0)) -> PatternSettings:
+    """Draw the randomisation policy of the training patterns.
+
+    60 % Cu, 15 % Mo, 10 % Co, 15 % synchrotron 0.1–0.8 Å; measured up to 2θ = 60–150° and from
+    Q = 0–1.2 Å⁻¹; a zero shift of ±0.15° on 70 %; Uiso 0.002–0.03 Å²; Lorentz–polarisation on 80 %;
+    size log-uniform in ``size_nm_range``; instrument FWHM 0.005–0.04 Å⁻¹; any pseudo-Voigt mixing;
+    a background (decay + hump + constant, up to 35 % of the maximum) on 70 %; noise up to 3 %.
+    The random numbers are drawn in the order of the sampler the shipped weights were trained with.
+    """
+    B, dev = batch_size, device
+
+    def rand(shape=(B,)):
+        return torch.rand(shape, device=dev, generator=generator)
+
+    def U(lo, hi):
+        return lo + (hi - lo) * rand()
+
+    u = rand()
+    cu, mo, co = (torch.full_like(u, v) for v in LAB_WAVELENGTHS)
+    lam = torch.where(u < 0.6, cu, torch.where(u < 0.75, mo, torch.where(u < 0.85, co, U(0.1, 0.8))))
+    tth_max = U(60.0, 150.0)
+    q_max = (4 * math.pi * torch.sin(torch.deg2rad(tth_max) / 2) / lam).clamp(max=Q_GRID_MAX)
+    q_min = U(0.0, 1.2)
+    zero = U(-0.15, 0.15) * (rand() < 0.7)
+    uiso = U(0.002, 0.03)
+    use_lp = rand() < 0.8
+    lo, hi = size_nm_range
+    size_nm = torch.exp(U(math.log(lo), math.log(hi)))
+    inst = U(0.005, 0.04)
+    # drawn as the Lorentzian fraction of the peak height (as in training of the shipped weights)
+    eta = pv_area_fraction(U(0.0, 1.0))
+    bg = [U(0, 0.15), U(0.5, 4.0), U(0, 0.15), U(1.0, 3.0), U(0.2, 1.5), U(0, 0.05)]
+    bg_on = rand() < 0.7
+    noise_level = U(0.0, 0.03)
+    noise = torch.randn((B, Q_GRID_POINTS), device=dev, generator=generator)
+    return PatternSettings(lam, q_min, q_max, zero, uiso, use_lp, size_nm, inst, eta, *bg, bg_on, noise_level, noise)
+
+
+def render_training_patterns(refl_q, refl_i, refl_mask, settings: PatternSettings) -> torch.Tensor:
+    """Encoder inputs (B, N_CHANNELS, M) of reflection lists measured with ``settings``.
+
+    The diffraction physics is :func:`physics.canonical.powder_pattern_q`; here the pattern is
+    max-normalised, a background and noise are added, the measured range is cut and the result
+    mapped to the canonical representation (min 0, max 1; y and √y).
 
     Parameters
     ----------
@@ -82,62 +185,35 @@ def simulate_training_patterns(refl_q, refl_i, refl_mask, generator=None, *, siz
     refl_i : Tensor (B, K)
         Σ|F|² per reflection (no LP, no Debye–Waller), any scale.
     refl_mask : Tensor (B, K) bool
+    settings : PatternSettings
     """
-    dev = refl_q.device
-    B = refl_q.shape[0]
-
-    def U(lo, hi, shape=(B,)):
-        return lo + (hi - lo) * torch.rand(shape, device=dev, generator=generator)
-
-    grid = q_grid(dev)
-    # wavelength: 60 % lab Cu, 15 % Mo, 10 % Co, 15 % synchrotron 0.1–0.8 Å
-    u = torch.rand(B, device=dev, generator=generator)
-    lam = torch.where(u < 0.6, torch.full_like(u, 1.5406), torch.where(u < 0.75, torch.full_like(u, 0.7093),
-                      torch.where(u < 0.85, torch.full_like(u, 1.789), U(0.1, 0.8))))
-    # 2θ range measured; Q limits of the pattern
-    tth_max = U(60.0, 150.0)
-    qmax = (4 * math.pi * torch.sin(torch.deg2rad(tth_max) / 2) / lam).clamp(max=Q_GRID_MAX)
-    qmin = U(0.0, 1.2)
-    # zero shift in 2θ moves every reflection: Q' = 4π sin((2θ + δ)/2)/λ
-    s = (refl_q * lam[:, None] / (4 * math.pi)).clamp(max=1.0)
-    tth = 2 * torch.asin(s)
-    dz = torch.deg2rad(U(-0.15, 0.15))[:, None] * (torch.rand(B, 1, device=dev, generator=generator) < 0.7)
-    tth_s = (tth + dz).clamp(1e-4, math.pi - 1e-4)
-    q = 4 * math.pi * torch.sin(tth_s / 2) / lam[:, None]
-    valid = refl_mask & (s < 0.999)
-    # intensities: Debye–Waller, Lorentz–polarisation (on for 80 %)
-    uiso = U(0.002, 0.03)
-    inten = refl_i * torch.exp(-uiso[:, None] * refl_q**2)
-    th = tth_s / 2
-    lp = (1 + torch.cos(2 * th) ** 2) / (torch.sin(th) ** 2 * torch.cos(th)).clamp(min=1e-4)
-    use_lp = (torch.rand(B, 1, device=dev, generator=generator) < 0.8).float()
-    inten = inten * (use_lp * lp + (1 - use_lp)) * valid
-    # profile: Scherrer size (log-uniform 1–20 nm) ⊕ instrument, pseudo-Voigt
-    lo, hi = size_nm_range
-    size_A = 10.0 * torch.exp(U(math.log(lo), math.log(hi)))
-    fw_size = 2 * math.pi * 0.9 / size_A
-    fw_inst = U(0.005, 0.04)
-    fwhm = (fw_size**2 + fw_inst**2).sqrt()[:, None, None]  # (B,1,1)
-    eta = U(0.0, 1.0)[:, None, None]
-    dq = grid[None, None, :] - q[:, :, None]  # (B,K,M)
-    g = torch.exp(-4 * math.log(2) * dq**2 / fwhm**2)
-    lor = 1 / (1 + 4 * dq**2 / fwhm**2)
-    prof = (eta * lor + (1 - eta) * g) / fwhm  # area-normalised up to a constant
-    y = torch.einsum("bk,bkm->bm", inten, prof)
+    st = settings
+    grid = q_grid(refl_q.device)
+    y = powder_pattern_q(refl_q, refl_i, grid, wavelength=st.wavelength, size_nm=st.size_nm,
+                         inst_fwhm_q=st.inst_fwhm_q, eta=st.eta, mask=refl_mask, zero_shift_deg=st.zero_shift_deg,
+                         uiso=st.uiso, lorentz_polarization=st.lorentz_polarization, lp_max=TRAIN_LP_MAX)
     y = y / y.amax(1, keepdim=True).clamp(min=1e-12)
-    # background: smooth decaying + broad hump, up to 30 % of max
-    bg = U(0, 0.15)[:, None] * torch.exp(-grid[None] / U(0.5, 4.0)[:, None]) + U(0, 0.15)[:, None] * torch.exp(
-        -((grid[None] - U(1.0, 3.0)[:, None]) ** 2) / U(0.2, 1.5)[:, None]
-    ) + U(0, 0.05)[:, None]
-    bg = bg * (torch.rand(B, 1, device=dev, generator=generator) < 0.7)
-    noise = U(0.0, 0.03)[:, None] * torch.randn(y.shape, device=dev, generator=generator) * (y + bg + 0.05).sqrt()
-    y = y + bg + noise
-    inside = (grid[None] >= qmin[:, None]) & (grid[None] <= qmax[:, None])
+    g = grid[None]
+    bg = (st.bg_decay_amp[:, None] * torch.exp(-g / st.bg_decay_len[:, None])
+          + st.bg_hump_amp[:, None] * torch.exp(-((g - st.bg_hump_centre[:, None]) ** 2) / st.bg_hump_width[:, None])
+          + st.bg_const[:, None])
+    bg = bg * st.bg_on[:, None]
+    y = y + bg + st.noise_level[:, None] * st.noise * (y + bg + 0.05).sqrt()
+    inside = (g >= st.q_min[:, None]) & (g <= st.q_max[:, None])
     y = torch.where(inside, y, torch.zeros_like(y))
     ymin = torch.where(inside, y, torch.full_like(y, float("inf"))).amin(1, keepdim=True)
     y = torch.where(inside, y - ymin, torch.zeros_like(y)).clamp(min=0)
     y = y / y.amax(1, keepdim=True).clamp(min=1e-12)
     return torch.stack([y, y.sqrt(), torch.zeros_like(y)], dim=1)
+
+
+def simulate_training_patterns(refl_q, refl_i, refl_mask, generator=None, *, size_nm_range=(1.0, 20.0)):
+    """Random realistic patterns (B, N_CHANNELS, M) from reflection lists, in torch.
+
+    :func:`sample_settings` then :func:`render_training_patterns` (see there for the arguments).
+    """
+    settings = sample_settings(refl_q.shape[0], generator, device=refl_q.device, size_nm_range=size_nm_range)
+    return render_training_patterns(refl_q, refl_i, refl_mask, settings)
 
 
 class PatternEncoder(nn.Module):
@@ -151,7 +227,8 @@ class PatternEncoder(nn.Module):
             layers += [nn.Conv1d(cin, cout, 5, stride=2, padding=2), nn.GroupNorm(8, cout), nn.SiLU()]
         self.conv = nn.Sequential(*layers)
         n_out = Q_GRID_POINTS // 2 ** (len(chans) - 1)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(chans[-1] * n_out, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(chans[-1] * n_out, out_dim), nn.SiLU(),
+                                  nn.Linear(out_dim, out_dim))
         self.null = nn.Parameter(torch.zeros(out_dim))  # the "no pattern" condition
 
     def forward(self, pattern: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:

@@ -37,41 +37,14 @@ def default_cache_dir() -> Path:
 
 
 # --------------------------------------------------------------------------- reflections
-_XRAY_PARAMS: dict | None = None
+def binned_reflections(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray,
+                       q_max: float = Q_MAX_REFL, q_bin: float = Q_BIN, max_refl: int = MAX_REFL):
+    """The cached reflection list of one structure: Q bin index and Σ|F|² (multiplicity included, no LP/DW).
 
-
-def xray_params() -> dict:
-    """Cromer–Mann-like coefficients used by pymatgen's XRDCalculator (symbol -> [[a, b] x4])."""
-    global _XRAY_PARAMS
-    if _XRAY_PARAMS is None:
-        import json
-        import importlib.util
-
-        spec = importlib.util.find_spec("pymatgen.analysis.diffraction")
-        path = Path(spec.submodule_search_locations[0]) / "atomic_scattering_params.json"
-        _XRAY_PARAMS = json.loads(path.read_text())
-    return _XRAY_PARAMS
-
-
-def xray_form_factor_table(numbers: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """X-ray form factors f(Q) as in pymatgen's XRDCalculator, shape (len(numbers), len(q)).
-
-    f = Z - 41.78214 s² Σ a_i exp(-b_i s²), s = Q / 4π (Å⁻¹).
-    """
-    from pymatgen.core.periodic_table import Element
-
-    params = xray_params()
-    s2 = (np.asarray(q) / (4 * np.pi)) ** 2
-    out = np.empty((len(numbers), len(s2)))
-    for i, z in enumerate(numbers):
-        coeffs = np.asarray(params[Element.from_Z(int(z)).symbol])
-        out[i] = z - 41.78214 * s2 * np.sum(coeffs[:, 0, None] * np.exp(-coeffs[:, 1, None] * s2), axis=0)
-    return out
-
-
-def reflections(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray,
-                q_max: float = Q_MAX_REFL, q_bin: float = Q_BIN, max_refl: int = MAX_REFL):
-    """Merged X-ray reflection list: Q bin index and Σ|F|² (multiplicity included, no LP/DW).
+    The reflections are :func:`physics.xrd.reflections` (pymatgen's XRDCalculator form-factor
+    coefficients, no Debye–Waller); the cache policy here sums them into ``q_bin`` wide Q bins,
+    drops bins below 1e-8 of the strongest (systematic absences) and keeps the ``max_refl``
+    strongest.
 
     Parameters
     ----------
@@ -79,6 +52,9 @@ def reflections(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray,
         Lattice vectors as rows, Å.
     frac, numbers : arrays
         Fractional coordinates (N, 3) and atomic numbers (N,).
+    q_max, q_bin : float
+        Largest Q and bin width, Å⁻¹.
+    max_refl : int
 
     Returns
     -------
@@ -87,26 +63,17 @@ def reflections(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray,
     intensity : float32 array
         Σ |F(hkl)|² over all hkl (both Friedel mates) in the bin, divided by its maximum.
     """
-    lattice = np.asarray(lattice, float)
-    recip = 2 * np.pi * np.linalg.inv(lattice).T  # rows b_i, Å⁻¹
-    hmax = np.floor(q_max * np.linalg.norm(lattice, axis=1) / (2 * np.pi)).astype(int)
-    rng = [np.arange(-m, m + 1) for m in hmax]
-    hkl = np.stack(np.meshgrid(*rng, indexing="ij"), -1).reshape(-1, 3)
-    g = hkl @ recip
-    q = np.linalg.norm(g, axis=1)
-    keep = (q > 1e-8) & (q <= q_max)
-    hkl, q = hkl[keep], q[keep]
-    b = np.rint(q / q_bin).astype(np.int64)
-    # form factors on the unique bins (they vary slowly with Q)
+    import torch
+
+    from ...physics.crystal import CrystalBatch
+    from ...physics.xrd import reflections
+
+    batch = CrystalBatch.from_arrays([lattice], [frac], [numbers], dtype=torch.float64)
+    with torch.no_grad():
+        refl = reflections(batch, q_max, table="pymatgen", debye_waller=False, merge=True)
+    b = np.rint(refl.q.numpy() / q_bin).astype(np.int64)
     ub, inv = np.unique(b, return_inverse=True)
-    species = np.unique(numbers)
-    ff = xray_form_factor_table(species, ub * q_bin)  # (S, U)
-    sidx = np.searchsorted(species, numbers)
-    phase = 2 * np.pi * (hkl @ np.asarray(frac, float).T)  # (R, N)
-    f_at = ff[sidx][:, inv].T  # (R, N)
-    re = (f_at * np.cos(phase)).sum(1)
-    im = (f_at * np.sin(phase)).sum(1)
-    inten = np.bincount(inv, weights=re**2 + im**2, minlength=len(ub))
+    inten = np.bincount(inv, weights=refl.intensity.numpy(), minlength=len(ub))
     nz = inten > 1e-8 * inten.max()
     ub, inten = ub[nz], inten[nz]
     if len(ub) > max_refl:
@@ -157,7 +124,7 @@ def build_pool_arrays(data_dir: str | os.PathLike | None = None, out: str | Path
                 continue
             lat, frac, z = canonical_arrays(s)
             if with_reflections:
-                bins, inten = reflections(lat, frac, z, max_refl=max_refl)
+                bins, inten = binned_reflections(lat, frac, z, max_refl=max_refl)
         except Exception as exc:  # noqa: BLE001 - skip unparsable rows, report them
             print(f"skip {rec.material_id}: {exc}")
             continue
