@@ -283,12 +283,6 @@ class Proposal:
         return Proposal(structure=self.structure.copy(), backend=self.backend, seed=self.seed, scores=dict(self.scores),
                         refined=dict(self.refined), provenance=dict(self.provenance))
 
-    def to_diffpy(self):
-        """The structure as a :class:`diffpy.structure.Structure` (Uiso kept when present)."""
-        from .io.structures import pymatgen_to_diffpy
-
-        return pymatgen_to_diffpy(self.structure)
-
     @property
     def formula(self) -> str:
         return self.structure.composition.reduced_formula

@@ -53,12 +53,14 @@ def test_observation_shape_mismatch():
         Observation(kind="xrd", x=np.arange(3.0), y=np.ones(4), x_kind="q")
 
 
-def test_proposal_to_diffpy():
+def test_proposal_structure_to_diffpy():
     from pymatgen.core import Lattice, Structure
+
+    from diffpy_diffusion.io.structures import pymatgen_to_diffpy
 
     s = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     p = Proposal(structure=s, backend="x")
-    ds = p.to_diffpy()
+    ds = pymatgen_to_diffpy(p.structure)
     assert len(ds) == 2 and ds.lattice.a == pytest.approx(5.64)
     assert p.formula == "NaCl"
 
