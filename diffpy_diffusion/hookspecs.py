@@ -1,10 +1,25 @@
 """Hook specifications: the plugin author's manual.
 
 diffpy-diffusion is extended with `pluggy <https://pluggy.readthedocs.io>`_
-hooks under the project name ``"diffpy_diffusion"``.  The built-in backends
-(``random``, ``templates``, ``diffusion``) are registered through exactly the
-same hooks a third-party package uses, so everything below is exercised by the
-project's own code.
+hooks under the project name ``"diffpy_diffusion"``.  Everything the project
+ships is itself a plugin registered through exactly these hooks
+(:data:`diffpy_diffusion.plugins.BUILTIN_PLUGINS`, listed by ``diffpy-diffuse
+plugins``):
+
+- ``readers`` (``diffpy_diffusion.builtins.readers``): :func:`register_readers`;
+- ``simulators`` (``diffpy_diffusion.builtins.simulators``): :func:`register_simulators`;
+- ``pdf`` (``diffpy_diffusion.builtins.pdf``): :func:`pdf_calculator`;
+- ``commands`` (``diffpy_diffusion.builtins.commands``): :func:`register_commands`;
+- ``random``, ``templates``, ``diffusion`` (``diffpy_diffusion.backends.random``,
+  ``.templates``, ``.diffusion``): :func:`register_backends`.
+
+:func:`rerank` and :func:`recipe_seeded` have no built-in implementation; their
+docstrings say why.  The contract test kits in :mod:`diffpy_diffusion.testing`
+(:class:`~diffpy_diffusion.testing.BackendContract`,
+:class:`~diffpy_diffusion.testing.ReaderContract`,
+:class:`~diffpy_diffusion.testing.SimulatorContract`,
+:func:`~diffpy_diffusion.testing.check_pdf_calculator`) are run against the
+built-ins and the plugins in ``plugins/`` alike.
 
 Writing a plugin
 ----------------
@@ -43,8 +58,9 @@ Selecting plugins
 -----------------
 ``DIFFPY_DIFFUSION_PLUGINS=a,b`` loads only the plugins named (built-in
 plugins are named after their module: ``random``, ``templates``,
-``diffusion``; third-party ones by their entry-point name);
-``DIFFPY_DIFFUSION_DISABLE_PLUGINS=a,b`` skips those.  A plugin that fails to
+``diffusion``...; third-party ones by their entry-point name), plus the core
+built-ins ``readers``, ``simulators``, ``pdf`` and ``commands``;
+``DIFFPY_DIFFUSION_DISABLE_PLUGINS=a,b`` skips those named, core built-ins included.  A plugin that fails to
 import, raises in a hook or registers a name that is already taken is reported
 in one line naming it (``diffpy-diffuse backends`` shows these) and the other
 plugins keep working.
@@ -107,6 +123,16 @@ def register_backends(register):
         When ``version`` and ``capabilities`` are class attributes of the
         factory, ``diffpy-diffuse backends`` reads them without building the
         backend (so listing stays fast even if building loads model weights).
+        An optional ``available() -> bool`` class attribute says whether the
+        backend can run with what is installed (e.g. trained weights);
+        ``--backend auto`` skips a backend that answers ``False``.
+
+    Notes
+    -----
+    Built in: ``random`` (:mod:`diffpy_diffusion.backends.random`), ``templates``
+    (:mod:`diffpy_diffusion.backends.templates`) and ``diffusion``
+    (:mod:`diffpy_diffusion.backends.diffusion`), each its own plugin so that
+    ``DIFFPY_DIFFUSION_DISABLE_PLUGINS`` can switch them off one by one.
 
     Returns
     -------
@@ -135,9 +161,14 @@ def register_readers(register):
 
     Notes
     -----
-    Built-in readers cover ``.xy .xye .dat .csv .txt .chi .iq .gr .fgr``.  A
-    plugin reader registered for an extension that a built-in reader also
-    handles takes precedence (plugins are meant to override).
+    Built in (plugin ``readers``, :mod:`diffpy_diffusion.builtins.readers`):
+    ``xy`` for ``.xy .xye .dat .csv .txt .chi .iq .xyd``, ``gr`` for ``.gr
+    .fgr .rdf`` and ``observation-json`` for ``.json``.  A plugin reader
+    registered for an extension that a built-in reader also handles takes
+    precedence (plugins are meant to override;
+    :func:`diffpy_diffusion.plugins.reader_for`).  Files whose extension no
+    reader claims are read as columns of numbers.
+    :class:`diffpy_diffusion.testing.ReaderContract` checks a reader.
     """
 
 
@@ -152,10 +183,17 @@ def register_simulators(register):
         **params) -> Observation``, where ``structure`` is a pymatgen
         Structure and ``params`` are the keyword parameters documented for
         :func:`diffpy_diffusion.simulation.simulate` (``wavelength``,
-        ``size_nm``, ``radiation``, ...).  Built-in names are ``"xrd"``,
-        ``"pdf"`` and ``"debye"``; a plugin may add e.g. ``"neutron-tof"`` or
-        ``"electron"``, which then becomes available to ``diffpy-diffuse
-        simulate --kind NAME``.
+        ``size_nm``, ``radiation``, ...).  A plugin may add e.g.
+        ``"neutron-tof"`` or ``"electron"``, which then becomes available to
+        ``diffpy-diffuse simulate --kind NAME``.  Names are unique: a name that
+        is already registered is reported as a plugin error and ignored.
+
+    Notes
+    -----
+    Built in (plugin ``simulators``, :mod:`diffpy_diffusion.builtins.simulators`):
+    ``"xrd"``, ``"pdf"`` and ``"debye"``, the torch models behind
+    :func:`diffpy_diffusion.simulation.simulate`.
+    :class:`diffpy_diffusion.testing.SimulatorContract` checks a simulator.
     """
 
 
@@ -177,7 +215,19 @@ def pdf_calculator(kind):
         names (``qmax``, ``qdamp``, ``qbroad``, ``delta1``, ``delta2``,
         ``scale``, ``spdiameter``, ``radiation``), or ``None`` to leave the
         choice to other plugins.  The first non-``None`` answer wins (this is
-        how the ``diffpy-diffusion-srreal`` plugin swaps in srreal).
+        how the ``diffpy-diffusion-srreal`` plugin swaps in srreal).  A
+        calculator may also have ``profile_generator(name)`` returning a
+        complete srfit ProfileGenerator; refinement then uses that instead of
+        calling the calculator once per parameter state.
+
+    Notes
+    -----
+    Built in (plugin ``pdf``, :mod:`diffpy_diffusion.builtins.pdf`): the torch
+    model of :mod:`diffpy_diffusion.physics.pdf` for ``kind="pdf"``, marked
+    ``trylast`` so any plugin's answer comes first; it answers ``None`` for
+    ``"debye"`` (the cluster model is the ``debye`` simulator; nothing refines
+    with it).  Refinement asks through
+    :func:`diffpy_diffusion.plugins.get_pdf_calculator`.
     """
 
 
@@ -201,6 +251,13 @@ def rerank(observation, proposals):
         ``results.json``; the pipeline's own ranking is not changed.  Return
         ``None`` to add nothing.  Do not reorder or modify the list itself.
         A wrong number of values is reported as a plugin error and ignored.
+
+    Notes
+    -----
+    No built-in implementation: ranking by the fit to the data (screening
+    Rwp, then the refined Rw) is the core's own default
+    (:func:`diffpy_diffusion.report.score_of`), and this hook only adds
+    figures of merit next to it.
     """
 
 
@@ -212,9 +269,17 @@ def register_commands(cli):
     ----------
     cli : click.Group
         The top-level group; call ``cli.add_command(my_click_command)``.
-        Use a name that does not clash with the built-in commands (propose,
-        simulate, refine, train, evaluate, backends, bench); a clash is
-        reported as a plugin error and the built-in command is kept.
+        Use a name that does not clash with the existing commands (propose,
+        propose-batch, simulate, refine, train, evaluate, backends, plugins,
+        bench); a clash is reported as a plugin error and the existing command
+        is kept.  Reuse the option decorators of :mod:`diffpy_diffusion.cli.options`
+        so your options are spelled like the built-in ones.
+
+    Notes
+    -----
+    Built in (plugin ``commands``, :mod:`diffpy_diffusion.builtins.commands`):
+    the optional commands ``train`` and ``bench``.  The core commands are part
+    of :mod:`diffpy_diffusion.cli` itself.
     """
 
 
@@ -235,4 +300,10 @@ def recipe_seeded(recipe, proposal):
     Returns
     -------
     None
+
+    Notes
+    -----
+    No built-in implementation: :func:`diffpy_diffusion.seed_recipe` already
+    returns the proposal it used, with its provenance; the hook is for plugins
+    that add restraints or log elsewhere.
     """

@@ -94,7 +94,7 @@ def check_formula_unit(observation: Observation) -> int:
     return n_fu
 
 
-def _hides_interrupt(exc: BaseException) -> bool:
+def hides_interrupt(exc: BaseException) -> bool:
     """True when ``exc`` stands for a Ctrl-C: diffpy.srfit's ``Constraint._validate`` turns a
     KeyboardInterrupt raised inside it into ``UnboundLocalError`` (its ``finally`` reads an unset name)."""
     seen: set[int] = set()
@@ -351,7 +351,7 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # a failed fit keeps the screened candidate
-            if _hides_interrupt(exc):
+            if hides_interrupt(exc):
                 raise KeyboardInterrupt from exc
             p.provenance["refine_error"] = f"{type(exc).__name__}: {exc}"
             p.provenance["refine_s"] = round(time.perf_counter() - t0, 3)

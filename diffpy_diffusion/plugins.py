@@ -1,47 +1,58 @@
 """The plugin manager: built-in plugins, entry-point plugins, allow/deny lists.
 
 Everything registered through hooks is collected here: backends, pattern
-readers, simulators.  Loading is lazy (first call of :func:`get_plugin_manager`)
-and fault-tolerant: a plugin that fails to import, raises in a registration
-hook or registers a name that is already taken is recorded in
-:func:`plugin_errors` as a one-line message naming the plugin, and the other
-plugins keep working.
+readers, simulators, the PDF calculator and plugin commands.  diffpy-diffusion's
+own formats, models and optional commands are plugins too (:data:`BUILTIN_PLUGINS`),
+registered before the entry points exactly as a third-party module is
+(``pm.register(module, name=...)``).  Loading is lazy (first call of
+:func:`get_plugin_manager`) and fault-tolerant: a plugin (built-in or not) that
+fails to import, raises in a registration hook or registers a name that is
+already taken is recorded in :func:`plugin_errors` as a one-line message naming
+the plugin, ``diffpy-diffuse plugins`` shows it, and the other plugins keep working.
 
 Environment variables
 ---------------------
 ``DIFFPY_DIFFUSION_PLUGINS``
     Comma-separated allow-list of plugin names.  When set, only these plugins
-    are loaded (built-ins included: name them ``random``, ``templates``...).
+    are loaded, plus the core built-ins (:data:`CORE_PLUGINS`: ``readers``,
+    ``simulators``, ``pdf``, ``commands``), which the allow-list need not name.
 ``DIFFPY_DIFFUSION_DISABLE_PLUGINS``
-    Comma-separated deny-list of plugin names.
+    Comma-separated deny-list of plugin names (any plugin, core built-ins included).
 
 A plugin's name is its entry-point name (third-party) or the last component of
-its module name (built-in: ``diffpy_diffusion.backends.random`` -> ``random``).
-The distribution name (``diffpy-diffusion-example``) is accepted too.
+its module name (built-in: ``diffpy_diffusion.backends.random`` -> ``random``,
+``diffpy_diffusion.builtins.readers`` -> ``readers``).  The distribution name
+(``diffpy-diffusion-example``) and a built-in's full module name are accepted too.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
 from . import hookspecs
 from .errors import BackendError, PluginError
 
-#: Built-in plugin modules, registered through the same hooks as third-party
-#: plugins.  The owner of a backend adds its module here (one-line edit).
-#: Modules that do not exist (yet) are skipped silently.
+#: Built-in plugin modules, registered in this order before the entry points and through
+#: the same hooks.  A module that fails to import is a plugin error like any other.
 BUILTIN_PLUGINS: list[str] = [
+    "diffpy_diffusion.builtins.readers",
+    "diffpy_diffusion.builtins.simulators",
+    "diffpy_diffusion.builtins.pdf",
+    "diffpy_diffusion.builtins.commands",
     "diffpy_diffusion.backends.random",
     "diffpy_diffusion.backends.templates",
     "diffpy_diffusion.backends.diffusion",
 ]
+#: Built-ins loaded even when an allow-list does not name them: without them no pattern file
+#: could be read and nothing simulated.  The deny-list still removes them.
+CORE_PLUGINS = frozenset({"readers", "simulators", "pdf", "commands"})
 
 ENTRY_POINT_GROUP = "diffpy_diffusion"
 ENV_ALLOW = "DIFFPY_DIFFUSION_PLUGINS"
@@ -69,6 +80,7 @@ class _State:
     backends: dict | None = None
     readers: dict | None = None
     simulators: dict | None = None
+    commands: dict = field(default_factory=dict)  # command name -> plugin that added it
 
 
 _lock = threading.RLock()
@@ -111,17 +123,13 @@ def _load() -> _State:
 
     for modname in BUILTIN_PLUGINS:
         short = modname.rsplit(".", 1)[-1]
-        if not _selected({short, modname}, allow, deny):
-            continue
-        try:
-            if importlib.util.find_spec(modname) is None:
-                continue
-        except (ImportError, ValueError):
+        allow_here = allow | {short} if allow is not None and short in CORE_PLUGINS else allow
+        if not _selected({short, modname}, allow_here, deny):
             continue
         try:
             mod = importlib.import_module(modname)
             pm.register(mod, name=short)
-        except Exception as exc:  # a broken built-in must not break the CLI
+        except Exception as exc:  # recorded and shown; the other plugins keep working
             errors.append(f"plugin {short!r} ({modname}) failed to load: {_one_line(exc)}")
             continue
         info[short] = {"module": modname, "version": _package_version(),
@@ -306,6 +314,7 @@ def _describe(reg: Registration, instantiate: bool) -> dict:
     return {
         "name": reg.name,
         "plugin": reg.plugin,
+        "plugin_module": _state_().plugin_info.get(reg.plugin, {}).get("module", "?"),
         "plugin_version": reg.plugin_version,
         "version": str(version) if version is not None else "?",
         "capabilities": sorted(caps) if isinstance(caps, (set, frozenset, list, tuple)) else [],
@@ -320,8 +329,8 @@ def list_backends(*, instantiate: bool = True) -> list[dict]:
     Returns
     -------
     list of dict
-        One dict per backend with ``name``, ``plugin``, ``plugin_version``,
-        ``version``, ``capabilities`` (sorted list), ``description`` and
+        One dict per backend with ``name``, ``plugin``, ``plugin_module``,
+        ``plugin_version``, ``version``, ``capabilities`` (sorted list), ``description`` and
         ``error`` (``None``, or why the factory could not be built).
     """
     regs = _backends(_state_())
@@ -333,13 +342,38 @@ def get_readers() -> dict[str, Registration]:
     return dict(_readers(_state_()))
 
 
+def is_builtin(plugin: str) -> bool:
+    """True when ``plugin`` (a plugin name) is one of :data:`BUILTIN_PLUGINS`."""
+    return bool(_state_().plugin_info.get(plugin, {}).get("builtin"))
+
+
+def reader_for(suffix: str) -> Registration | None:
+    """The reader registered for the file extension ``suffix`` (``".xy"``), or ``None``.
+
+    A third-party reader takes precedence over a built-in one for the same extension
+    (plugins are meant to override); among third-party readers the first plugin in
+    entry-point name order wins.
+    """
+    suffix = suffix.lower()
+    regs = [r for r in _readers(_state_()).values()
+            if suffix in {str(e).lower() for e in r.options.get("extensions", ())}]
+    regs.sort(key=lambda r: is_builtin(r.plugin))  # stable: registration order within each group
+    return regs[0] if regs else None
+
+
 def get_simulators() -> dict[str, Registration]:
     """Registered simulators by name (``Registration.obj`` is the callable)."""
     return dict(_simulators(_state_()))
 
 
 def get_pdf_calculator(kind: str = "pdf"):
-    """The first plugin-provided PDF calculator for ``kind`` or ``None`` (use the built-in torch one)."""
+    """The PDF calculator for ``kind`` (``"pdf"`` or ``"debye"``): the first non-``None`` hook answer.
+
+    Third-party answers come first (the built-in :mod:`diffpy_diffusion.builtins.pdf` is
+    ``trylast``), so with diffpy-diffusion-srreal installed this is srreal's calculator, else
+    the built-in torch one for ``"pdf"``.  ``None`` when nobody answers (``"debye"`` without a
+    plugin) or the hook raised (recorded in :func:`plugin_errors`).
+    """
     try:
         return get_plugin_manager().hook.pdf_calculator(kind=kind)
     except Exception as exc:
@@ -376,19 +410,69 @@ def notify_recipe_seeded(recipe, proposal) -> None:
 
 
 def add_plugin_commands(cli) -> list[str]:
-    """Run ``register_commands`` hooks against the click group ``cli``; returns error lines."""
+    """Run ``register_commands`` hooks against the click group ``cli``; returns error lines.
+
+    Plugins run in registration order (built-ins first).  A command that is already there
+    (the core commands, or one an earlier plugin added) cannot be replaced: the attempt is
+    reported and the first command kept.
+    """
     st = _state_()
     errs = []
-    builtin = set(getattr(cli, "commands", {}))
+    for name in getattr(cli, "commands", {}):
+        st.commands.setdefault(name, None)  # the group's own commands
     for impl in st.pm.hook.register_commands.get_hookimpls():
         before = dict(cli.commands)
         try:
             impl.function(cli=cli)
         except Exception as exc:
             errs.append(f"plugin {impl.plugin_name!r} failed in register_commands: {_one_line(exc)}")
-        for name in builtin:
-            if cli.commands.get(name) is not before.get(name):
-                cli.commands[name] = before[name]
-                errs.append(f"plugin {impl.plugin_name!r} tried to replace built-in command {name!r}; ignored")
+        for name, cmd in before.items():
+            if cli.commands.get(name) is not cmd:
+                cli.commands[name] = cmd
+                owner = st.commands.get(name)
+                what = ("built-in command" if owner is None or is_builtin(owner)
+                        else f"command of plugin {owner!r}")
+                errs.append(f"plugin {impl.plugin_name!r} tried to replace {what} {name!r}; ignored")
+        for name, cmd in cli.commands.items():
+            if name not in before:
+                st.commands[name] = impl.plugin_name
+                cmd.diffpy_diffusion_plugin = impl.plugin_name  # survives reset(), for list_plugins(group)
     st.errors.extend(errs)
     return errs
+
+
+def list_plugins(group=None) -> list[dict]:
+    """Describe every loaded plugin and what it contributes (``diffpy-diffuse plugins``).
+
+    Parameters
+    ----------
+    group : click.Group, optional
+        The command group plugin commands were added to; its commands name their plugin
+        (otherwise the commands added since the last :func:`reset` are listed).
+
+    Returns
+    -------
+    list of dict
+        In load order (built-ins first), one dict per plugin: ``name``, ``module``,
+        ``version``, ``dist``, ``builtin``, ``hooks`` (names of the hooks it implements),
+        ``backends``, ``readers`` (``"name (.ext .ext)"``), ``simulators`` and ``commands``
+        (names it registered; commands only once the CLI has loaded them).
+    """
+    st = _state_()
+    owners = dict(st.commands)
+    if group is not None:
+        owners.update({n: getattr(c, "diffpy_diffusion_plugin", None) for n, c in group.commands.items()})
+    backends, readers, simulators = _backends(st), _readers(st), _simulators(st)
+    out = []
+    for name, info in st.plugin_info.items():
+        plugin = st.pm.get_plugin(name)
+        hooks = sorted(h.name for h in (st.pm.get_hookcallers(plugin) or [])) if plugin is not None else []
+        out.append({
+            "name": name, **info, "hooks": hooks,
+            "backends": sorted(r.name for r in backends.values() if r.plugin == name),
+            "readers": [f"{r.name} ({' '.join(r.options.get('extensions', ()))})"
+                        for r in readers.values() if r.plugin == name],
+            "simulators": sorted(r.name for r in simulators.values() if r.plugin == name),
+            "commands": sorted(c for c, p in owners.items() if p == name),
+        })
+    return out

@@ -62,8 +62,15 @@ def observation_summary(observation: Observation) -> dict[str, Any]:
     }
 
 
-def spacegroup_of(structure, symprec: float = 0.01) -> tuple[str | None, int | None]:
-    """(Hermann–Mauguin symbol, number) found by spglib, or (None, None)."""
+#: spglib tolerance (Å) for the space group of a candidate that was not refined: backends'
+#: structures are only approximately symmetric, and a type-level answer is what is wanted.
+CANDIDATE_SYMPREC = 0.1
+#: Score keys in the order a candidate is ranked by: refined Rw (PDF) / Rwp (XRD), else the screen's.
+RANKING_SCORES = ("rw", "rwp", "screen_rwp", "screen_rw")
+
+
+def spacegroup_of(structure, symprec: float = CANDIDATE_SYMPREC) -> tuple[str | None, int | None]:
+    """(Hermann–Mauguin symbol, number) found by spglib at ``symprec`` Å, or (None, None)."""
     try:
         from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
@@ -73,33 +80,88 @@ def spacegroup_of(structure, symprec: float = 0.01) -> tuple[str | None, int | N
         return None, None
 
 
-def candidate_record(p: Proposal, rank: int, files: dict[str, str] | None = None) -> dict[str, Any]:
-    """One entry of ``results.json``'s ``candidates`` list."""
+def score_of(scores: dict) -> tuple[str | None, float | None]:
+    """The figure of merit a candidate is ranked by: refined Rw/Rwp if present, else the screening one."""
+    for key in RANKING_SCORES:
+        if key in scores and scores[key] is not None:
+            return key, float(scores[key])
+    return None, None
+
+
+def plain(value):
+    """``value`` as it reads back from JSON (numpy and pymatgen objects converted, NaN -> None).
+
+    Records cross process boundaries (``propose-batch`` workers) and end up in JSON files and
+    ``--json`` output; converting once here makes every caller see the same values.
+    """
+    import json
+
+    from .io.writers import to_json_text
+
+    return json.loads(to_json_text(value, indent=None))
+
+
+def candidate_record(p: Proposal, rank: int, files: dict[str, str] | None = None, *,
+                     structure: bool = False) -> dict[str, Any]:
+    """The one description of a ranked candidate: ``results.json``, ``propose --json``, ``propose-batch``.
+
+    Parameters
+    ----------
+    p : Proposal
+    rank : int
+        1-based rank.
+    files : dict, optional
+        Output file names (``cif``, ``stru``, ``png``...) merged into the record.
+    structure : bool
+        Also include the structure as ``Structure.as_dict()`` (``propose-batch`` workers send
+        it back to the parent, which writes the files).
+
+    Returns
+    -------
+    dict
+        ``rank``, ``formula`` (reduced), ``cell_formula``, ``n_atoms``, ``spacegroup`` and
+        ``spacegroup_number`` (the refinement's when refined, else spglib at
+        :data:`CANDIDATE_SYMPREC` Å), ``lattice`` (a, b, c in Å; alpha, beta, gamma in
+        degrees; volume in Å³), ``backend``, ``backend_version``, ``seed``, ``score_name`` and
+        ``score`` (:func:`score_of`), ``rw`` (None when absent or not finite), ``screen_rwp``,
+        ``scores``, ``refined``, ``provenance`` (keys not starting with ``_``) and, when the
+        refinement recorded them, ``refine_error``, ``refine_converged``, ``refine_message``.
+    """
     s = p.structure
-    sg = p.provenance.get("spacegroup_refined")
-    sgn = p.provenance.get("spacegroup_number_refined")
+    prov = p.provenance if isinstance(p.provenance, dict) else {}
+    sg = prov.get("spacegroup_refined")
+    sgn = prov.get("spacegroup_number_refined")
     if not sg:
         sg, sgn = spacegroup_of(s)
     rw = p.scores.get("rw")
+    key, val = score_of(p.scores)
     lat = s.lattice
     rec = {
         "rank": rank,
-        "rw": None if rw is None or not math.isfinite(rw) else float(rw),
-        "screen_rwp": p.scores.get("screen_rwp"),
-        "spacegroup": sg,
-        "spacegroup_number": sgn,
         "formula": s.composition.reduced_formula,
         "cell_formula": s.composition.formula.replace(" ", ""),
         "n_atoms": len(s),
+        "spacegroup": sg,
+        "spacegroup_number": None if sgn is None else int(sgn),
         "lattice": {"a": lat.a, "b": lat.b, "c": lat.c, "alpha": lat.alpha, "beta": lat.beta,
                     "gamma": lat.gamma, "volume": lat.volume},
         "backend": p.backend,
-        "backend_version": p.provenance.get("backend_version"),
+        "backend_version": prov.get("backend_version"),
         "seed": p.seed,
-        "refined": p.refined,
-        "scores": p.scores,
-        "provenance": {k: v for k, v in p.provenance.items() if not k.startswith("_")},
+        "score_name": key,
+        "score": val,
+        "rw": None if rw is None or not math.isfinite(rw) else float(rw),
+        "screen_rwp": p.scores.get("screen_rwp"),
+        "scores": dict(p.scores),
+        "refined": dict(p.refined),
+        "provenance": {k: v for k, v in prov.items() if not k.startswith("_")},
     }
+    for k in ("refine_error", "refine_converged", "refine_message"):
+        if k in prov:
+            rec[k] = prov[k]
+    rec = plain(rec)
+    if structure:
+        rec["structure"] = s.as_dict()
     if files:
         rec.update(files)
     return rec

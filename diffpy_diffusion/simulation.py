@@ -33,11 +33,9 @@ def _to_pymatgen(structure):
         from .io import read_structure
 
         return read_structure(structure)
-    try:
-        from pymatgen.core import Structure
-    except ImportError:  # pragma: no cover - pymatgen is a dependency
-        Structure = None
-    if Structure is not None and isinstance(structure, Structure):
+    from pymatgen.core import Structure
+
+    if isinstance(structure, Structure):
         return structure
     if type(structure).__module__.startswith("diffpy.structure"):
         from .io.structures import diffpy_to_pymatgen

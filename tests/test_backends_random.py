@@ -59,3 +59,15 @@ def test_min_distance_check():
     good = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     assert not R.min_distance_ok(bad)
     assert R.min_distance_ok(good)
+
+
+@pytest.mark.parametrize("number", [1, 2, 3, 15, 16, 74, 75, 142, 143, 167, 168, 194, 195, 230])
+def test_shared_crystal_system_matches_pymatgen(number):
+    """backends.common (used by random, templates and the diffusion hint) agrees with pymatgen's table."""
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    from diffpy_diffusion.backends.common import crystal_system, spacegroup_number
+
+    assert crystal_system(number) == SpaceGroup.from_int_number(number).crystal_system
+    assert spacegroup_number(SpaceGroup.from_int_number(number).symbol) == number
+    assert spacegroup_number(str(number)) == number and spacegroup_number(None) is None

@@ -232,7 +232,7 @@ def test_stale_writer_temp_files_are_removed_but_not_fresh_ones(tmp_path):
     import os
     import time
 
-    from diffpy_diffusion.batch import _remove_stale_temp_files
+    from diffpy_diffusion.batch.resume import remove_stale_temp_files
 
     stale = tmp_path / ".summary.csv.k_h3prhp.tmp"
     stale.write_text("half")
@@ -242,5 +242,5 @@ def test_stale_writer_temp_files_are_removed_but_not_fresh_ones(tmp_path):
     fresh.write_text("being written")
     keep = tmp_path / "summary.csv"
     keep.write_text("done")
-    _remove_stale_temp_files(tmp_path, started)
+    remove_stale_temp_files(tmp_path, started)
     assert not stale.exists() and fresh.exists() and keep.exists()

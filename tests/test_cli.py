@@ -314,3 +314,58 @@ def test_simulate_plugin_simulator(monkeypatch, tmp_path):
         assert res.exit_code == 2 and "toy" in res.output
     finally:
         plugins.reset()
+
+
+def test_plugins_command_lists_builtin_modules():
+    plugins.reset()
+    res = run(["plugins", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.stdout)["plugins"]}
+    assert rows["readers"]["module"] == "diffpy_diffusion.builtins.readers" and rows["readers"]["builtin"]
+    assert rows["simulators"]["simulators"] == ["debye", "pdf", "xrd"]
+    assert rows["commands"]["commands"] == ["bench", "train"]  # optional commands come through the hook
+    assert rows["random"]["module"] == "diffpy_diffusion.backends.random"
+    res = run(["plugins"])
+    assert res.exit_code == 0 and "diffpy_diffusion.builtins.readers" in res.stdout
+
+
+def test_builtin_plugin_commands_cannot_be_replaced(monkeypatch, tmp_path):
+    import importlib.metadata as md
+    import textwrap
+
+    (tmp_path / "tp_train.py").write_text(textwrap.dedent("""
+        import click
+        from diffpy_diffusion import hookimpl
+
+        @click.command("train")
+        def fake():
+            click.echo("hijacked")
+
+        @hookimpl
+        def register_commands(cli):
+            cli.add_command(fake)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    real = md.entry_points
+    monkeypatch.setattr(md, "entry_points", lambda **kw: list(real(**kw)) + (
+        [md.EntryPoint("trainer", "tp_train", "diffpy_diffusion")] if kw.get("group") == "diffpy_diffusion" else []))
+    plugins.reset()
+    saved = dict(cli.commands)
+    monkeypatch.setattr(DiffuseGroup, "_plugins_loaded", False)
+    try:
+        res = run(["--help"])
+        assert res.exit_code == 0
+        assert cli.commands["train"].callback.__module__ == "diffpy_diffusion.builtins.commands"
+        assert any("'trainer' tried to replace built-in command 'train'" in e for e in plugins.plugin_errors())
+    finally:
+        cli.commands.clear()
+        cli.commands.update(saved)
+        plugins.reset()
+
+
+def test_help_texts_do_not_point_at_a_relative_shared_folder():
+    for args in (["evaluate", "--help"], ["--help"]):
+        res = run(args)
+        assert res.exit_code == 0 and "../shared" not in res.output
+    assert "DIFFPY_DIFFUSION_DATA" in run(["evaluate", "--help"]).output
+    assert "../shared" not in (cli.get_command(None, "train").help or "")

@@ -7,17 +7,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from diffpy_diffusion.cli import _parse_backend_options, cli
+from diffpy_diffusion.cli import cli
+from diffpy_diffusion.cli.options import parse_backend_options
 
 DEMO = Path(__file__).resolve().parents[1] / "diffpy_diffusion" / "examples_data" / "nacl_3nm_cuka.xy"
 
 
 def test_parse_plain_and_per_backend_options_with_json_values():
-    got = _parse_backend_options(None, None, ("corrector_steps=0", "diffusion.cfg_scale=2.5", "diffusion.checkpoint=a/b.pt",
-                                              "templates.symmetrize=true", "note=a=b"))
+    got = parse_backend_options(None, None, ("corrector_steps=0", "diffusion.cfg_scale=2.5",
+                                             "diffusion.checkpoint=a/b.pt", "templates.symmetrize=true", "note=a=b"))
     assert got == {"corrector_steps": 0, "diffusion": {"cfg_scale": 2.5, "checkpoint": "a/b.pt"},
                    "templates": {"symmetrize": True}, "note": "a=b"}
-    assert _parse_backend_options(None, None, ()) is None
+    assert parse_backend_options(None, None, ()) is None
 
 
 @pytest.mark.parametrize("bad", ["foo", "=3", " =1"])

@@ -267,6 +267,18 @@ def test_backend_registered_through_hook():
     assert "diffusion" in names
 
 
+from diffpy_diffusion.testing import BackendContract  # noqa: E402
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped weights not present")
+class TestDiffusionContract(BackendContract):
+    """The plugin contract every backend passes; a short schedule keeps it to seconds."""
+
+    backend_name = "diffusion"
+    n = 2
+    options = {"steps": 3, "corrector_steps": 0, "adapt_z": 0.0}
+
+
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped weights not present")
 def test_pdf_observation_samples_with_null_condition():
     from diffpy_diffusion.backends.diffusion.backend import DiffusionBackend

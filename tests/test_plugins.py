@@ -7,10 +7,12 @@ import inspect
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from diffpy_diffusion import hookspecs, plugins
 from diffpy_diffusion.errors import BackendError
+from diffpy_diffusion.testing import ReaderContract, SimulatorContract, check_pdf_calculator
 
 
 def _fake_entry_points(monkeypatch, tmp_path, modules: dict[str, str], eps: list[tuple[str, str]],
@@ -70,22 +72,64 @@ def register_backends(register):
 
 
 def test_builtins_registered_via_hooks(fresh_plugins):
-    names = plugins.backend_names()
+    """Every built-in module is a plugin named after it, loaded like an entry point, with no errors."""
+    info = plugins.plugin_info()
     for mod in plugins.BUILTIN_PLUGINS:
         short = mod.rsplit(".", 1)[-1]
-        info = plugins.plugin_info().get(short)
-        if info is not None:
-            assert info["builtin"] is True
+        assert info[short] == {"module": mod, "version": info[short]["version"], "dist": "diffpy-diffusion",
+                               "builtin": True}
+    assert plugins.plugin_errors() == []
+    names = plugins.backend_names()
     # every registered backend has a plugin name and capabilities from the allowed set
     for row in plugins.list_backends(instantiate=False):
         assert row["name"] in names
         assert set(row["capabilities"]) <= {"composition", "xrd", "pdf", "spacegroup"}
+    owners = {r.name: (r.plugin, info[r.plugin]["module"]) for r in plugins.get_readers().values()}
+    assert owners["xy"] == ("readers", "diffpy_diffusion.builtins.readers")
+    assert {n: r.plugin for n, r in plugins.get_simulators().items()}.items() >= {
+        "xrd": "simulators", "pdf": "simulators", "debye": "simulators"}.items()
+    assert plugins.get_backend_registration("random").plugin == "random"
 
 
-def test_missing_builtin_module_is_tolerated(fresh_plugins, monkeypatch):
-    monkeypatch.setattr(plugins, "BUILTIN_PLUGINS", ["diffpy_diffusion.backends.does_not_exist"])
+def test_every_hookspec_has_a_builtin_or_says_why(fresh_plugins):
+    pm = plugins.get_plugin_manager()
+    builtin = {n for n, i in plugins.plugin_info().items() if i["builtin"]}
+    for name in ("register_backends", "register_readers", "register_simulators", "pdf_calculator",
+                 "rerank", "register_commands", "recipe_seeded"):
+        impls = {impl.plugin_name for impl in getattr(pm.hook, name).get_hookimpls()}
+        doc = inspect.getdoc(getattr(hookspecs, name))
+        assert impls & builtin or "No built-in implementation" in doc, name
+
+
+def test_missing_builtin_module_is_reported_and_others_work(fresh_plugins, monkeypatch):
+    monkeypatch.setattr(plugins, "BUILTIN_PLUGINS", ["diffpy_diffusion.backends.does_not_exist",
+                                                     "diffpy_diffusion.backends.random"])
     plugins.reset()
-    assert plugins.plugin_errors() == [] or all("does_not_exist" not in e for e in plugins.plugin_errors())
+    errs = plugins.plugin_errors()
+    assert any("'does_not_exist'" in e and "failed to load" in e for e in errs), errs
+    assert "random" in plugins.backend_names()
+
+
+def test_allow_list_keeps_core_builtins_deny_list_removes_them(fresh_plugins, monkeypatch):
+    monkeypatch.setenv(plugins.ENV_ALLOW, "random")
+    plugins.reset()
+    assert plugins.backend_names() == ["random"]
+    assert {"xy", "gr"} <= set(plugins.get_readers()) and "xrd" in plugins.get_simulators()
+    monkeypatch.delenv(plugins.ENV_ALLOW)
+    monkeypatch.setenv(plugins.ENV_DENY, "simulators")
+    plugins.reset()
+    assert "xrd" not in plugins.get_simulators() and "random" in plugins.backend_names()
+
+
+def test_list_plugins_names_modules_and_contributions(fresh_plugins):
+    rows = {r["name"]: r for r in plugins.list_plugins()}
+    assert rows["readers"]["module"] == "diffpy_diffusion.builtins.readers"
+    assert rows["readers"]["hooks"] == ["register_readers"]
+    assert any(x.startswith("xy (.xy ") for x in rows["readers"]["readers"])
+    assert rows["simulators"]["simulators"] == ["debye", "pdf", "xrd"]
+    assert rows["pdf"]["hooks"] == ["pdf_calculator"]
+    assert rows["templates"]["backends"] == ["templates"]
+    assert rows["example"]["builtin"] is False
 
 
 def test_entry_point_plugin(fresh_plugins, monkeypatch, tmp_path):
@@ -175,6 +219,29 @@ def test_readers_hook_overrides_extension(fresh_plugins, monkeypatch, tmp_path):
     assert read_observation(f).x_kind == "q"
 
 
+def test_plugin_reader_overrides_builtin_extension(fresh_plugins, monkeypatch, tmp_path):
+    src = """
+    import numpy as np
+    from diffpy_diffusion import hookimpl
+    from diffpy_diffusion.types import Observation
+
+    def read_xy(path, **kw):
+        return Observation(kind="xrd", x=np.arange(3.0) + 1, y=np.full(3, 7.0), x_kind="q", source=str(path))
+
+    @hookimpl
+    def register_readers(register):
+        register("my-xy", read_xy, extensions=(".xy",))
+    """
+    _fake_entry_points(monkeypatch, tmp_path, {"tp_xy": src}, [("myxy", "tp_xy")])
+    plugins.reset()
+    from diffpy_diffusion.io import read_observation
+
+    f = tmp_path / "data.xy"
+    f.write_text("10 1\n11 2\n12 3\n")
+    assert plugins.reader_for(".xy").plugin == "myxy"
+    assert np.all(read_observation(f).y == 7.0)
+
+
 def test_pdf_calculator_firstresult(fresh_plugins, monkeypatch, tmp_path):
     src = """
     from diffpy_diffusion import hookimpl
@@ -188,8 +255,11 @@ def test_pdf_calculator_firstresult(fresh_plugins, monkeypatch, tmp_path):
     """
     _fake_entry_points(monkeypatch, tmp_path, {"tp_calc": src}, [("calc", "tp_calc")])
     plugins.reset()
-    assert plugins.get_pdf_calculator("pdf").__name__ == "calc"
+    assert plugins.get_pdf_calculator("pdf").__name__ == "calc"  # a plugin's answer beats the built-in torch one
     assert plugins.get_pdf_calculator("debye") is None
+    monkeypatch.setenv(plugins.ENV_DENY, "calc")
+    plugins.reset()
+    assert type(plugins.get_pdf_calculator("pdf")).__name__ == "TorchPDFCalculator"
 
 
 def test_rerank_scores(fresh_plugins, monkeypatch, tmp_path):
@@ -220,3 +290,64 @@ def test_hookspecs_are_documented():
     for f in specs:
         doc = inspect.getdoc(f) or ""
         assert len(doc) > 200 and "Parameters" in doc, f.__name__
+
+
+# ----------------------------------------------------------------------------- contract kits
+
+
+class TestXYReader(ReaderContract):
+    reader_name = "xy"
+    kind = "xrd"
+
+    def write_sample(self, observation, directory):
+        from diffpy_diffusion.io import write_xy
+
+        return write_xy(observation.x, observation.y, directory / "sample.xy", columns=("2theta", "intensity"))
+
+
+class TestGRReader(ReaderContract):
+    reader_name = "gr"
+    kind = "pdf"
+
+    def write_sample(self, observation, directory):
+        from diffpy_diffusion.io import write_xy
+
+        return write_xy(observation.x, observation.y, directory / "sample.gr", columns=("r", "G"))
+
+
+class TestObservationJSONReader(ReaderContract):
+    reader_name = "observation-json"
+    kind = "xrd"
+
+    def write_sample(self, observation, directory):
+        import dataclasses
+
+        from diffpy_diffusion.io import write_json
+
+        return write_json(dataclasses.asdict(observation), directory / "sample.json")
+
+
+@pytest.mark.parametrize(("name", "params"), [("xrd", {"size_nm": 5.0}), ("pdf", {"qmax": 20.0}),
+                                              ("debye", {"size_nm": 1.2})])
+def test_builtin_simulators_pass_the_contract(name, params):
+    class Contract(SimulatorContract):
+        simulator_name = name
+
+    Contract.params = params
+    Contract().test_contract()
+
+
+def test_builtin_pdf_calculator_passes_the_contract(fresh_plugins, monkeypatch):
+    """The torch calculator answers through the hook (plugin ``pdf``) and agrees with pdffit2."""
+    monkeypatch.setenv(plugins.ENV_DENY, "srreal")  # else srreal, where installed, answers first
+    plugins.reset()
+    calc = plugins.get_pdf_calculator("pdf")
+    assert type(calc).__name__ == "TorchPDFCalculator"
+    check_pdf_calculator(calc)
+
+
+def test_srreal_plugin_passes_the_pdf_calculator_contract():
+    plugin = pytest.importorskip("diffpy_diffusion_srreal.plugin")
+    if not plugin.srreal_available():
+        pytest.skip("diffpy.srreal is not installed (no pip wheel; conda install -c conda-forge diffpy.srreal)")
+    check_pdf_calculator(plugin.pdf_calculator(kind="pdf"))

@@ -23,17 +23,10 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import BackendError
-from ..types import Observation, Proposal
+from ..hookspecs import hookimpl
+from ..types import Observation, Proposal, integer_counts
+from .common import crystal_system, spacegroup_number
 from .priors import estimated_volume, spacegroup_weights
-from ..types import integer_counts
-from .templates import _crystal_system, _sg_number
-
-try:
-    from ..hookspecs import hookimpl
-except ImportError:  # pragma: no cover
-    import pluggy
-
-    hookimpl = pluggy.HookimplMarker("diffpy_diffusion")
 
 __version__ = "0.1.0"
 
@@ -144,14 +137,14 @@ class RandomBackend:
                 f"of {observation.max_atoms} atoms per cell (raise --max-atoms)"
             )
         w = spacegroup_weights().copy()
-        hint = _sg_number(observation.spacegroup)
+        hint = spacegroup_number(observation.spacegroup)
         if hint:
             w[:] = 0.0
             w[hint - 1] = 1.0
         elif observation.crystal_system:
             cs = observation.crystal_system.lower()
             for g in range(1, 231):
-                if _crystal_system(g) != cs:
+                if crystal_system(g) != cs:
                     w[g - 1] = 0.0
         return target, zs, w / w.sum(), hint
 

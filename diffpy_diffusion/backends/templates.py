@@ -37,16 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError, CompositionError, InputFileError
+from ..errors import BackendError, InputFileError
+from ..hookspecs import hookimpl
 from ..types import Observation, Proposal, integer_counts
+from .common import crystal_system, spacegroup_number
 from .priors import atomic_volume
-
-try:  # the shared marker; identical to pluggy's marker for project "diffpy_diffusion"
-    from ..hookspecs import hookimpl
-except ImportError:  # pragma: no cover - before hookspecs.py exists
-    import pluggy
-
-    hookimpl = pluggy.HookimplMarker("diffpy_diffusion")
 
 __version__ = "0.1.0"
 
@@ -461,7 +456,7 @@ class TemplatesBackend:
         key = anon_key(np.repeat(list(tz), list(tz.values())))
         idx = lib.by_anon().get(key, [])
         per_formula = sum(target.values())
-        sg_hint = _sg_number(observation.spacegroup)
+        sg_hint = spacegroup_number(observation.spacegroup)
         by_type: dict[str, list] = {}
         usable = [i for i in idx if lib.offsets[i + 1] - lib.offsets[i] <= observation.max_atoms]
         lib.ensure_wyckoff(usable)
@@ -474,7 +469,7 @@ class TemplatesBackend:
                 continue
             if sg_hint and lib.spacegroup[i] != sg_hint:
                 continue
-            if observation.crystal_system and _crystal_system(lib.spacegroup[i]) != observation.crystal_system.lower():
+            if observation.crystal_system and crystal_system(lib.spacegroup[i]) != observation.crystal_system.lower():
                 continue
             tc = Counter(int(x) for x in z)
             for rank, (d, mapping) in enumerate(assignments(dict(tc), tz)):
@@ -534,31 +529,6 @@ class TemplatesBackend:
             if progress:
                 progress(1)
         return out
-
-
-def _sg_number(sg) -> int | None:
-    if sg in (None, ""):
-        return None
-    if isinstance(sg, (int, np.integer)):
-        return int(sg)
-    s = str(sg).strip()
-    if s.isdigit():
-        return int(s)
-    from pymatgen.symmetry.groups import SpaceGroup
-
-    try:
-        return int(SpaceGroup(s).int_number)
-    except Exception:  # noqa: BLE001
-        raise CompositionError(f"unknown space group {sg!r}") from None
-
-
-def _crystal_system(n: int) -> str:
-    n = int(n)
-    for lim, name in ((2, "triclinic"), (15, "monoclinic"), (74, "orthorhombic"), (142, "tetragonal"),
-                      (167, "trigonal"), (194, "hexagonal"), (230, "cubic")):
-        if n <= lim:
-            return name
-    return "triclinic"
 
 
 @hookimpl

@@ -312,20 +312,6 @@ def read_observation_json(path, *, kind=None, x_kind=None, wavelength=None, radi
     return obs
 
 
-def _plugin_reader(suffix: str):
-    from .. import plugins
-
-    try:
-        readers = plugins.get_readers()
-    except Exception:  # plugins must never break reading of built-in formats
-        return None
-    for reg in readers.values():
-        exts = [e.lower() for e in reg.options.get("extensions", ())]
-        if suffix in exts:
-            return reg
-    return None
-
-
 def read_observation(path, *, kind=None, x_kind=None, wavelength=None, radiation=None,
                      composition=None, **fields) -> Observation:
     """Read a powder pattern or PDF file into an :class:`~diffpy_diffusion.types.Observation`.
@@ -334,8 +320,10 @@ def read_observation(path, *, kind=None, x_kind=None, wavelength=None, radiation
     ----------
     path : str or Path
         ``.xy .xye .dat .csv .txt .chi .iq`` (diffraction), ``.gr .fgr``
-        (PDF), ``.json`` (a saved Observation), or any extension a plugin
-        reader registered.
+        (PDF), ``.json`` (a saved Observation) -- the readers of the built-in
+        plugin :mod:`diffpy_diffusion.builtins.readers` -- or any extension a
+        plugin reader registered (it takes precedence).  Files with another
+        extension are read as columns of numbers.
     kind : {"xrd", "pdf"}, optional
         Override the kind guessed from the extension.
     x_kind : {"2theta", "q", "r"}, optional
@@ -359,15 +347,14 @@ def read_observation(path, *, kind=None, x_kind=None, wavelength=None, radiation
     CompositionError
         Bad ``composition``.
     """
+    from .. import plugins
+
     p = Path(path)
     suffix = p.suffix.lower()
     fields = {k: v for k, v in fields.items() if v is not None}
-    reg = _plugin_reader(suffix) if suffix else None
-    if reg is not None:
-        reader = reg.obj
-    elif suffix == ".json":
-        reader = read_observation_json
-    else:
-        reader = read_pattern_file
+    # the reader registered for the extension (a plugin's before the built-in plugin
+    # diffpy_diffusion.builtins.readers); other files are read as columns of numbers
+    reg = plugins.reader_for(suffix) if suffix else None
+    reader = reg.obj if reg is not None else read_pattern_file
     return reader(p, kind=kind, x_kind=x_kind, wavelength=wavelength, radiation=radiation,
                   composition=composition, **fields)

@@ -8,12 +8,7 @@ Importing this package is cheap: torch and pymatgen load only when the backend i
 
 from __future__ import annotations
 
-try:
-    from ...hookspecs import hookimpl
-except ImportError:  # pragma: no cover - stand-alone use of the subpackage
-    import pluggy
-
-    hookimpl = pluggy.HookimplMarker("diffpy_diffusion")
+from ...hookspecs import hookimpl
 
 __version__ = "0.1.0"
 

@@ -158,6 +158,14 @@ class DiffusionBackend:
         self.corrector_lr = float(corrector_lr)
         self._model = None
 
+    @classmethod
+    def available(cls) -> bool:
+        """True when the shipped weights are installed (checked without importing torch).
+
+        ``--backend auto`` picks this backend only then; with ``checkpoint=...`` it runs anyway.
+        """
+        return DEFAULT_WEIGHTS.is_file()
+
     # ------------------------------------------------------------------ model
     def _load(self):
         if self._model is not None:

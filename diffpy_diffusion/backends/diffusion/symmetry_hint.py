@@ -46,7 +46,8 @@ import numpy as np
 
 from ...errors import BackendError
 from ...refine.symmetry import LOOSE_TOLERANCES
-from ..templates import _crystal_system, _sg_number
+from ..common import crystal_system as _crystal_system
+from ..common import spacegroup_number as _sg_number
 
 __all__ = [
     "CRYSTAL_SYSTEMS",
