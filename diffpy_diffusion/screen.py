@@ -45,6 +45,8 @@ from .types import Observation, Proposal
 #: Isotropic lattice scale grid of stage A: coarse, then fine around the best.
 COARSE_SCALES = np.linspace(0.90, 1.10, 21)
 FINE_STEP = 0.002
+#: Relative scales tried around the first-peak match of a PDF screen (±5 %, 1 % steps).
+FIRST_PEAK_REL_SCALES = np.linspace(0.95, 1.05, 11)
 #: Chebyshev background terms of the PXRD screen.
 N_BKG = 4
 #: Uiso (Å²) used for every atom during screening.
@@ -355,7 +357,8 @@ class _XRDScreen:
                 if not use_sinc.any():
                     return lor
                 u = 0.5 * L * dx
-                sinc2 = torch.where(u.abs() < 1e-6, torch.ones_like(u), torch.sin(u) / u.where(u.abs() >= 1e-6, torch.ones_like(u))) ** 2
+                safe_u = u.where(u.abs() >= 1e-6, torch.ones_like(u))
+                sinc2 = torch.where(u.abs() < 1e-6, torch.ones_like(u), torch.sin(u) / safe_u) ** 2
                 sinc2 = sinc2 * L / (2 * math.pi)  # unit area
                 return torch.where(use_sinc[:, None, None], sinc2, lor)
 
@@ -469,7 +472,7 @@ class _PDFScreen:
             out.append((h, n / s.volume))
         return out
 
-    def first_peak_scales(self, hists, rel: np.ndarray = np.linspace(0.95, 1.05, 11)) -> np.ndarray | None:
+    def first_peak_scales(self, hists, rel: np.ndarray = FIRST_PEAK_REL_SCALES) -> np.ndarray | None:
         """Scales that put each candidate's shortest distance on the first peak of the observed G(r).
 
         The atomic-volume prior misjudges open structures (diamond Si needs its cell 17 %

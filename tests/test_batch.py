@@ -154,8 +154,8 @@ def test_same_answers_sequential_processes_dask(tmp_path, patterns):
     assert len(s2.computed) == 20 and not s2.failed
     assert answers(tmp_path / "w2") == ref
 
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp", host="127.0.0.1", scheduler_port=0,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp", host="127.0.0.1",
+                                  scheduler_port=0, dashboard_address=None) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1")
         s3 = batch.propose_batch(patterns, tmp_path / "dask", compositions=csv,
                                  scheduler=cluster.scheduler_address, **CHEAP)

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-
+import torch
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
@@ -25,11 +23,13 @@ from diffpy_diffusion.types import Observation, Proposal
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "diffpy_diffusion" / "backends" / "diffusion" / "weights" / "diffusion.pt"
 
+#: Angle between the primitive vectors of a body-centred cubic lattice, arccos(-1/3) ≈ 109.47°.
+BCC_PRIMITIVE_ANGLE_DEG = float(np.degrees(np.arccos(-1 / 3)))
 #: (metric, check on (a, b, c, alpha, beta, gamma)) — what each crystal system's cell must satisfy.
 METRIC_CHECKS = {
     "cubic": lambda a, b, c, al, be, ga: [a - b, b - c, al - 90, be - 90, ga - 90],
     "fcc-primitive": lambda a, b, c, al, be, ga: [a - b, b - c, al - 60, be - 60, ga - 60],
-    "bcc-primitive": lambda a, b, c, al, be, ga: [a - b, b - c] + [x - np.degrees(np.arccos(-1 / 3)) for x in (al, be, ga)],
+    "bcc-primitive": lambda a, b, c, al, be, ga: [a - b, b - c] + [x - BCC_PRIMITIVE_ANGLE_DEG for x in (al, be, ga)],
     "tetragonal": lambda a, b, c, al, be, ga: [a - b, al - 90, be - 90, ga - 90],
     "orthorhombic": lambda a, b, c, al, be, ga: [al - 90, be - 90, ga - 90],
     "monoclinic": lambda a, b, c, al, be, ga: [al - 90, ga - 90],
@@ -181,7 +181,8 @@ def test_apply_hint_symmetrises_matching_proposals_and_ranks_them_first():
     assert len(second.structure) == 2 and _sg(second.structure) == 221
 
     # a t-subgroup hint (F-43m) is met by rock salt (its Fm-3m cell is kept)
-    out = sh.apply_hint([Proposal(_rattled_rock_salt(seed=0), "diffusion")], sh.resolve_hint(_obs("NaCl", spacegroup=216)))
+    out = sh.apply_hint([Proposal(_rattled_rock_salt(seed=0), "diffusion")],
+                        sh.resolve_hint(_obs("NaCl", spacegroup=216)))
     assert out[0].provenance["hint"]["matched"] and _sg(out[0].structure) == 225
 
     # atom cap: the 8-atom conventional cell does not fit 4 atoms -> the idealised primitive cell

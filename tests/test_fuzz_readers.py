@@ -70,7 +70,8 @@ PATTERN_SEEDS = {
     ".gr": ["[DEFAULT]\nversion = pdfgetx3-2.0\nqmax = 24.0\nqdamp = 0.04\nwavelength = 0.1665\n"
             "#### start data\n#S 1\n#L r(A) G(A^-2)\n" + "\n".join(
                 f"{0.01 * i:.2f} {math.sin(i / 7):.5f}" for i in range(1, 20)) + "\n",
-            "# PDFgui\nr G dr dG\n" + "\n".join(f"{0.1 * i:.2f} {math.cos(i):.4f} 0 0.01" for i in range(1, 17)) + "\n"],
+            "# PDFgui\nr G dr dG\n"
+            + "\n".join(f"{0.1 * i:.2f} {math.cos(i):.4f} 0 0.01" for i in range(1, 17)) + "\n"],
     ".json": ['{"kind": "xrd", "x_kind": "2theta", "x": [10, 11, 12, 13], "y": [1, 2, 3, 4], '
               '"composition": {"Na": 1, "Cl": 1}, "wavelength": 1.54, "meta": {}}',
               '{"x_kind": "r", "x": [1, 2, 3], "y": [0.1, -0.2, 0.3], "sigma": [0.1, 0.1, 0.1]}'],

@@ -66,7 +66,6 @@ def build_priors(path: str | Path | None = None) -> dict:
     from ..datasets import iter_training_pool
 
     rows, vols, sgs = [], [], Counter()
-    symbols: dict[str, int] = {}
     for e in iter_training_pool(include_perov=False):
         if not e.source.startswith("mp20"):
             continue

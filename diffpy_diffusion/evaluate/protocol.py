@@ -176,7 +176,8 @@ def summarize(records: list[dict], backends: list[str], ks=KS) -> dict[str, Any]
         n = len(rs)
         row: dict[str, Any] = {"targets": n, "errors": sum(1 for r in rs if r["error"])}
         for k in ks:
-            row[f"top{k}"] = (sum(1 for r in rs if r["match_rank"] is not None and r["match_rank"] <= k) / n) if n else None
+            hits = sum(1 for r in rs if r["match_rank"] is not None and r["match_rank"] <= k)
+            row[f"top{k}"] = hits / n if n else None
         rms = [r["rms"] for r in rs if r["rms"] is not None]
         rw = [r["rw_top1"] for r in rs if r["rw_top1"] is not None and math.isfinite(r["rw_top1"])]
         row["mean_rms"] = float(np.mean(rms)) if rms else None
@@ -185,11 +186,13 @@ def summarize(records: list[dict], backends: list[str], ks=KS) -> dict[str, Any]
         # solved by this spec and by no evaluated spec that does not contain it as a component
         parts = set(b.split("+"))
         others = [o for o in backends if o != b and not parts <= set(o.split("+"))]
-        row["solved_only_by_this"] = len(solved[b] - set().union(*(solved[o] for o in others))) if others else None
+        row["solved_only_by_this"] = (len(solved[b] - set().union(*(solved[o] for o in others)))
+                                      if others else None)
         out[b] = row
     if "diffusion" in by:
         non = [o for o in backends if "diffusion" not in o.split("+")]
-        out["_only_diffusion_solved"] = len(solved["diffusion"] - set().union(*(solved[o] for o in non))) if non else None
+        out["_only_diffusion_solved"] = (len(solved["diffusion"] - set().union(*(solved[o] for o in non)))
+                                         if non else None)
     return out
 
 
@@ -202,7 +205,8 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         "Not comparable to published MP-20 numbers: our split and data subset differ (see DESIGN.md).",
         "",
-        "| backend | targets | top-1 | top-5 | top-10 | mean RMS (matches) | mean Rwp (rank 1) | s/target | solved only by this |",
+        "| backend | targets | top-1 | top-5 | top-10 | mean RMS (matches) | mean Rwp (rank 1) | s/target "
+        "| solved only by this |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 

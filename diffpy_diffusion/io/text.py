@@ -238,7 +238,8 @@ def parse_table(path: str | Path, text: str | None = None, *, csv: bool = False)
                 check_pattern_points(len(rows), str(path))
             continue
         if len(vals) != ncols:
-            raise InputFileError(path, f"expected {ncols} numbers per row (as in line {linenos[0] if linenos else i0 + 1}),"
+            ref_line = linenos[0] if linenos else i0 + 1
+            raise InputFileError(path, f"expected {ncols} numbers per row (as in line {ref_line}),"
                                  f" found {len(vals)}", line=i + 1)
         for k, v in enumerate(vals):
             if not math.isfinite(v):

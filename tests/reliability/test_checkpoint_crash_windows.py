@@ -38,7 +38,7 @@ def test_every_crash_point_leaves_a_loadable_checkpoint(tmp_path, monkeypatch, w
         calls = {"n": 0}
         real_replace, real_save = os.replace, torch.save
 
-        def counting(real):
+        def counting(real, calls=calls, k=k):
             def f(*a, **kw):
                 calls["n"] += 1
                 if calls["n"] == k:

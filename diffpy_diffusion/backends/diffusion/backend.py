@@ -223,7 +223,8 @@ class DiffusionBackend:
             warnings.warn(f"diffusion backend: cells above {TRAINED_MAX_ATOMS} atoms are beyond the training data",
                           UserWarning, stacklevel=2)
         t0 = time.time()
-        gen = torch.Generator().manual_seed(int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31))
+        seed_value = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        gen = torch.Generator().manual_seed(seed_value)
         pattern = torch.as_tensor(canonical_pattern(observation))[None]
         use_pattern = observation.kind == "xrd"
         guide = None
@@ -321,7 +322,8 @@ class DiffusionBackend:
                     ul, uf = model(numbers, frac, lat, tt, mask, cond=cn)
                     pl = ul + self.cfg_scale * (pl - ul)
                     pf = uf + self.cfg_scale * (pf - uf)
-            lat_new, frac_new, lat0 = proc.step(lat, frac, pl.float(), pf.float(), t, s, mask, eta=self.eta, generator=gen)
+            lat_new, frac_new, lat0 = proc.step(lat, frac, pl.float(), pf.float(), t, s, mask, eta=self.eta,
+                                                generator=gen)
             if metric is not None:
                 # why: physics guidance should simulate a cell of the hinted system
                 lat0 = project_lattice(lat0, metric)
@@ -332,8 +334,10 @@ class DiffusionBackend:
                 sig2 = float(sigma(torch.tensor([s]), proc.cfg)) ** 2
                 f0 = torch.remainder(frac_new + sig2 * pf.float() * proc.lam(torch.tensor([s])).sqrt(), 1.0)
                 _chi, g_f, g_l = guide(denormalise_lattice(lat0, natoms), f0, numbers, mask)
-                gnorm = g_f.flatten(1).norm(dim=1).clamp(min=1e-12)[:, None, None] / (3 * natoms.float()).sqrt()[:, None, None]
-                frac_new = torch.where(mask[..., None], torch.remainder(frac_new - self.guide_step * g_f / gnorm, 1.0), frac_new)
+                gnorm = (g_f.flatten(1).norm(dim=1).clamp(min=1e-12)[:, None, None]
+                         / (3 * natoms.float()).sqrt()[:, None, None])
+                stepped = torch.remainder(frac_new - self.guide_step * g_f / gnorm, 1.0)
+                frac_new = torch.where(mask[..., None], stepped, frac_new)
                 # lattice: a relative step of size guide_step/2 along -∇χ (direction is unit-free)
                 ldir = g_l / g_l.flatten(1).norm(dim=1).clamp(min=1e-12)[:, None, None]
                 lat_new = lat_new - 0.5 * self.guide_step * ldir * lat0.flatten(1).norm(dim=1)[:, None, None]

@@ -9,8 +9,8 @@ sampling time only, in two places:
    orthorhombic diagonal; monoclinic (b unique) G₀₁ = G₁₂ = 0; hexagonal/trigonal
    G₀₀ = G₁₁ = a², G₀₁ = −a²/2, G₀₂ = G₁₂ = 0; rhombohedral (primitive cell of an R group)
    equal diagonal and equal off-diagonal entries; primitive cells of F- and I-centred cubic
-   lattices G = a² M with M's off-diagonal entries ½ (α = 60°) or −⅓ (α = 109.47°).  The orthogonal (Frobenius) projection onto
-   such a subspace is a plain average of tied entries and zeroing of the others, it commutes
+   lattices G = a² M with M's off-diagonal entries ½ (α = 60°) or −⅓ (α = 109.47°).  The orthogonal
+   (Frobenius) projection onto such a subspace is a plain average of tied entries and zeroing of the others, it commutes
    with the sampler's scalar lattice normalisation, and it maps a positive-definite G to a
    positive-definite one (shown in :func:`project_gram`).  The lattice is rebuilt as the
    matrix with the projected Gram that is closest to the current one (orthogonal Procrustes),
@@ -391,7 +391,8 @@ def apply_hint(proposals: list, hint: SymmetryHint, *, max_atoms: int = 20, per_
         p.provenance["hint"] = info
     ranked = [p for p in proposals if p.provenance["hint"]["matched"]]
     if not ranked and proposals:
-        what = f"space group {hint.symbol} ({hint.spacegroup})" if hint.spacegroup else f"{hint.crystal_system} symmetry"
+        what = (f"space group {hint.symbol} ({hint.spacegroup})" if hint.spacegroup
+                else f"{hint.crystal_system} symmetry")
         warnings.warn(f"diffusion backend: none of the {len(proposals)} proposals has {what} (or higher) at spglib "
                       f"tolerances up to {max(tolerances)} Å; returning them unsymmetrised "
                       "(provenance hint.matched = False)", UserWarning, stacklevel=3)

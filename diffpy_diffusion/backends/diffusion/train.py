@@ -333,7 +333,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     logf = open(log_path, "w" if new_log else "a", newline="") if rank == 0 else None
     logw = csv.writer(logf) if logf else None
     if new_log:
-        logw.writerow(["step", "epoch", "loss", "loss_lattice", "loss_coord", "lr", "cells_per_s", "val_loss", "elapsed_s"])
+        logw.writerow(["step", "epoch", "loss", "loss_lattice", "loss_coord", "lr", "cells_per_s", "val_loss",
+                       "elapsed_s"])
     steps_per_epoch = max(1, len(train_idx) // (cfg.batch_size * world))
     total_steps = cfg.steps or (cfg.epochs * steps_per_epoch if cfg.epochs else 0)
     prog = _progress(cfg, rank, total_steps)
@@ -343,7 +344,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     last_ck = t_start
     cells_seen_total = 0
     win_cells, win_t = 0, time.time()
-    run_l = run_ll = run_lf = None
+    run_l = None
     val = float("nan")
     done = False
     model.train()
@@ -411,8 +412,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if logf:
         logf.close()
     wall = time.time() - t_start
-    summary = {"step": step, "epoch": epoch, "val_loss": val, "train_loss": run_l, "cells_per_s": cells_seen_total / max(wall, 1e-9),
-               "wall_s": wall, "checkpoint": str(last), "device": str(device), "world": world}
+    summary = {"step": step, "epoch": epoch, "val_loss": val, "train_loss": run_l,
+               "cells_per_s": cells_seen_total / max(wall, 1e-9), "wall_s": wall, "checkpoint": str(last),
+               "device": str(device), "world": world}
     if world > 1:  # DDP must keep the replicas identical: compare every rank's weights with rank 0's
         import torch.distributed as dist
 
@@ -436,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("batch_size", "warmup", "steps", "epochs", "limit", "seed", "log_every", "hidden", "layers", "n_freq",
                  "threads", "val_max"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "weight_decay", "time_budget", "ckpt_every", "ema_decay", "p_uncond", "val_fraction", "grad_clip"):
+    for name in ("lr", "weight_decay", "time_budget", "ckpt_every", "ema_decay", "p_uncond", "val_fraction",
+                 "grad_clip"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--device", default=d.device)
     p.add_argument("--no-amp", dest="amp", action="store_false", help="train in fp32 (default: bf16 autocast)")
@@ -470,8 +473,8 @@ def main(argv: list[str] | None = None, **overrides) -> dict:
     except ImportError:  # pragma: no cover
         pass
     if int(os.environ.get("RANK", "0")) == 0 and cfg.progress != "none":
-        print("summary: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()),
-              flush=True)
+        fields = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items())
+        print("summary: " + ", ".join(fields), flush=True)
     return summary
 
 
