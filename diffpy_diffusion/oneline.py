@@ -122,10 +122,7 @@ def seed_recipe(
         raise DiffpyDiffusionError("seed_recipe needs a composition, e.g. composition='Ni'")
     best = _best(obs, backend, n, top, seed, backend_options)
     add_phase(recipe, con, best.structure, name=name)
-    try:
-        from .plugins import notify_recipe_seeded
+    from .plugins import notify_recipe_seeded
 
-        notify_recipe_seeded(recipe, best)
-    except ImportError:
-        pass
+    notify_recipe_seeded(recipe, best)
     return best

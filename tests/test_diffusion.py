@@ -16,17 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from diffpy_diffusion.backends.diffusion import checkpoint as ckpt  # noqa: E402
-from diffpy_diffusion.backends.diffusion.process import (  # noqa: E402
+from diffpy_diffusion.backends.diffusion import checkpoint as ckpt
+from diffpy_diffusion.backends.diffusion.process import (
     Process,
     ProcessConfig,
     score_norm,
     wrapped_normal_score,
 )
-from diffpy_diffusion.errors import CheckpointError, ResourceLimitError  # noqa: E402
+from diffpy_diffusion.errors import CheckpointError, ResourceLimitError
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "diffpy_diffusion" / "backends" / "diffusion" / "weights" / "diffusion.pt"

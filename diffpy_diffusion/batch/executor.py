@@ -132,7 +132,7 @@ def _map_processes(fn, indexed, workers: int, threads: int | None):
 def _dask_client(scheduler):
     try:
         from distributed import Client
-    except ImportError:
+    except ImportError:  # dask.distributed is the optional extra 'dask': say how to get it
         raise NotAvailableError("--dask-scheduler needs dask.distributed: pip install 'diffpy-diffusion[dask]'") \
             from None
     if isinstance(scheduler, Client):

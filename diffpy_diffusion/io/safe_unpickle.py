@@ -141,7 +141,7 @@ def _np_attr(module: str, name: str):
 
     try:  # numpy >= 2
         return getattr(importlib.import_module(f"numpy._core.{module}"), name)
-    except ImportError:  # numpy 1.x
+    except ImportError:  # numpy 1.x, still supported: numpy._core was numpy.core (a version shim)
         return getattr(importlib.import_module(f"numpy.core.{module}"), name)
 
 

@@ -86,9 +86,7 @@ def safe_getsymop(s: str):
 
 def install_safe_cif_symops() -> None:
     """Make diffpy.structure's CIF parser use :func:`safe_getsymop` (idempotent, process-wide)."""
-    try:
-        from diffpy.structure.parsers import p_cif
-    except ImportError:  # nothing to protect
-        return
+    from diffpy.structure.parsers import p_cif
+
     if getattr(p_cif, "getSymOp", None) is not safe_getsymop:
         p_cif.getSymOp = safe_getsymop

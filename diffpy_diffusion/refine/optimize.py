@@ -33,16 +33,11 @@ def blas_one_thread():
     On a loaded 2-core machine OpenBLAS threads spin against torch's and make a
     2600 x 16 SVD 100 x slower (measured: 0.1 s vs 1 ms).
     """
-    try:
-        import scipy.linalg  # noqa: F401 - load scipy's BLAS first: threadpoolctl only limits loaded libraries
-        import scipy.optimize  # noqa: F401
-        from threadpoolctl import threadpool_limits
+    import scipy.linalg  # noqa: F401 - load scipy's BLAS first: threadpoolctl only limits loaded libraries
+    import scipy.optimize  # noqa: F401
+    from threadpoolctl import threadpool_limits
 
-        return threadpool_limits(1, user_api="blas")
-    except ImportError:  # optional: only speed depends on it
-        import contextlib
-
-        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 def update_constraints(recipe, p) -> None:

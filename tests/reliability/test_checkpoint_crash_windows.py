@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 
 import pytest
-
-torch = pytest.importorskip("torch")
+import torch
 
 
 class Crash(BaseException):

@@ -465,13 +465,11 @@ def main(argv: list[str] | None = None, **overrides) -> dict:
             kw["data"] = str(data_dir())
     cfg = TrainConfig(**kw)
     summary = train(cfg, resume=resume)
-    try:
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    except ImportError:  # pragma: no cover
-        pass
+    # why is_available first: torch builds without distributed support lack is_initialized
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0 and cfg.progress != "none":
         fields = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items())
         print("summary: " + ", ".join(fields), flush=True)
