@@ -148,7 +148,7 @@ def register_readers(register):
     Parameters
     ----------
     register : callable
-        ``register(name, reader, *, extensions=(), kind=None)``.
+        ``register(name, reader, *, extensions=(), kind=None, accepts=None)``.
         ``reader(path, **options) -> Observation`` reads one file; it receives
         the keyword options of :func:`diffpy_diffusion.io.read_observation`
         (``kind``, ``x_kind``, ``wavelength``, ``radiation``,
@@ -158,12 +158,19 @@ def register_readers(register):
         holds only one of them.  A reader that cannot parse a file should
         raise :class:`diffpy_diffusion.errors.InputFileError` with the path,
         a message saying what was expected, and the 1-based line number.
+        ``accepts(path) -> bool``, optional, tells a folder scan
+        (``propose-batch DIR``, :func:`diffpy_diffusion.batch.find_patterns`)
+        whether a file with one of the ``extensions`` is data at all; without
+        it every such file is taken.
 
     Notes
     -----
     Built in (plugin ``readers``, :mod:`diffpy_diffusion.builtins.readers`):
     ``xy`` for ``.xy .xye .dat .csv .txt .chi .iq .xyd``, ``gr`` for ``.gr
-    .fgr .rdf`` and ``observation-json`` for ``.json``.  A plugin reader
+    .fgr .rdf`` and ``observation-json`` for ``.json`` (its ``accepts``
+    passes over JSON documents without ``x``/``y``, i.e. our own result
+    files).  ``propose-batch DIR`` scans a folder for every extension a
+    registered reader claims.  A plugin reader
     registered for an extension that a built-in reader also handles takes
     precedence (plugins are meant to override;
     :func:`diffpy_diffusion.plugins.reader_for`).  Files whose extension no

@@ -338,7 +338,7 @@ def list_backends(*, instantiate: bool = True) -> list[dict]:
 
 
 def get_readers() -> dict[str, Registration]:
-    """Registered pattern readers by name; ``Registration.options`` holds ``extensions`` and ``kind``."""
+    """Registered pattern readers by name; ``Registration.options`` holds ``extensions``, ``kind`` and ``accepts``."""
     return dict(_readers(_state_()))
 
 

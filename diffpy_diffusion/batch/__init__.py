@@ -27,7 +27,7 @@ output folders, only the same diffpy-diffusion installation.
 from __future__ import annotations
 
 from ..report import candidate_record as proposal_record, score_of
-from .discovery import PATTERN_EXTENSIONS, find_patterns, read_composition_table
+from .discovery import find_patterns, is_pattern_file, pattern_extensions, read_composition_table
 from .executor import TaskError, map_tasks
 from .records import RESULT_FILE, SUMMARY_COLUMNS, SUMMARY_CSV, write_summary
 from .resume import MANIFEST_FILE, is_finished
@@ -36,7 +36,8 @@ from .task import propose_task
 from .ui import print_summary
 
 __all__ = [
-    "map_tasks", "TaskError", "read_composition_table", "find_patterns", "PATTERN_EXTENSIONS", "proposal_record",
+    "map_tasks", "TaskError", "read_composition_table", "find_patterns", "pattern_extensions", "is_pattern_file",
+    "proposal_record",
     "score_of", "propose_task", "propose_batch", "BatchSummary", "print_summary", "write_summary", "is_finished",
     "RESULT_FILE", "MANIFEST_FILE", "SUMMARY_CSV", "SUMMARY_COLUMNS",
 ]

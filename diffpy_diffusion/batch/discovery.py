@@ -9,13 +9,53 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import DiffpyDiffusionError, InputFileError
+from ..errors import DiffpyDiffusionError, InputFileError, PluginError
 
-__all__ = ["PATTERN_EXTENSIONS", "read_composition_table", "find_patterns", "observation_for"]
+__all__ = ["pattern_extensions", "is_pattern_file", "read_composition_table", "find_patterns", "observation_for"]
 
-#: Extensions of the pattern files a folder is searched for (the built-in readers' column
-#: formats; ``.json`` is left out because result folders hold JSON files too).
-PATTERN_EXTENSIONS = (".xy", ".xye", ".dat", ".txt", ".csv", ".chi", ".gr", ".fgr", ".iq")
+
+def pattern_extensions() -> tuple[str, ...]:
+    """The file extensions a folder is searched for: every one a registered reader claims (sorted).
+
+    Built-in and third-party readers alike (:func:`diffpy_diffusion.plugins.get_readers`),
+    so the files of a plugin's format are found without a change here.
+    """
+    from ..plugins import get_readers
+
+    return tuple(sorted({str(e).lower() for reg in get_readers().values()
+                         for e in reg.options.get("extensions", ())}))
+
+
+def is_pattern_file(path: str | os.PathLike) -> bool:
+    """Whether a folder scan takes ``path``: a reader claims its extension and, if that reader
+    registered an ``accepts`` test, the test says yes.
+
+    The built-in ``observation-json`` reader's test passes over JSON documents that are not
+    saved Observations, such as the ``results.json``/``*.error.json``/``batch.json`` of our
+    own runs (:func:`diffpy_diffusion.io.patterns.may_be_observation_json`).
+
+    Raises
+    ------
+    PluginError
+        The reader's ``accepts`` is not callable or raised.
+    """
+    from ..plugins import reader_for
+
+    p = Path(path)
+    reg = reader_for(p.suffix) if p.suffix else None
+    if reg is None:
+        return False
+    accepts = reg.options.get("accepts")
+    if accepts is None:
+        return True
+    if not callable(accepts):
+        raise PluginError(f"plugin {reg.plugin!r}: reader {reg.name!r} registered accepts={accepts!r}, "
+                          "expected a callable path -> bool")
+    try:
+        return bool(accepts(p))
+    except Exception as exc:  # a plugin bug: name it, do not guess whether the file is data
+        raise PluginError(f"plugin {reg.plugin!r}: reader {reg.name!r} accepts() failed on {p}: "
+                          f"{type(exc).__name__}: {exc}") from exc
 
 
 def read_composition_table(path: str | os.PathLike) -> dict[str, dict[str, str]]:
@@ -74,13 +114,14 @@ def read_composition_table(path: str | os.PathLike) -> dict[str, dict[str, str]]
 
 
 def find_patterns(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Pattern files in a folder (sorted by name, not recursive) or the given list of files."""
+    """Pattern files in a folder (sorted by name, not recursive; :func:`is_pattern_file`) or the
+    given list of files (taken as they are)."""
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in PATTERN_EXTENSIONS)
+            files = sorted(f for f in p.iterdir() if f.is_file() and is_pattern_file(f))
             if not files:
-                raise InputFileError(p, f"no pattern files ({' '.join(PATTERN_EXTENSIONS)}) in this folder")
+                raise InputFileError(p, f"no pattern files ({' '.join(pattern_extensions())}) in this folder")
             return files
         return [p]
     return [Path(s) for s in source]

@@ -312,6 +312,31 @@ def read_observation_json(path, *, kind=None, x_kind=None, wavelength=None, radi
     return obs
 
 
+def may_be_observation_json(path) -> bool:
+    """Whether a ``.json`` file found in a folder should be read as a saved Observation.
+
+    ``False`` only for a well-formed JSON document whose top level is not an object with an
+    ``x`` or a ``y`` key -- what the results of our own runs (``results.json``,
+    ``<name>.error.json``, ``batch.json``, ``evaluation.json``) and structure files are.
+    Anything else, a broken Observation file included, is ``True``, so that
+    :func:`read_observation_json` reports what is wrong with it instead of the file
+    being passed over.  Registered as the ``accepts`` test of the built-in
+    ``observation-json`` reader (:mod:`diffpy_diffusion.builtins.readers`).
+    """
+    import json
+
+    from .text import MAX_FILE_BYTES
+
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_FILE_BYTES:
+            return True  # the reader refuses it with the size limit in the message
+        d = json.loads(p.read_bytes())
+    except (OSError, ValueError, RecursionError):  # unreadable or not JSON: the reader says why
+        return True
+    return isinstance(d, dict) and ("x" in d or "y" in d)
+
+
 def read_observation(path, *, kind=None, x_kind=None, wavelength=None, radiation=None,
                      composition=None, **fields) -> Observation:
     """Read a powder pattern or PDF file into an :class:`~diffpy_diffusion.types.Observation`.

@@ -154,7 +154,7 @@ def test_propose_batch_over_bad_files_reports_each(tmp_path):
 
     folder = tmp_path / "bad"
     files = [p for p, kind in make_bad_files(folder, 300, seed=9)
-             if kind == "pattern" and p.is_file() and p.suffix in batch.PATTERN_EXTENSIONS][:200]
+             if kind == "pattern" and p.is_file() and p.suffix in batch.pattern_extensions()][:200]
     for p in folder.iterdir():
         if p not in files:
             if p.is_dir():
