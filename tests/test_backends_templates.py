@@ -56,7 +56,7 @@ def test_substitute_rescales_volume():
 @pytest.mark.parametrize("formula, expected_sg", [("NaCl", 225), ("CsCl", 221), ("Ni", 225), ("BaTiO3", 221)])
 def test_aflow_library_contains_the_right_type(formula, expected_sg):
     obs = make_observation(formula)
-    props = T.TemplatesBackend().sample(obs, 50)
+    props = T.TemplatesBackend(library="aflow").sample(obs, 50)
     sgs = [p.provenance["template_spacegroup"] for p in props]
     assert expected_sg in sgs[:10]
 

@@ -10,7 +10,13 @@ assignment), best first.
 
 Libraries
 ---------
-* default: pymatgen's bundled AFLOW prototype library (288 prototypes);
+* default: ``"pool,aflow"``, the union of the next two;
+* ``library="pool"``: the indexed training pool shipped inside the package
+  (``backends/data/pool_templates.npz``, about 1.9 MB: every structure of the pool below with its
+  space group and Wyckoff orbits precomputed, so no dataset and no spglib run is needed; see
+  ``backends/data/README.md`` for its sources and licences).  It holds the same members as
+  ``"training-pool"`` and gives the same proposals;
+* ``library="aflow"``: pymatgen's bundled AFLOW prototype library (288 prototypes);
 * ``library="training-pool"``: the training pool of DESIGN.md (MP-20 train/val,
   MP-20 test rows after the first 1,000, MPTS-52 ≤ 20 atoms, perov_5; never an
   evaluation-set ``material_id``), grouped into structure types by
@@ -32,7 +38,7 @@ import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache, reduce
+from functools import cache, lru_cache, reduce
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +134,7 @@ class Library:
         a, b = self.offsets[i], self.offsets[i + 1]
         return self.lattices[i], self.frac[a:b], self.numbers[a:b]
 
-    @lru_cache(maxsize=None)  # noqa: B019 - one library object per process
+    @cache  # noqa: B019 - one library object per process
     def by_anon(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
         for i, k in enumerate(self.anon):
@@ -290,6 +296,100 @@ def _fingerprint(paths) -> str:
     return h.hexdigest()[:16]
 
 
+#: The indexed training pool shipped with the package (``library="pool"``, the default).
+SHIPPED_LIBRARY = Path(__file__).resolve().parent / "data" / "pool_templates.npz"
+#: Fixed-point scale of the shipped fractional coordinates (uint16): 1/65536 of a cell edge,
+#: ≤ 2e-4 Å on a 20 Å axis, far below what screening and refinement resolve.
+_FRAC_SCALE = 65536
+
+
+def export_library(lib: Library, path: str | Path) -> Path:
+    """Write ``lib`` compactly for shipping (float32 lattices, uint16 fractional coordinates,
+    precomputed Wyckoff signatures) as ``.npz``; read back by ``load_library("pool")``.
+
+    Computes the Wyckoff orbits of every member first (spglib, minutes for the whole pool).
+    """
+    path = Path(path)
+    lib.ensure_wyckoff(range(len(lib)))
+    frac_q = np.rint((np.asarray(lib.frac) % 1.0) * _FRAC_SCALE).astype(np.int64) % _FRAC_SCALE
+    arrays = dict(
+        format=np.array("diffpy-diffusion-templates-1"),
+        lattices=np.asarray(lib.lattices, np.float32),
+        frac_u16=frac_q.astype(np.uint16),
+        numbers=np.asarray(lib.numbers, np.uint8),
+        offsets=np.asarray(lib.offsets, np.int32),
+        ids=np.array(lib.ids).astype("S"),
+        spacegroup=np.asarray(lib.spacegroup, np.uint8),
+        wyckoff=np.array([lib._wyck.get(i, "") for i in range(len(lib))]).astype("S"),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def _load_shipped(path: Path = SHIPPED_LIBRARY) -> Library:
+    """The library written by :func:`export_library` (no pickle: ``allow_pickle=False``)."""
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            if str(d["format"]) != "diffpy-diffusion-templates-1":
+                raise ValueError(f"unknown format {str(d['format'])!r}")
+            lat = d["lattices"].astype(np.float64)
+            frac = d["frac_u16"].astype(np.float64) / _FRAC_SCALE
+            numbers = d["numbers"].astype(np.int64)
+            offsets = d["offsets"].astype(np.int64)
+            ids = [x.decode() for x in d["ids"]]
+            sgs = d["spacegroup"].astype(np.int64)
+            wyck = [x.decode() for x in d["wyckoff"]]
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputFileError(path, f"not a readable template library ({exc}); reinstall diffpy-diffusion") from None
+    anon = [anon_key(numbers[offsets[i]:offsets[i + 1]]) for i in range(len(ids))]
+    tkey = [f"{a}|{offsets[i + 1] - offsets[i]}|{sgs[i]}" for i, a in enumerate(anon)]
+    lib = Library("pool", lat, frac, numbers, offsets, anon, tkey, ids, sgs)
+    lib._wyck = dict(enumerate(wyck))
+    return lib
+
+
+def default_library() -> str:
+    """``"pool,aflow"`` (the shipped pool and pymatgen's AFLOW prototypes) when the shipped library
+    is installed, else ``"aflow"``.
+
+    The AFLOW prototypes are added because the pool, made of MP-20/MPTS-52/perov_5 compounds,
+    lacks canonical types of the elements (no fcc cell is among Ni's or Cu's ten nearest types, no
+    diamond among Si's) that a crystallographer expects first.
+    """
+    return "pool,aflow" if SHIPPED_LIBRARY.is_file() else "aflow"
+
+
+def union(libraries: list[Library]) -> Library:
+    """One library holding the members of ``libraries`` in order (Wyckoff signatures computed)."""
+    wyck: dict[int, str] = {}
+    start = 0
+    for lib in libraries:
+        lib.ensure_wyckoff(range(len(lib)))
+        wyck.update({start + i: w for i, w in lib._wyck.items()})
+        start += len(lib)
+    offsets = [np.asarray([0])]
+    n = 0
+    for lib in libraries:
+        offsets.append(np.asarray(lib.offsets[1:]) + n)
+        n += int(lib.offsets[-1])
+    out = Library(
+        ",".join(lib.name for lib in libraries),
+        np.concatenate([lib.lattices for lib in libraries]),
+        np.concatenate([lib.frac for lib in libraries]),
+        np.concatenate([lib.numbers for lib in libraries]),
+        np.concatenate(offsets),
+        [a for lib in libraries for a in lib.anon],
+        [k for lib in libraries for k in lib.type_key],
+        [i for lib in libraries for i in lib.ids],
+        np.concatenate([lib.spacegroup for lib in libraries]),
+    )
+    out._wyck = wyck
+    return out
+
+
 @lru_cache(maxsize=8)
 def load_library(library: str | None = None) -> Library:
     """Index (or load from cache) a template library.
@@ -297,10 +397,22 @@ def load_library(library: str | None = None) -> Library:
     Parameters
     ----------
     library : str, optional
-        ``None``/``"aflow"`` (pymatgen's AFLOW prototypes), ``"training-pool"``, or a path
-        to a folder of CIFs or a CSV file with a ``cif`` column.
+        ``"pool"`` (the shipped, indexed training pool), ``"aflow"`` (pymatgen's AFLOW
+        prototypes), ``"training-pool"`` (indexed from ``$DIFFPY_DIFFUSION_DATA``), a path to a
+        folder of CIFs or a CSV file with a ``cif`` column, or several of these separated by
+        commas (their union, e.g. ``"pool,aflow,my_cifs/"``).  Default (``None``):
+        :func:`default_library`.
     """
-    if library in (None, "", "aflow"):
+    if library in (None, ""):
+        library = default_library()
+    if "," in library:
+        return union([load_library(part.strip()) for part in library.split(",") if part.strip()])
+    if library == "pool":
+        if not SHIPPED_LIBRARY.is_file():
+            raise InputFileError(SHIPPED_LIBRARY, "the shipped template library is not installed; "
+                                                  "use --library aflow or training-pool")
+        return _load_shipped()
+    if library == "aflow":
         import importlib.util
 
         # locate the bundled JSON without importing the module (its import parses all 288 prototypes)
@@ -338,7 +450,7 @@ def load_library(library: str | None = None) -> Library:
 
 # --------------------------------------------------------------------------- chemistry
 
-@lru_cache(maxsize=None)
+@cache
 def _elem_props(z: int) -> tuple[float, float]:
     """(Pauling electronegativity, atomic radius Å) with fallbacks for missing values."""
     from pymatgen.core.periodic_table import Element
@@ -419,8 +531,10 @@ class TemplatesBackend:
     Parameters
     ----------
     library : str, optional
-        ``"aflow"`` (default: pymatgen's AFLOW prototypes), ``"training-pool"``, or a path
-        (folder of CIFs, or CSV with a ``cif`` column).
+        Default ``"pool,aflow"``: the indexed training pool shipped with the package and
+        pymatgen's AFLOW prototypes (:func:`default_library`).  Also ``"pool"``, ``"aflow"``,
+        ``"training-pool"`` (indexed from the datasets folder), a path (folder of CIFs, or CSV
+        with a ``cif`` column), or a comma-separated union of these.
     members_per_type : int
         How many library members of one structure type may become proposals (the most
         similar in chemistry first): members differ in axial ratios and free coordinates.
@@ -431,14 +545,14 @@ class TemplatesBackend:
     capabilities = {"composition", "spacegroup"}
 
     def __init__(self, library: str | None = None, members_per_type: int = 3, **_ignored):
-        self.library_name = library or "aflow"
+        self.library_name = library or default_library()
         self.members_per_type = int(members_per_type)
         self._lib: Library | None = None
 
     @property
     def library(self) -> Library:
         if self._lib is None:
-            self._lib = load_library(None if self.library_name == "aflow" else self.library_name)
+            self._lib = load_library(self.library_name)
         return self._lib
 
     def candidates(self, observation: Observation):
@@ -508,7 +622,7 @@ class TemplatesBackend:
         """
         cands = self.candidates(observation)
         if not cands:
-            other = "" if self.library_name == "training-pool" else "--library training-pool, "
+            other = "" if "pool" in self.library_name else "--library pool, "
             raise BackendError(
                 f"templates: no structure with the stoichiometry of {observation.formula} "
                 f"(≤ {observation.max_atoms} atoms) in library {self.library_name!r}; "
@@ -535,3 +649,10 @@ class TemplatesBackend:
 def register_backends(register):
     """Register the ``templates`` backend."""
     register("templates", TemplatesBackend)
+
+
+if __name__ == "__main__":  # python -m diffpy_diffusion.backends.templates OUT.npz  (needs the datasets)
+    import sys
+
+    out = sys.argv[1] if len(sys.argv) > 1 else str(SHIPPED_LIBRARY)
+    print(export_library(load_library("training-pool"), out))

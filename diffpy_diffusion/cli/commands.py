@@ -53,7 +53,9 @@ from .show import print_proposals
               help="Largest number of atoms per cell to propose.")
 @backend_option()
 @click.option("--library", default=None, metavar="NAME|PATH",
-              help="Template library of the templates backend: aflow (default), training-pool, or a folder/CSV.")
+              help="Template library of the templates backend: pool (default: the training pool's "
+                   "structures, shipped with the package), aflow (pymatgen's AFLOW prototypes), "
+                   "training-pool (indexed from $DIFFPY_DIFFUSION_DATA), or a folder of CIFs / a CSV.")
 @backend_options_option()
 @n_option(200)
 @top_option(5)
@@ -338,7 +340,9 @@ def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind,
 @top_option(10)
 @seed_option
 @click.option("--library", default=None, metavar="NAME|PATH",
-              help="Template library of the templates backend: aflow (default), training-pool, or a folder/CSV.")
+              help="Template library of the templates backend: pool (default: the training pool's "
+                   "structures, shipped with the package), aflow (pymatgen's AFLOW prototypes), "
+                   "training-pool (indexed from $DIFFPY_DIFFUSION_DATA), or a folder of CIFs / a CSV.")
 @backend_options_option()
 @click.option("--refine-top", type=click.IntRange(0, None), default=1, show_default=True,
               help="Refine only the best this many of --top (of each backend for a+b); matches are counted "

@@ -123,9 +123,11 @@ def x_option(f):
 def backend_option(default: str = "auto"):
     """``--backend``: name, comma list, or ``a+b`` merge."""
     return click.option("--backend", "-b", default=default, show_default=True, metavar="NAME[,NAME]",
-                        help="Structure proposer(s); see 'diffpy-diffuse backends'. 'auto' = diffusion "
-                             "when its weights are installed, else the best available baseline. "
-                             "'a+b' merges the candidates of two backends.")
+                        help="Structure proposer(s); see 'diffpy-diffuse backends'. 'auto' = diffusion+templates "
+                             "(the diffusion model merged with the shipped template library: the best "
+                             "combination measured, see the model card) when the model's weights are "
+                             "installed, else the best available baseline. 'a+b' merges the candidates "
+                             "of two backends.")
 
 
 def parse_backend_options(ctx, param, values):
