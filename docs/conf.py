@@ -26,6 +26,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import diffpy_diffusion  # noqa: E402
+from diffpy_diffusion.cli import cli as diffuse_cli  # noqa: E402
+
+# sphinx-click documents the commands the click group holds; the commands plugins add (the
+# built-in plugin diffpy_diffusion.builtins.commands: train, bench) join it on first listing.
+diffuse_cli.list_commands(None)
 
 project = "diffpy-diffusion"
 author = "the diffpy-diffusion authors"
