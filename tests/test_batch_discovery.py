@@ -73,7 +73,7 @@ def test_folder_scan_takes_the_extensions_of_registered_readers(foo_plugin, tmp_
     exts = batch.pattern_extensions()
     assert ".foo" in exts
     assert set(XRD_EXTENSIONS) | set(PDF_EXTENSIONS) | {".json"} <= set(exts)
-    for name in ("a.xy", "b.foo", "C.FOO", "d.rdf", "notes.md", "README", "e.cif"):
+    for name in ("a.xy", "b.foo", "C.FOO", "d.rdf", "notes.md", "README"):
         (tmp_path / name).write_text("1 2\n3 4\n5 6\n")
     (tmp_path / "sub.foo").mkdir()  # a folder named like a data file is not one
     assert [p.name for p in batch.find_patterns(tmp_path)] == ["C.FOO", "a.xy", "b.foo", "d.rdf"]
