@@ -475,10 +475,9 @@ def propose(
         Re-raised after the finished candidates are written.
     """
     from . import __version__
+    from .limits import check_atoms_per_cell, check_candidates
     from .report import observation_summary, package_versions
     from .screen import screen
-
-    from .limits import check_atoms_per_cell, check_candidates
 
     check_candidates(n)
     check_atoms_per_cell(observation.max_atoms, "--max-atoms")

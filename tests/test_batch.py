@@ -229,7 +229,6 @@ def test_cli_dask_scheduler_and_workers(tmp_path, patterns):
 
 def test_stale_writer_temp_files_are_removed_but_not_fresh_ones(tmp_path):
     """A kill -9 mid-write leaves ``.summary.csv.XXXX.tmp``; the next run removes it, never a newer one."""
-    import os
     import time
 
     from diffpy_diffusion.batch.resume import remove_stale_temp_files

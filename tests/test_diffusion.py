@@ -6,9 +6,7 @@ training data (``shared_data`` fixture) and skip with a reason without it.
 
 from __future__ import annotations
 
-import math
 import os
-import pickle
 import subprocess
 import sys
 import warnings

@@ -24,8 +24,7 @@ import random
 import zipfile
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from diffpy_diffusion.errors import CompositionError, DiffpyDiffusionError, InputFileError
 from diffpy_diffusion.types import composition_formula, parse_composition

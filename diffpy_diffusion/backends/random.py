@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections import Counter
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -52,7 +52,7 @@ def _compatible(sg: int, counts: tuple[int, ...]) -> bool:
     return bool(ok[0] if isinstance(ok, tuple) else ok)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _radius(symbol: str) -> float:
     from pymatgen.core.periodic_table import Element
 

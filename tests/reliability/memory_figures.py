@@ -149,10 +149,10 @@ def xrd_20_atoms_cap_points(tmp):
 @case
 def sample_candidates_2000(tmp):
     """random backend: 2,000 raw candidates of NaCl (Z up to 20 atoms) held in memory."""
+    import numpy as np
+
     from diffpy_diffusion import plugins
     from diffpy_diffusion.types import Observation
-
-    import numpy as np
 
     obs = Observation(kind="xrd", x=np.linspace(10, 80, 100), y=np.ones(100), x_kind="2theta",
                       composition="NaCl", wavelength=1.54)

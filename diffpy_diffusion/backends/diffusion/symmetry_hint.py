@@ -46,8 +46,7 @@ import numpy as np
 
 from ...errors import BackendError
 from ...refine.symmetry import LOOSE_TOLERANCES
-from ..common import crystal_system as _crystal_system
-from ..common import spacegroup_number as _sg_number
+from ..common import crystal_system as _crystal_system, spacegroup_number as _sg_number
 
 __all__ = [
     "CRYSTAL_SYSTEMS",

@@ -7,6 +7,7 @@ calculator stays in charge.
 from __future__ import annotations
 
 import numpy as np
+
 from diffpy_diffusion.hookspecs import hookimpl
 
 __all__ = ["srreal_available", "SrrealPDFCalculator", "pdf_calculator"]
