@@ -13,8 +13,10 @@ plugins``):
 - ``random``, ``templates``, ``diffusion`` (``diffpy_diffusion.backends.random``,
   ``.templates``, ``.diffusion``): :func:`register_backends`.
 
-:func:`rerank` and :func:`recipe_seeded` have no built-in implementation; their
-docstrings say why.  The contract test kits in :mod:`diffpy_diffusion.testing`
+:func:`rerank`, :func:`rank_candidates`, :func:`relax_proposals` and
+:func:`recipe_seeded` have no built-in implementation; their docstrings say why.
+The separately installable ``plugins/diffpy-diffusion-chgnet`` implements the first three
+(docs/energy.rst).  The contract test kits in :mod:`diffpy_diffusion.testing`
 (:class:`~diffpy_diffusion.testing.BackendContract`,
 :class:`~diffpy_diffusion.testing.ReaderContract`,
 :class:`~diffpy_diffusion.testing.SimulatorContract`,
@@ -240,24 +242,31 @@ def pdf_calculator(kind):
 
 @hookspec
 def rerank(observation, proposals):
-    """Add extra figures of merit to screened proposals.
+    """Add extra figures of merit to the final candidates.
 
-    Called by the pipeline after screening and before refinement.
+    Called by :func:`diffpy_diffusion.pipeline.propose` once per run, after refinement and
+    after the core's ranking (:func:`diffpy_diffusion.pipeline.rank_refined`), with every
+    candidate of the final list: the refined ones (their refined structures) and, when
+    ``refine_top`` left some unrefined, those too (their screened structures), so every row of
+    the table and of ``results.json`` has the scores.  It runs before :func:`rank_candidates`,
+    which may use the scores.
 
     Parameters
     ----------
     observation : Observation
     proposals : list of Proposal
-        Screened candidates, best first.
+        The final candidates, ranked by the core: refined ones by Rw, then the unrefined
+        ones in screening order.
 
     Returns
     -------
     dict or None
         ``{score_name: list_of_floats}`` with one value per proposal (lower is
         better), stored in each ``proposal.scores[score_name]`` and shown in
-        ``results.json``; the pipeline's own ranking is not changed.  Return
-        ``None`` to add nothing.  Do not reorder or modify the list itself.
-        A wrong number of values is reported as a plugin error and ignored.
+        ``results.json``; the order is not changed here (that is :func:`rank_candidates`).
+        Return ``None`` to add nothing.  Do not reorder or modify the list itself.
+        A wrong number of values, or an exception, is reported as a plugin error (one line,
+        :func:`diffpy_diffusion.plugins.plugin_errors`) and that plugin's scores are ignored.
 
     Notes
     -----
@@ -265,6 +274,94 @@ def rerank(observation, proposals):
     Rwp, then the refined Rw) is the core's own default
     (:func:`diffpy_diffusion.report.score_of`), and this hook only adds
     figures of merit next to it.
+    """
+
+
+@hookspec(firstresult=True)
+def rank_candidates(observation, proposals):
+    """Reorder the final candidates, e.g. by a rule that combines the fit with an energy.
+
+    Called by :func:`diffpy_diffusion.pipeline.propose` once per run, after refinement,
+    after the core's ranking (:func:`diffpy_diffusion.pipeline.rank_refined`: refined
+    candidates by Rw, near-ties by fewer parameters, duplicates dropped, then the unrefined
+    ones in screening order) and after the :func:`rerank` hooks have added their scores.
+    The order it returns is the order of ``rankNN.*``, the table, ``results.json`` and the
+    list ``propose`` returns (and so of the top-k counts of ``diffpy-diffuse evaluate``).
+    Not called for the intermediate files written while refinement is still running.
+
+    Parameters
+    ----------
+    observation : Observation
+        The pattern or PDF the candidates were fitted to.
+    proposals : list of Proposal
+        The final candidates in the core's order; ``scores`` holds ``screen_rwp``, ``rw``
+        (refined candidates only) and the :func:`rerank` scores.
+
+    Returns
+    -------
+    list of int or None
+        The new order as a permutation of ``range(len(proposals))``: element ``k`` is the
+        index (in ``proposals``) of the candidate that goes to rank ``k + 1``.  ``None`` keeps
+        the core's order and lets the next implementation answer; the first non-``None``
+        answer wins (``firstresult``).  An implementation may add entries to
+        ``proposal.scores`` (they are written after this hook), but must not reorder the list
+        in place or change the structures.
+
+        Anything but a permutation (wrong length, a repeated or out-of-range index, not
+        integers), or an exception, is a plugin error: one line naming the plugin is issued
+        as a warning and recorded in :func:`diffpy_diffusion.plugins.plugin_errors`, the
+        answer is ignored (as if ``None``) and, when no other implementation answers, the
+        core's fit order is kept.
+
+    Notes
+    -----
+    No built-in implementation: without a plugin the order is the core's fit order
+    (:func:`~diffpy_diffusion.pipeline.rank_refined`), which is the default this hook
+    departs from.  The ``chgnet`` plugin ranks a candidate more than 1 eV/atom above the
+    best of its composition after the others unless its Rw is better by more than 0.02
+    (docs/energy.rst); ``diffpy-diffuse propose --no-energy`` switches that off.
+    """
+
+
+@hookspec(firstresult=True)
+def relax_proposals(observation, proposals):
+    """Relax the raw proposals (e.g. with an interatomic potential) before screening.
+
+    Called by :func:`diffpy_diffusion.pipeline.propose` only when asked
+    (``propose(..., relax=True)``, ``diffpy-diffuse propose --relax``, ``evaluate
+    --relax``), once per run, with the raw proposals of every backend, after sampling and
+    before screening; screening and refinement then work on what it returns.
+
+    Parameters
+    ----------
+    observation : Observation
+        The pattern or PDF (e.g. to bound the volume change, or to skip a relaxation the
+        data will decide anyway).
+    proposals : list of Proposal
+        The raw proposals, merged over the backends, in sampling order.  Do not modify them.
+
+    Returns
+    -------
+    list of Proposal or None
+        New proposals in the same order, one per input proposal, each with the same
+        composition (a proposal that could not be relaxed is returned as it came, ideally
+        with a warning); record what was done in ``provenance``.  ``None`` leaves the
+        proposals to the next implementation; the first non-``None`` answer wins
+        (``firstresult``).
+
+        A wrong number of proposals, an element that is not a
+        :class:`~diffpy_diffusion.types.Proposal`, a changed composition, or an exception
+        is a plugin error: one line naming the plugin is issued as a warning and recorded
+        in :func:`diffpy_diffusion.plugins.plugin_errors`, the answer is ignored (as if
+        ``None``) and, when no other implementation answers, the raw proposals are screened.
+
+    Notes
+    -----
+    No built-in implementation: relaxing needs an interatomic potential, which the core does
+    not ship (the ``chgnet`` plugin does: FIRE with CHGNet, cell volume bounded, docs/energy.rst).
+    Without an implementation ``--relax`` is an error (one line, exit status 2) rather than a
+    silent no-op, and ``propose(relax=True)`` raises
+    :class:`~diffpy_diffusion.errors.NotAvailableError`.
     """
 
 

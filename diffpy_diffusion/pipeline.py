@@ -374,17 +374,20 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
     return done
 
 
-def write_outputs(out: Path, observation: Observation, done, meta: dict, *, interrupted: bool = False) -> list[dict]:
+def write_outputs(out: Path, observation: Observation, done, meta: dict, *, interrupted: bool = False,
+                  already_ranked: bool = False) -> list[dict]:
     """(Re)write rankNN.* and results.json for the candidates finished so far; returns the records.
 
     While refinement is still running (``interrupted``) only the structure files and
     results.json are written: figures and PDFgui files follow once, at the end, because ranks
     still change and re-plotting every candidate after each fit cost more than the fits.
+    ``already_ranked``: ``done`` is the final order already (:func:`final_ranking`), written as given;
+    otherwise it is ranked by the fit (:func:`rank_refined`).
     """
     from . import report
     from .io import write_json
 
-    ranked = rank_refined(done)
+    ranked = list(done) if already_ranked else rank_refined(done)
     records = []
     for rank, (p, res) in enumerate(ranked, 1):
         files = report.write_candidate_files(p, rank, out, observation, res, force=True, full=not interrupted)
@@ -401,6 +404,66 @@ def write_outputs(out: Path, observation: Observation, done, meta: dict, *, inte
     doc = {**meta, "interrupted": interrupted, "candidates": records}
     write_json(doc, out / "results.json", force=True)
     return records
+
+
+def relax_available() -> list[str]:
+    """Plugins implementing the ``relax_proposals`` hook (what ``--relax`` uses), in call order.
+
+    Raises
+    ------
+    NotAvailableError
+        None is installed: ``--relax`` would otherwise do nothing without saying so.
+    """
+    from . import plugins
+    from .errors import NotAvailableError
+
+    names = plugins.implementations("relax_proposals")
+    if not names:
+        raise NotAvailableError("--relax: no installed plugin implements the relax_proposals hook; install one, "
+                                "e.g. pip install ./plugins/diffpy-diffusion-chgnet (see docs/energy.rst)")
+    return names
+
+
+def relax_raw(observation: Observation, raw: list[Proposal], meta: dict | None = None) -> list[Proposal]:
+    """The raw proposals after the ``relax_proposals`` hook (the first valid plugin answer), or as given.
+
+    ``meta`` (optional) gets ``"relaxed_by": plugin``.  Raises NotAvailableError when no plugin
+    implements the hook (:func:`relax_available`).
+    """
+    from . import plugins
+
+    relax_available()
+    got = plugins.call_relax_proposals(observation, raw)
+    if got is None:
+        names = ", ".join(plugins.implementations("relax_proposals"))
+        warnings.warn(f"--relax: no plugin relaxed the proposals (asked: {names}); screening them as sampled",
+                      stacklevel=2)
+        return raw
+    if meta is not None:
+        meta["relaxed_by"] = got[0]
+    return got[1]
+
+
+def final_ranking(observation: Observation, done: list, meta: dict | None = None) -> list:
+    """The final order of (proposal, result) pairs: the fit order, then the plugins' say.
+
+    :func:`rank_refined` ranks by the fit; the ``rerank`` hooks then add their scores to every
+    candidate of that list (refined structures for refined candidates), and the first valid
+    ``rank_candidates`` answer reorders it (an invalid one is warned about and the fit order
+    kept; :func:`diffpy_diffusion.plugins.call_rank_candidates`).  ``meta`` (optional) gets
+    ``"ranked_by": plugin`` when a plugin answered.
+    """
+    from . import plugins
+
+    ranked = rank_refined(done)
+    props = [p for p, _ in ranked]
+    plugins.call_rerank(observation, props)
+    got = plugins.call_rank_candidates(observation, props)
+    if got is None:
+        return ranked
+    if meta is not None:
+        meta["ranked_by"] = got[0]
+    return [ranked[i] for i in got[1]]
 
 
 def propose(
@@ -420,6 +483,7 @@ def propose(
     refine_options: dict | None = None,
     refine_top: int | None = None,
     sample_cache: dict | None = None,
+    relax: bool = False,
 ) -> list[Proposal]:
     """Propose, screen and refine structures for ``observation``; best first.
 
@@ -456,13 +520,19 @@ def propose(
     sample_cache : dict, optional
         Reuse raw proposals across calls for the *same* observation and backend options (see
         :func:`sample_all`); ``evaluate`` uses it so that ``a``, ``b`` and ``a+b`` sample once.
+    relax : bool
+        Hand the raw proposals to the ``relax_proposals`` plugin hook before screening
+        (``--relax``; e.g. CHGNet with the ``chgnet`` plugin).  Raises NotAvailableError, before
+        any work, when no installed plugin implements it.
 
     Returns
     -------
     list of Proposal
         Ranked: refined ones by Rw (``scores["rw"]``), then unrefined in screening order (by
         screening Rwp; for merged backends ``a+b``, the backends' rankings taken in turn, see
-        :func:`diffpy_diffusion.screen.fuse_by_backend`).
+        :func:`diffpy_diffusion.screen.fuse_by_backend`), unless a ``rank_candidates`` plugin
+        reorders them (:func:`final_ranking`; ``results.json`` then says ``"ranked_by"``).
+        ``rerank`` plugins' scores are in ``scores``.
         ``refined`` holds the refined parameters with esds.
 
     Raises
@@ -482,6 +552,8 @@ def propose(
     check_candidates(n)
     check_atoms_per_cell(observation.max_atoms, "--max-atoms")
     check_formula_unit(observation)
+    if relax:
+        relax_available()
     created = output_dir is not None and not Path(output_dir).exists()
     out = _check_output_dir(output_dir, force)
     t_start = time.perf_counter()
@@ -501,6 +573,10 @@ def propose(
         timings["sample_s"] = round(time.perf_counter() - t0, 3)
         for k, v in info.items():
             meta["backends"].setdefault(k, {}).update(v)
+        if relax:
+            t0 = time.perf_counter()
+            raw = relax_raw(observation, raw, meta)
+            timings["relax_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
         sopts = dict(screen_options or {})
         if refine_top is not None:
@@ -513,9 +589,6 @@ def propose(
                           "timings": {k: round(v, 3) for k, v in sres.timings.items()}}
         if not sres.kept:
             raise BackendError(f"none of the {len(raw)} proposals could be evaluated against the data")
-        from . import plugins
-
-        plugins.call_rerank(observation, sres.kept)  # plugins add scores; the ranking stays ours
 
         def checkpoint(d):
             partial[:] = d
@@ -545,10 +618,18 @@ def propose(
                 write_outputs(out, observation, done or partial, meta, interrupted=True)
             raise
         timings["refine_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        try:
+            # after refinement: plugin scores and order are those of the structures we report
+            ranked = final_ranking(observation, done, meta)
+        except KeyboardInterrupt:
+            if out is not None:
+                write_outputs(out, observation, done, meta, interrupted=True)
+            raise
+        timings["rank_s"] = round(time.perf_counter() - t0, 3)
     timings["total_s"] = round(time.perf_counter() - t_start, 3)
-    ranked = rank_refined(done)
     if out is not None:
-        write_outputs(out, observation, ranked, meta, interrupted=False)
+        write_outputs(out, observation, ranked, meta, interrupted=False, already_ranked=True)
     result = []
     for rank, (p, _) in enumerate(ranked, 1):
         p.scores["rank"] = rank

@@ -399,6 +399,94 @@ def call_rerank(observation, proposals) -> None:
             st.errors.append(f"plugin {impl.plugin_name!r} failed in rerank: {_one_line(exc)}")
 
 
+def implementations(hookname: str) -> list[str]:
+    """Names of the loaded plugins implementing hook ``hookname``, in the order pluggy calls them."""
+    hook = getattr(_state_().pm.hook, hookname)
+    return [impl.plugin_name for impl in reversed(hook.get_hookimpls())]
+
+
+def _first_valid(hookname: str, kwargs: dict, check: Callable[[Any], str | None], fallback: str):
+    """``firstresult`` with isolation: ``(plugin, answer)`` of the first valid non-None answer, or None.
+
+    An exception or an answer ``check`` rejects (it returns why) is one line, warned and recorded
+    in :func:`plugin_errors`, and treated as None.
+    """
+    import warnings
+
+    st = _state_()
+    for impl in reversed(getattr(st.pm.hook, hookname).get_hookimpls()):  # pluggy's call order
+        try:
+            res = impl.function(**{k: kwargs[k] for k in impl.argnames})
+            why = None if res is None else check(res)
+        except Exception as exc:
+            res, why = None, _one_line(exc)
+        if why is not None:
+            msg = f"plugin {impl.plugin_name!r} failed in {hookname}: {why}; {fallback}"
+            st.errors.append(msg)
+            warnings.warn(msg, stacklevel=3)
+            continue
+        if res is not None:
+            return impl.plugin_name, res
+    return None
+
+
+def call_rank_candidates(observation, proposals) -> tuple[str, list[int]] | None:
+    """Run the ``rank_candidates`` hooks: ``(plugin, permutation)`` of the first valid answer, or None.
+
+    An answer that is not a permutation of ``range(len(proposals))`` is a plugin error (see
+    :func:`diffpy_diffusion.hookspecs.rank_candidates`).
+    """
+    n = len(proposals)
+
+    def check(order) -> str | None:
+        try:
+            idx = list(order)
+        except TypeError:
+            return f"returned {type(order).__name__}, not a list of indices"
+        if any(isinstance(i, bool) or not hasattr(i, "__index__") for i in idx):
+            return "returned non-integer indices"
+        if sorted(int(i) for i in idx) != list(range(n)):
+            return f"returned {_short(idx)}, not a permutation of the {n} candidate indices 0..{n - 1}"
+        return None
+
+    got = _first_valid("rank_candidates", {"observation": observation, "proposals": proposals}, check,
+                       "the fit order is kept")
+    return None if got is None else (got[0], [int(i) for i in got[1]])
+
+
+def call_relax_proposals(observation, proposals) -> tuple[str, list] | None:
+    """Run the ``relax_proposals`` hooks: ``(plugin, new proposals)`` of the first valid answer, or None.
+
+    An answer with another number of proposals, a non-Proposal, or a changed composition is a
+    plugin error (see :func:`diffpy_diffusion.hookspecs.relax_proposals`).
+    """
+    from .types import Proposal
+
+    def check(new) -> str | None:
+        try:
+            new = list(new)
+        except TypeError:
+            return f"returned {type(new).__name__}, not a list of proposals"
+        if len(new) != len(proposals):
+            return f"returned {len(new)} proposals for {len(proposals)}"
+        for i, (p, q) in enumerate(zip(proposals, new), 1):
+            if not isinstance(q, Proposal):
+                return f"proposal {i} is a {type(q).__name__}, not a Proposal"
+            if q.structure.composition != p.structure.composition:
+                return (f"proposal {i} changed composition ({p.structure.composition.formula} -> "
+                        f"{q.structure.composition.formula})")
+        return None
+
+    got = _first_valid("relax_proposals", {"observation": observation, "proposals": proposals}, check,
+                       "the proposals are screened unrelaxed")
+    return None if got is None else (got[0], list(got[1]))
+
+
+def _short(values, k: int = 8) -> str:
+    vals = list(values)
+    return "[" + ", ".join(map(repr, vals[:k])) + (", ..." if len(vals) > k else "") + "]"
+
+
 def notify_recipe_seeded(recipe, proposal) -> None:
     """Run the ``recipe_seeded`` hooks (errors are recorded, not raised)."""
     st = _state_()

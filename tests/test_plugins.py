@@ -95,7 +95,7 @@ def test_every_hookspec_has_a_builtin_or_says_why(fresh_plugins):
     pm = plugins.get_plugin_manager()
     builtin = {n for n, i in plugins.plugin_info().items() if i["builtin"]}
     for name in ("register_backends", "register_readers", "register_simulators", "pdf_calculator",
-                 "rerank", "register_commands", "recipe_seeded"):
+                 "rerank", "rank_candidates", "relax_proposals", "register_commands", "recipe_seeded"):
         impls = {impl.plugin_name for impl in getattr(pm.hook, name).get_hookimpls()}
         doc = inspect.getdoc(getattr(hookspecs, name))
         assert impls & builtin or "No built-in implementation" in doc, name
@@ -286,7 +286,7 @@ def test_hookspecs_are_documented():
              if hasattr(f, "diffpy_diffusion_spec")]
     names = {f.__name__ for f in specs}
     assert names == {"register_backends", "register_readers", "register_simulators", "pdf_calculator",
-                     "rerank", "register_commands", "recipe_seeded"}
+                     "rerank", "rank_candidates", "relax_proposals", "register_commands", "recipe_seeded"}
     for f in specs:
         doc = inspect.getdoc(f) or ""
         assert len(doc) > 200 and "Parameters" in doc, f.__name__

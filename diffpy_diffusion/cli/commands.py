@@ -25,10 +25,12 @@ from .options import (
     json_option,
     merge_library,
     n_option,
+    no_energy_option,
     output_option,
     parse_size,
     quiet_option,
     radiation_option,
+    relax_option,
     seed_option,
     size_option,
     top_option,
@@ -62,37 +64,43 @@ from .show import print_proposals
 @seed_option
 @click.option("--refine/--no-refine", "do_refine", default=True, show_default=True,
               help="Refine the screened candidates with srfit (--no-refine: screen only, much faster).")
+@relax_option
+@no_energy_option
 @output_option(None, "Folder for CIF/.stru files, results.json and plots (default: print only).")
 @force_option
 @json_option
 @quiet_option
 @debug_option
 def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegroup, max_atoms, backend, library,
-            backend_options, n, top, seed, do_refine, output, force, as_json, quiet):
+            backend_options, n, top, seed, do_refine, relax, output, force, as_json, quiet):
     """Propose and refine crystal structures for the pattern in DATA.
 
     DATA is a powder pattern (.xy .xye .dat .csv .chi: 2θ or Q vs intensity)
     or a PDF (.gr). The backend generates --n candidates with the given
     composition, they are screened against the data, and the best --top are
-    refined and reported (ranked by Rwp/Rw).
+    refined and reported (ranked by Rwp/Rw). With an energy plugin installed
+    (diffpy-diffusion-chgnet) every candidate also gets its CHGNet energy and
+    implausible ones are ranked lower (--no-energy: by the fit alone).
 
     \b
     Example:
       diffpy-diffuse propose cdse_3nm.xy -c CdSe -w CuKa --size 3nm -o results/
     """
     from ..io import read_observation
+    from ..pipeline import propose as pipeline_propose, relax_available
 
+    if relax:
+        relax_available()  # before reading anything: exit 2 when no plugin can relax
     sg = int(spacegroup) if spacegroup and str(spacegroup).isdigit() else spacegroup
     obs = read_observation(data, x_kind=x_kind, wavelength=wavelength, radiation=radiation,
                            composition=composition, size_nm=size_nm, spacegroup=sg, max_atoms=max_atoms)
     backend = resolve_backend(backend, quiet or as_json)
     t0 = time.perf_counter()
-    from ..pipeline import propose as pipeline_propose
-
     try:
         results = pipeline_propose(obs, backend=backend, n=n, top=top, seed=seed, output_dir=output, force=force,
                                    progress=not (quiet or as_json),
-                                   backend_options=merge_library(backend_options, library), refine=do_refine)
+                                   backend_options=merge_library(backend_options, library), refine=do_refine,
+                                   relax=relax)
     except KeyboardInterrupt:
         if output is not None and (Path(output) / "results.json").exists():
             raise KeyboardInterrupt(f"The candidates finished so far are in {output}/ "
@@ -128,6 +136,7 @@ def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegrou
                    "(needs the 'dask' extra). Overrides --workers.")
 @click.option("--limit", type=click.IntRange(1, None), default=None, help="Only the first N patterns.")
 @click.option("--plot", is_flag=True, help="Also write a candidates overview (PNG + SVG) per pattern.")
+@no_energy_option
 @output_option(None, "Output folder: one sub-folder per pattern, batch.json, summary.csv.")
 @force_option
 @json_option
@@ -349,6 +358,8 @@ def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind,
                    "among all --top. "
                    "(First 10 targets at 10 nm: refining all 10 left the diffusion top-10 rate unchanged "
                    "and doubled the time; raising --n from 32 to 128 tripled it.)")
+@relax_option
+@no_energy_option
 @click.option("--workers", "-j", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Local worker processes (targets evaluated in parallel).")
 @click.option("--dask-scheduler", default=None, metavar="ADDRESS",
@@ -364,8 +375,12 @@ def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind,
 @quiet_option
 @debug_option
 def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, seed, library, backend_options, refine_top,
-             workers, dask_scheduler, output, force, resume, as_json, quiet):
-    """Benchmark a backend on simulated patterns of known structures (match rate, RMSE, Rwp, time)."""
+             relax, workers, dask_scheduler, output, force, resume, as_json, quiet):
+    """Benchmark a backend on simulated patterns of known structures (match rate, RMSE, Rwp, time).
+
+    Candidates are ranked as propose ranks them: with an energy plugin installed
+    (diffpy-diffusion-chgnet) by its energy-aware rule, with --no-energy by the fit alone.
+    """
     from ..evaluate import run_evaluation
 
     run_evaluation(dataset=dataset, data_dir=data_dir, limit=limit, size_nm=size_nm, wavelength=wavelength,
@@ -374,4 +389,5 @@ def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, see
                    n=n, top=top, seed=seed, output_dir=output, force=force, as_json=as_json, quiet=quiet,
                    workers=workers, resume=resume,
                    library=library, refine_top=refine_top, backend_options=backend_options,
+                   relax=relax,
                    **({"scheduler": dask_scheduler} if dask_scheduler else {}))

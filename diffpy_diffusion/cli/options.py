@@ -8,6 +8,7 @@ uses; a bad value is one ``Error:`` line and exit status 2 (:class:`OptionValueE
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -18,8 +19,13 @@ __all__ = [
     "OptionValueError", "debug_option", "quiet_option", "json_option", "composition_option", "wavelength_option",
     "radiation_option", "size_option", "x_option", "backend_option", "backend_options_option", "n_option",
     "top_option", "seed_option", "output_option", "force_option", "parse_backend_options", "parse_size",
-    "merge_library",
+    "merge_library", "no_energy_option", "relax_option", "ENERGY_ENV",
 ]
+
+#: The energy plugin's documented switch (plugins/diffpy-diffusion-chgnet, docs/energy.rst): ``off``
+#: makes it add no scores and leave the order alone.  Read by the plugin at each hook call, so
+#: worker processes (``--workers``) inherit it.
+ENERGY_ENV = "DIFFPY_DIFFUSION_ENERGY"
 
 
 class OptionValueError(click.BadParameter):
@@ -199,3 +205,27 @@ def force_option(f):
     return click.option("--force", "-f", is_flag=True,
                         help="Overwrite existing output files (otherwise an existing file is an error).")(f)
 
+
+
+def _set_no_energy(ctx, param, value):
+    if value:
+        os.environ[ENERGY_ENV] = "off"  # before any hook runs; inherited by worker processes
+    return value
+
+
+def no_energy_option(f):
+    """``--no-energy``: sets ``DIFFPY_DIFFUSION_ENERGY=off`` (the energy plugin's switch); not passed on."""
+    return click.option("--no-energy", is_flag=True, expose_value=False, is_eager=True, callback=_set_no_energy,
+                        help="Rank by the fit to the data alone: the energy plugin (diffpy-diffusion-chgnet, "
+                             "if installed) adds no CHGNet energies and does not reorder the candidates. "
+                             "Same as DIFFPY_DIFFUSION_ENERGY=off; DIFFPY_DIFFUSION_ENERGY=scores keeps the "
+                             "energies in the table but ranks by the fit.")(f)
+
+
+def relax_option(f):
+    """``--relax``: relax the raw proposals through the ``relax_proposals`` plugin hook (value ``relax``)."""
+    return click.option("--relax", is_flag=True,
+                        help="Relax the raw proposals with an installed plugin's interatomic potential before "
+                             "screening (diffpy-diffusion-chgnet: CHGNet FIRE, at most 300 steps, cell volume "
+                             "within 20 %; slow on a CPU, seconds per proposal: use a small --n). Without such "
+                             "a plugin: an error.")(f)

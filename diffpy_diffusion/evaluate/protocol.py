@@ -50,7 +50,7 @@ KS = (1, 5, 10)
 PARTIAL = "evaluation.partial.jsonl"
 #: Settings that must be equal for ``--resume`` to reuse earlier targets' records.
 RESUME_KEYS = ("dataset", "size_nm", "wavelength", "n", "top", "refine_top", "seed", "backends", "library",
-               "backend_options", "match", "noise", "n_q", "version")
+               "backend_options", "match", "noise", "n_q", "version", "relax")
 
 
 def simulate_target(structure, size_nm: float, *, seed: int = 0, n_q: int = N_Q,
@@ -141,7 +141,8 @@ def _eval_one(task: dict) -> list[dict]:
                 warnings.simplefilter("ignore")
                 props = propose(obs, backend=spec, n=task["n"], top=task["top"], seed=task["seed"],
                                 output_dir=None, progress=False, backend_options=task["backend_options"],
-                                refine_top=task["refine_top"], sample_cache=cache)
+                                refine_top=task["refine_top"], sample_cache=cache,
+                                relax=bool(task.get("relax")))
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - one failed target must not end the benchmark
@@ -303,7 +304,8 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
                    wavelength=None, backend: str = "diffusion", n: int = 200, top: int = 10,
                    refine_top: int | None = None, seed: int = 0, output_dir=None, force: bool = False,
                    as_json: bool = False, quiet: bool = False, workers: int = 1, library: str | None = None,
-                   backend_options: dict | None = None, scheduler=None, resume: bool = False) -> dict[str, Any]:
+                   backend_options: dict | None = None, scheduler=None, resume: bool = False,
+                   relax: bool = False) -> dict[str, Any]:
     """Run the evaluation protocol; print and (optionally) write the summary.
 
     Parameters
@@ -324,6 +326,10 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
         Template library for the ``templates`` backend (e.g. ``"training-pool"``).
     wavelength : ignored
         The protocol fixes Cu Kα (1.54184 Å); accepted for CLI symmetry.
+    relax : bool
+        Relax the raw proposals through the ``relax_proposals`` plugin hook before screening
+        (:func:`diffpy_diffusion.pipeline.propose`); NotAvailableError before any work when no
+        plugin implements it.
     resume : bool
         Reuse the targets an earlier run in ``output_dir`` finished (its ``evaluation.json``
         or the partial file an interrupted run left) and evaluate only the others; the
@@ -339,6 +345,10 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
     from ..io import atomic_write_text, write_json
 
     size = _parse_size(size_nm)
+    if relax:
+        from ..pipeline import relax_available
+
+        relax_available()  # not once per target, where the error would only be recorded
     specs = [s.strip() for s in str(backend).split(",") if s.strip()]
     if not specs:
         raise DiffpyDiffusionError("evaluate: give at least one backend (e.g. --backend templates,random)")
@@ -375,11 +385,12 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
             load_library(library)
     refine_top = top if refine_top is None else refine_top
     tasks = [{"index": i, "entry": asdict(e), "size_nm": size, "seed": seed, "backends": specs, "n": n, "top": top,
-              "refine_top": refine_top, "backend_options": opts} for i, e in enumerate(entries)]
+              "refine_top": refine_top, "backend_options": opts, "relax": relax} for i, e in enumerate(entries)]
     meta = {"dataset": dataset, "limit": len(entries), "size_nm": size, "wavelength": WAVELENGTH, "n": n, "top": top,
             "refine_top": refine_top, "seed": seed, "backends": specs, "library": library, "workers": workers,
             "backend_options": opts,
-            "match": MATCH, "noise": NOISE, "n_q": N_Q, "version": __version__}
+            "match": MATCH, "noise": NOISE, "n_q": N_Q, "version": __version__,
+            **({"relax": True} if relax else {})}  # absent without --relax: earlier runs stay resumable
     records: list[dict] = []
     if resume and out is not None:
         records = _previous_records(out, json.loads(json.dumps(meta)), entries)

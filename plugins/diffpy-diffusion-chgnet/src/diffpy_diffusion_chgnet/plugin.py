@@ -2,13 +2,17 @@
 
 - :func:`rerank` (hook ``rerank``): adds ``energy_ev_per_atom`` and ``energy_above_best`` (eV/atom,
   relative to the lowest-energy candidate of the same composition) to every candidate's scores.
-- :func:`rank_candidates` and :func:`relax_proposals`: the plugin side of two hooks the core does
-  not have yet (see docs/energy.rst, "Wiring"); once ``hookspecs.py`` specifies them, decorating
-  these two functions with ``@hookimpl`` is all this plugin needs.
+- :func:`rank_candidates` (hook ``rank_candidates``): the energy-aware order of the final candidates
+  (:mod:`diffpy_diffusion_chgnet.ranking`).
+- :func:`relax_proposals` (hook ``relax_proposals``, only with ``propose --relax``): CHGNet FIRE
+  relaxation of the raw proposals before screening.
+
+The core calls ``rerank`` and then ``rank_candidates`` once per run, after refinement, on the
+final candidates (docs/energy.rst, "Wiring"), so the energies are those of the structures reported.
 
 ``DIFFPY_DIFFUSION_ENERGY`` selects what the plugin does: ``rank`` (default: scores and the
 ranking rule of :mod:`diffpy_diffusion_chgnet.ranking`), ``scores`` (scores only, ranking by
-the fit alone) or ``off`` (nothing; what ``--no-energy`` sets).
+the fit alone) or ``off`` (nothing; what ``diffpy-diffuse propose/evaluate --no-energy`` sets).
 ``DIFFPY_DIFFUSION_DISABLE_PLUGINS=chgnet`` unloads the plugin altogether.
 
 Import-time cost matters (``diffpy-diffuse --help`` imports every plugin): torch and chgnet are
@@ -104,13 +108,13 @@ def _fit(p) -> tuple[float | None, bool]:
     return (None if rwp is None else float(rwp)), False
 
 
-# becomes @hookimpl once hookspecs.py specifies rank_candidates (docs/energy.rst, "Wiring")
+@hookimpl
 def rank_candidates(observation, proposals):
     """Order the core's ranked candidates by the energy-aware rule; the new order as indices, or None.
 
-    Energies are those of the structures as given (refined ones after refinement; the cache makes
-    a second call on the same structures free), written back into ``scores`` so that the table
-    and ``results.json`` show the energies of the structures they list.
+    Energies are those of the structures as given (the core calls this after refinement, right
+    after ``rerank`` on the same list, so the cache makes them free), written back into ``scores``
+    so that the table and ``results.json`` show the energies of the structures they list.
 
     Parameters
     ----------
@@ -140,7 +144,7 @@ def rank_candidates(observation, proposals):
     return energy_order(list(fit), list(refined), scores[ABOVE_SCORE])
 
 
-# becomes @hookimpl once hookspecs.py specifies relax_proposals (docs/energy.rst, "Wiring")
+@hookimpl
 def relax_proposals(observation, proposals):
     """Relax raw proposals with CHGNet (FIRE, bounded cell volume) before screening.
 
