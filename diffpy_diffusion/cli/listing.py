@@ -94,7 +94,8 @@ def plugins_command(as_json):
     for r in rows:
         what = [f"{kind}: {', '.join(r[kind])}" for kind in ("backends", "readers", "simulators", "commands")
                 if r[kind]]
-        what += [h for h in r["hooks"] if h in ("pdf_calculator", "rerank", "recipe_seeded")]
+        what += [h for h in r["hooks"] if h in ("pdf_calculator", "rerank", "rank_candidates", "relax_proposals",
+                                                "recipe_seeded")]
         version = r["version"] + ("" if not r["builtin"] else " (built-in)")
         table.add_row(r["name"], r["module"], version, "; ".join(what) or "-")
     con = _console()
