@@ -177,10 +177,12 @@ def test_gr_pdfgui_fit_header_with_dg(tmp_path):
     np.testing.assert_allclose(obs.sigma, 0.01)
 
 
-def test_gr_user_radiation_overrides_header(tmp_path):
+def test_gr_user_radiation_contradicting_header_is_an_error(tmp_path):
+    # issue 18: a G(r) transformed from neutron data is not refined with x-ray weights without a word
     text = "# type = N\n" + "".join(f"{a:.2f} {np.sin(a):.5f}\n" for a in np.arange(1, 2, 0.01))
-    obs = read_observation(_write(tmp_path / "a.gr", text), radiation="xray")
-    assert obs.radiation == "xray"
+    with pytest.raises(InputFileError, match="a.gr: the header says neutron data but --radiation xray"):
+        read_observation(_write(tmp_path / "a.gr", text), radiation="xray")
+    assert read_observation(tmp_path / "a.gr", radiation="neutron").radiation == "neutron"
 
 
 def test_gr_x_option_must_be_r(tmp_path):

@@ -129,7 +129,7 @@ def find_patterns(source: str | os.PathLike | Sequence[str | os.PathLike]) -> li
 
 def observation_for(path: Path, row: dict[str, str] | None, defaults: dict[str, Any]):
     """Read one pattern with the defaults, overridden by its row of the composition table."""
-    from ..io import parse_size_nm, parse_wavelength, read_observation
+    from ..io import check_pdf_grid, parse_size_nm, parse_wavelength, read_observation
 
     kw = dict(defaults)
     if row:
@@ -148,4 +148,6 @@ def observation_for(path: Path, row: dict[str, str] | None, defaults: dict[str, 
     if not kw.get("composition"):
         raise InputFileError(path, "no composition for this pattern: add it to --composition-from or give "
                                    "--composition")
-    return read_observation(path, **{k: v for k, v in kw.items() if v is not None})
+    obs = read_observation(path, **{k: v for k, v in kw.items() if v is not None})
+    check_pdf_grid(obs)  # a G(r) the proposers cannot use is that pattern's one-line error
+    return obs

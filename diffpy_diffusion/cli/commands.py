@@ -86,7 +86,7 @@ def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegrou
     Example:
       diffpy-diffuse propose cdse_3nm.xy -c CdSe -w CuKa --size 3nm -o results/
     """
-    from ..io import read_observation
+    from ..io import check_pdf_grid, read_observation
     from ..pipeline import propose as pipeline_propose, relax_available
 
     if relax:
@@ -94,6 +94,7 @@ def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegrou
     sg = int(spacegroup) if spacegroup and str(spacegroup).isdigit() else spacegroup
     obs = read_observation(data, x_kind=x_kind, wavelength=wavelength, radiation=radiation,
                            composition=composition, size_nm=size_nm, spacegroup=sg, max_atoms=max_atoms)
+    check_pdf_grid(obs)  # a G(r) the proposers cannot use: one line naming the file, before any work
     backend = resolve_backend(backend, quiet or as_json)
     t0 = time.perf_counter()
     try:
@@ -358,6 +359,14 @@ def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind,
                    "among all --top. "
                    "(First 10 targets at 10 nm: refining all 10 left the diffusion top-10 rate unchanged "
                    "and doubled the time; raising --n from 32 to 128 tripled it.)")
+@click.option("--xrd", "data_kind", flag_value="xrd", default=True,
+              help="Evaluate on simulated PXRD patterns (default).")
+@click.option("--pdf", "data_kind", flag_value="pdf",
+              help="Evaluate on x-ray G(r) of spherical particles (--size, default 5nm) cut from each target: "
+                   "Debye pair sum, Qmax 20 1/Å, Qdamp 0.04 1/Å, r 1-30 Å, noise (see docs/benchmarks.rst).")
+@click.option("--simulator", type=click.Choice(["builtin", "pymatgen"]), default="builtin", show_default=True,
+              help="PXRD only: who simulates the patterns: our forward model, or pymatgen's XRDCalculator peaks "
+                   "with Scherrer Gaussians (an independent code; benchmarks/independent_patterns.py compares).")
 @relax_option
 @no_energy_option
 @click.option("--workers", "-j", type=click.IntRange(1, 1024), default=1, show_default=True,
@@ -375,7 +384,7 @@ def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind,
 @quiet_option
 @debug_option
 def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, seed, library, backend_options, refine_top,
-             relax, workers, dask_scheduler, output, force, resume, as_json, quiet):
+             data_kind, simulator, relax, workers, dask_scheduler, output, force, resume, as_json, quiet):
     """Benchmark a backend on simulated patterns of known structures (match rate, RMSE, Rwp, time).
 
     Candidates are ranked as propose ranks them: with an energy plugin installed
@@ -389,5 +398,5 @@ def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, see
                    n=n, top=top, seed=seed, output_dir=output, force=force, as_json=as_json, quiet=quiet,
                    workers=workers, resume=resume,
                    library=library, refine_top=refine_top, backend_options=backend_options,
-                   relax=relax,
+                   relax=relax, data_kind=data_kind, simulator=simulator,
                    **({"scheduler": dask_scheduler} if dask_scheduler else {}))

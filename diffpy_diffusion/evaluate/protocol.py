@@ -16,6 +16,12 @@
    is pymatgen's ``get_rms_dist`` (normalised by (V/N)^(1/3), as in CDVAE/DiffCSP) of the
    best-ranked match.
 
+Other data (``--pdf``, ``--simulator pymatgen``; :mod:`diffpy_diffusion.evaluate.targets`): the
+G(r) of a spherical particle of each target (Debye pair sum of a cut sphere, Qmax 20 Å⁻¹,
+Qdamp 0.04 Å⁻¹, r 1–30 Å), or the PXRD pattern made by pymatgen's ``XRDCalculator`` with
+Scherrer Gaussians; steps 3-4 are the same.  The settings line of a run records the mode, so
+``--resume`` does not mix modes.
+
 Results: top-1/5/10 match rates, mean RMS of matches, mean Rwp of the rank-1 refined
 candidate, seconds per target, and per backend how many targets it alone solved.
 """
@@ -34,14 +40,8 @@ import numpy as np
 
 from ..errors import DiffpyDiffusionError
 from ..types import Observation
+from .conventions import N_Q, NOISE, Q_MAX_GRID, TWO_THETA_MAX, UISO, WAVELENGTH  # PXRDnet's, re-exported
 
-#: PXRDnet's pattern conventions.
-WAVELENGTH = 1.54184
-TWO_THETA_MAX = 90.0
-Q_MAX_GRID = 8.15
-N_Q = 1024
-NOISE = 1e-3
-UISO = 0.005
 #: StructureMatcher tolerances of the protocol.
 MATCH = {"stol": 0.3, "ltol": 0.2, "angle_tol": 5.0}
 KS = (1, 5, 10)
@@ -50,7 +50,14 @@ KS = (1, 5, 10)
 PARTIAL = "evaluation.partial.jsonl"
 #: Settings that must be equal for ``--resume`` to reuse earlier targets' records.
 RESUME_KEYS = ("dataset", "size_nm", "wavelength", "n", "top", "refine_top", "seed", "backends", "library",
-               "backend_options", "match", "noise", "n_q", "version", "relax")
+               "backend_options", "match", "noise", "n_q", "version", "relax", "data_kind", "simulator", "pdf")
+#: What a settings line without a key means (written before the key existed): a PXRD run of our simulator.
+RESUME_DEFAULTS = {"data_kind": "xrd", "simulator": "builtin"}
+#: Kinds of evaluation data: simulated PXRD patterns, or G(r) of simulated nanoparticles.
+DATA_KINDS = ("xrd", "pdf")
+#: Simulators of the PXRD targets: ours (:func:`simulate_target`) or pymatgen's peaks with Scherrer
+#: Gaussians (:func:`diffpy_diffusion.evaluate.targets.simulate_pymatgen_target`).
+SIMULATORS = ("builtin", "pymatgen")
 
 
 def simulate_target(structure, size_nm: float, *, seed: int = 0, n_q: int = N_Q,
@@ -121,6 +128,25 @@ class TargetResult:
     ranks_matched: list[int] = field(default_factory=list)
 
 
+def make_target(structure, size_nm: float, *, seed: int = 0, data_kind: str = "xrd",
+                simulator: str = "builtin") -> Observation:
+    """The evaluation data of one target: PXRD by ``simulator``, or a nanoparticle G(r).
+
+    ``data_kind="pdf"``: :func:`~diffpy_diffusion.evaluate.targets.simulate_pdf_target`;
+    ``"xrd"`` with ``simulator="builtin"``: :func:`simulate_target`, with ``"pymatgen"``:
+    :func:`~diffpy_diffusion.evaluate.targets.simulate_pymatgen_target`.
+    """
+    if data_kind == "pdf":
+        from .targets import simulate_pdf_target
+
+        return simulate_pdf_target(structure, size_nm, seed=seed)
+    if simulator == "pymatgen":
+        from .targets import simulate_pymatgen_target
+
+        return simulate_pymatgen_target(structure, size_nm, seed=seed)
+    return simulate_target(structure, size_nm, seed=seed)
+
+
 def _eval_one(task: dict) -> list[dict]:
     """Evaluate one target with every backend spec (module-level: runs in worker processes)."""
     from ..datasets import Entry
@@ -128,7 +154,8 @@ def _eval_one(task: dict) -> list[dict]:
 
     entry = Entry(**task["entry"])
     truth = entry.structure()
-    obs = simulate_target(truth, task["size_nm"], seed=task["seed"] + task["index"])
+    obs = make_target(truth, task["size_nm"], seed=task["seed"] + task["index"],
+                      data_kind=task.get("data_kind", "xrd"), simulator=task.get("simulator", "builtin"))
     out = []
     cache: dict = {}  # a, b and a+b of one target sample each backend once (same seed, same proposals)
     for spec in task["backends"]:
@@ -200,14 +227,14 @@ def summarize(records: list[dict], backends: list[str], ks=KS) -> dict[str, Any]
 def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     """The summary as a markdown table (with the caveat that these are not published MP-20 figures)."""
     lines = [
-        f"Evaluation on {meta['dataset']} (first {meta['limit']} rows of mp20/test.csv.gz; "
-        f"crystallite size {meta['size_nm']} nm, Cu Kα {WAVELENGTH} Å, 2θ ≤ 90°, noise {NOISE:g} of max; "
+        f"Evaluation on {meta['dataset']}, {mode_title(meta)} data (first {meta['limit']} rows; "
+        f"{mode_conditions(meta)}; "
         f"n = {meta['n']} raw proposals, top {meta['top']} ranked, {meta['refine_top']} refined).",
         "",
         "Not comparable to published MP-20 numbers: our split and data subset differ (see DESIGN.md).",
         "",
-        "| backend | targets | top-1 | top-5 | top-10 | mean RMS (matches) | mean Rwp (rank 1) | s/target "
-        "| solved only by this |",
+        f"| backend | targets | top-1 | top-5 | top-10 | mean RMS (matches) | mean {_rw_name(meta)} (rank 1) "
+        "| s/target | solved only by this |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -227,6 +254,32 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += ["", f"Targets only the diffusion model solved (no non-diffusion backend did): "
                       f"{summary['_only_diffusion_solved']}"]
     return "\n".join(lines) + "\n"
+
+
+def _rw_name(meta: dict[str, Any]) -> str:
+    """Rw for a PDF (PDFgui's name), Rwp for a powder pattern."""
+    return "Rw" if meta.get("data_kind", "xrd") == "pdf" else "Rwp"
+
+
+def mode_title(meta: dict[str, Any]) -> str:
+    """``"PXRD"``, ``"PXRD (pymatgen patterns)"`` or ``"PDF"``: what kind of data a run evaluated on."""
+    if meta.get("data_kind", "xrd") == "pdf":
+        return "PDF"
+    return "PXRD (pymatgen patterns)" if meta.get("simulator") == "pymatgen" else "PXRD"
+
+
+def mode_conditions(meta: dict[str, Any]) -> str:
+    """The simulated measurement of a run in words (size, radiation, range, noise)."""
+    if meta.get("data_kind", "xrd") == "pdf":
+        p = meta["pdf"]
+        lo, hi, step = p["r_grid"]
+        return (f"x-ray G(r) of {meta['size_nm']:g} nm spheres cut from the crystal (Debye pair sum), "
+                f"Qmax {p['qmax']:g} Å⁻¹, Qdamp {p['qdamp']:g} Å⁻¹, r {lo:g}–{hi:g} Å step {step:g} Å, "
+                f"Uiso {p['uiso']:g} Å², noise σ {p['noise']:g} of max |G| (band-limited to Qmax)")
+    how = ("pymatgen XRDCalculator peaks + Scherrer Gaussians (K = 0.9)" if meta.get("simulator") == "pymatgen"
+           else "our forward model, sinc² size kernel")
+    return (f"crystallite size {meta['size_nm']:g} nm, {how}, Cu Kα {WAVELENGTH} Å, 2θ ≤ 90°, "
+            f"noise {NOISE:g} of max")
 
 
 def _previous_records(out: Path, meta: dict, entries) -> list[dict]:
@@ -270,9 +323,10 @@ def _previous_records(out: Path, meta: dict, entries) -> list[dict]:
                                        "checked against this run; pass --force to start over")
         sources.append((part, head, groups))
     for path, old, groups in sources:
-        diff = [k for k in RESUME_KEYS if (old or {}).get(k) != meta.get(k)]
+        old = {**RESUME_DEFAULTS, **(old or {})}
+        diff = [k for k in RESUME_KEYS if old.get(k) != meta.get(k)]
         if diff:
-            show = ", ".join(f"{k}: {(old or {}).get(k)!r} there, {meta.get(k)!r} now" for k in diff)
+            show = ", ".join(f"{k}: {old.get(k)!r} there, {meta.get(k)!r} now" for k in diff)
             raise DiffpyDiffusionError(f"{path}: cannot resume, the earlier run used other settings ({show}); "
                                        "pass the same options, or --force to start over")
         for group in groups:
@@ -290,9 +344,9 @@ def _previous_records(out: Path, meta: dict, entries) -> list[dict]:
             for r in found[i]]
 
 
-def _parse_size(size_nm) -> float:
+def _parse_size(size_nm, default: float = 10.0) -> float:
     if size_nm is None:
-        return 10.0
+        return default
     if isinstance(size_nm, (int, float)):
         return float(size_nm)
     from ..io.units import parse_size_nm  # "10nm", "30A"
@@ -305,13 +359,25 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
                    refine_top: int | None = None, seed: int = 0, output_dir=None, force: bool = False,
                    as_json: bool = False, quiet: bool = False, workers: int = 1, library: str | None = None,
                    backend_options: dict | None = None, scheduler=None, resume: bool = False,
-                   relax: bool = False) -> dict[str, Any]:
+                   relax: bool = False, data_kind: str = "xrd", simulator: str = "builtin") -> dict[str, Any]:
     """Run the evaluation protocol; print and (optionally) write the summary.
 
     Parameters
     ----------
     dataset : str
         ``"mp20-test"`` (first ``limit`` rows of the evaluation set) or a CSV path with ``cif``.
+    size_nm : float or str
+        Crystallite (PXRD) or particle (PDF) diameter, nm or ``"5nm"``/``"30A"``; default
+        10 nm for PXRD, 5 nm (:data:`~diffpy_diffusion.evaluate.targets.PDF_DEFAULT_SIZE_NM`) for PDF.
+    data_kind : {"xrd", "pdf"}
+        ``"pdf"``: the targets are x-ray G(r) of spherical particles
+        (:func:`~diffpy_diffusion.evaluate.targets.simulate_pdf_target`: Qmax 20 Å⁻¹,
+        Qdamp 0.04 Å⁻¹, r 1–30 Å) instead of PXRD patterns.
+    simulator : {"builtin", "pymatgen"}
+        PXRD only: who simulates the patterns -- our forward model (:func:`simulate_target`)
+        or pymatgen's ``XRDCalculator`` with Scherrer Gaussians
+        (:func:`~diffpy_diffusion.evaluate.targets.simulate_pymatgen_target`), so that the
+        model is not judged only on the simulator it screens with.
     backend : str
         Comma-separated backend specs evaluated one by one; ``a+b`` merges backends.
     n, top, refine_top : int
@@ -344,7 +410,21 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
     from ..datasets import eval_set
     from ..io import atomic_write_text, write_json
 
-    size = _parse_size(size_nm)
+    if data_kind not in DATA_KINDS:
+        raise DiffpyDiffusionError(f"evaluate: data kind {data_kind!r} is not one of {', '.join(DATA_KINDS)}")
+    if simulator not in SIMULATORS:
+        raise DiffpyDiffusionError(f"evaluate: simulator {simulator!r} is not one of {', '.join(SIMULATORS)}")
+    if data_kind == "pdf" and simulator != "builtin":
+        raise DiffpyDiffusionError(f"evaluate: --simulator {simulator} makes PXRD patterns; the PDF targets "
+                                   "(--pdf) have one simulator (Debye pair sum of a cut sphere)")
+    if data_kind == "pdf":
+        from .targets import PDF_DEFAULT_SIZE_NM
+
+        size = _parse_size(size_nm, PDF_DEFAULT_SIZE_NM)
+    else:
+        size = _parse_size(size_nm)
+    if not (size > 0 and math.isfinite(size)):
+        raise DiffpyDiffusionError(f"evaluate: --size must be positive, got {size_nm!r}")
     if relax:
         from ..pipeline import relax_available
 
@@ -385,12 +465,20 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
             load_library(library)
     refine_top = top if refine_top is None else refine_top
     tasks = [{"index": i, "entry": asdict(e), "size_nm": size, "seed": seed, "backends": specs, "n": n, "top": top,
-              "refine_top": refine_top, "backend_options": opts, "relax": relax} for i, e in enumerate(entries)]
+              "refine_top": refine_top, "backend_options": opts, "relax": relax, "data_kind": data_kind,
+              "simulator": simulator} for i, e in enumerate(entries)]
     meta = {"dataset": dataset, "limit": len(entries), "size_nm": size, "wavelength": WAVELENGTH, "n": n, "top": top,
             "refine_top": refine_top, "seed": seed, "backends": specs, "library": library, "workers": workers,
             "backend_options": opts,
             "match": MATCH, "noise": NOISE, "n_q": N_Q, "version": __version__,
-            **({"relax": True} if relax else {})}  # absent without --relax: earlier runs stay resumable
+            **({"relax": True} if relax else {}),  # absent without --relax: earlier runs stay resumable
+            "data_kind": data_kind, "simulator": simulator}
+    if data_kind == "pdf":
+        from .targets import PDF_NOISE, PDF_QDAMP, PDF_QMAX, PDF_R_RANGE
+
+        meta.update(wavelength=None, n_q=None, noise=PDF_NOISE,
+                    pdf={"qmax": PDF_QMAX, "qdamp": PDF_QDAMP, "r_grid": list(PDF_R_RANGE), "noise": PDF_NOISE,
+                         "uiso": UISO, "radiation": "xray"})
     records: list[dict] = []
     if resume and out is not None:
         records = _previous_records(out, json.loads(json.dumps(meta)), entries)
@@ -461,10 +549,11 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title=f"{dataset}: first {len(entries)} targets, {size:g} nm (not published MP-20 figures)")
+        t = Table(title=f"{mode_title(meta)}, {dataset}: first {len(entries)} targets, {size:g} nm "
+                        "(not published MP-20 figures)")
         names = [b for b in summary if not b.startswith("_")]
-        for col in ("backend", "top-1 %", "top-5 %", "top-10 %", "mean RMS", "mean Rwp#1 %", "s/target",
-                    "only this"):
+        for col in ("backend", "top-1 %", "top-5 %", "top-10 %", "mean RMS", f"mean {_rw_name(meta)}#1 %",
+                    "s/target", "only this"):
             if col == "backend":  # never cut a+b names short: the other columns wrap instead
                 t.add_column(col, no_wrap=True, min_width=max(map(len, names), default=7))
             else:

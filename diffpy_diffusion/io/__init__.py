@@ -9,7 +9,7 @@ existing file unless ``force=True`` (:class:`~diffpy_diffusion.errors.OutputExis
 """
 
 from .ddp import DdpProject, read_ddp
-from .patterns import PDF_EXTENSIONS, XRD_EXTENSIONS, parse_header, read_observation
+from .patterns import PDF_EXTENSIONS, XRD_EXTENSIONS, check_pdf_grid, parse_header, read_observation
 from .safe_unpickle import UnsafePickleError
 from .structures import STRUCTURE_EXTENSIONS, diffpy_to_pymatgen, pymatgen_to_diffpy, read_structure
 from .units import Wavelength, parse_size_nm, parse_wavelength
@@ -24,7 +24,7 @@ from .writers import (
 )
 
 __all__ = [
-    "read_observation", "read_structure", "parse_header", "pymatgen_to_diffpy", "diffpy_to_pymatgen",
+    "read_observation", "read_structure", "parse_header", "check_pdf_grid", "pymatgen_to_diffpy", "diffpy_to_pymatgen",
     "write_cif", "write_stru", "write_xy", "write_json", "atomic_write_text", "atomic_write_bytes",
     "to_json_text", "Wavelength", "parse_wavelength", "parse_size_nm",
     "XRD_EXTENSIONS", "PDF_EXTENSIONS", "STRUCTURE_EXTENSIONS", "read_ddp", "DdpProject", "UnsafePickleError",

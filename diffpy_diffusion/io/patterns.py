@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -236,6 +237,8 @@ def read_pattern_file(path, *, kind=None, x_kind=None, wavelength=None, radiatio
     if x_kind in ("q", "r") and x[0] < 0:
         raise InputFileError(p, f"{'Q' if x_kind == 'q' else 'r'} = {x[0]:g} is negative", line=int(linenos[0]))
 
+    if kind == "pdf":
+        _check_pdf_header(p, header, radiation, fields)
     if radiation is None:
         radiation = header.get("radiation", "xray")
     if wavelength is None:
@@ -259,6 +262,76 @@ def read_pattern_file(path, *, kind=None, x_kind=None, wavelength=None, radiatio
     return Observation(kind=kind, x=x, y=y, x_kind=x_kind, composition=comp, sigma=sigma,
                        wavelength=wavelength, wavelength2=wavelength2, radiation=radiation,
                        source=str(p), meta=meta, **fields)
+
+
+#: Relative difference above which a PDF header's Qmax and the one given contradict each other
+#: (headers print Qmax with 3-6 digits; 0.1 % is far above rounding, far below a real change).
+QMAX_RTOL = 1e-3
+#: Shortest r range (Å) the proposers can use: the screen and the model read the first
+#: coordination shells (1.5-3.5 Å) and the next ones to tell structure types apart.
+PDF_MIN_RMAX = 5.0
+#: Coarsest r step (Å) the proposers can use: a first-shell peak at Uiso 0.005 Å² is
+#: ~0.24 Å wide (FWHM), so a coarser grid does not resolve it.
+PDF_MAX_RSTEP = 0.2
+
+
+def _check_pdf_header(path: Path, header: dict, radiation, fields: dict) -> None:
+    """A PDF header's Qmax and radiation must agree with what the user gave (InputFileError otherwise).
+
+    The G(r) was transformed with the header's Qmax from data of the header's radiation: a
+    different value given on the command line would refine the wrong termination or
+    scattering factors without a word, so it is an error and not an override.
+    """
+    given_q = fields.get("qmax")
+    if given_q is not None and header.get("qmax") is not None:
+        hq = float(header["qmax"])
+        if not math.isclose(float(given_q), hq, rel_tol=QMAX_RTOL):
+            raise InputFileError(path, f"the header says qmax = {hq:g} 1/Å but qmax = {float(given_q):g} 1/Å was "
+                                       "given; the G(r) was transformed with the header's Qmax: drop the option "
+                                       "or pass the header's value")
+    if radiation is not None and header.get("radiation") not in (None, radiation):
+        raise InputFileError(path, f"the header says {header['radiation']} data but --radiation {radiation} was "
+                                   "given; drop the option, or correct the header if it is wrong")
+
+
+def check_pdf_grid(obs: Observation, *, min_rmax: float = PDF_MIN_RMAX, max_step: float = PDF_MAX_RSTEP) -> None:
+    """Check that a PDF observation's r grid is one the proposers can use.
+
+    Parameters
+    ----------
+    obs : Observation
+        A ``kind="pdf"`` observation (others are ignored).
+    min_rmax : float
+        Shortest usable r range, Å (:data:`PDF_MIN_RMAX`).
+    max_step : float
+        Coarsest usable r step, Å (:data:`PDF_MAX_RSTEP`).
+
+    Raises
+    ------
+    InputFileError
+        One line naming the file (``obs.source``) and the offending value: r not increasing,
+        r max below ``min_rmax``, a step above ``max_step``, or non-finite G(r).
+    """
+    if obs.kind != "pdf":
+        return
+    src = obs.source or "PDF data"
+    r, g = np.asarray(obs.x, float), np.asarray(obs.y, float)
+    if len(r) < 2:
+        raise InputFileError(src, f"only {len(r)} r point(s); a G(r) needs a grid up to at least {min_rmax:g} Å")
+    if not np.all(np.isfinite(r)) or not np.all(np.isfinite(g)):
+        bad = int(np.argmax(~(np.isfinite(r) & np.isfinite(g))))
+        raise InputFileError(src, f"non-finite value at r point {bad + 1} (r = {r[bad]:g})")
+    dr = np.diff(r)
+    if np.any(dr <= 0):
+        bad = int(np.argmax(dr <= 0)) + 1
+        raise InputFileError(src, f"r must increase; r = {r[bad]:g} Å follows r = {r[bad - 1]:g} Å")
+    if r[-1] < min_rmax:
+        raise InputFileError(src, f"r max = {r[-1]:g} Å: the proposers need G(r) up to at least {min_rmax:g} Å "
+                                  "(the first coordination shells and the next ones)")
+    step = float(dr.max())
+    if step > max_step:
+        raise InputFileError(src, f"r step {step:g} Å: the proposers need a step of at most {max_step:g} Å "
+                                  "(coarser grids do not resolve the first peaks); write the G(r) on a finer grid")
 
 
 _OBS_FIELDS = ("kind", "x", "y", "x_kind", "composition", "sigma", "wavelength", "wavelength2", "ka2_ratio",
