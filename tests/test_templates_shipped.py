@@ -43,15 +43,16 @@ def test_default_library_is_the_shipped_pool_and_aflow():
     assert both.full_type_key(i) == aflow.full_type_key(5)
 
 
-@pytest.mark.parametrize("formula, expected_sg", [("Ni", 225), ("Cu", 225), ("W", 229)])
-def test_elements_get_their_canonical_type_first(formula, expected_sg):
-    """The pool alone lacks fcc among Ni's ten nearest types; the AFLOW prototypes in the default bring it.
-
-    (Not yet Si: its diamond prototype is carbon, chemically far from Si, and high-energy Si
-    polymorphs of the pool rank first; the ranking has no stability prior.)
-    """
-    props = T.TemplatesBackend().sample(_obs(formula), 10, seed=0)
-    assert expected_sg in [p.provenance["template_spacegroup"] for p in props[:3]]
+@pytest.mark.parametrize("formula, expected_sg, within",
+                         [("Ni", 225, 3), ("Cu", 225, 3), ("W", 229, 3), ("Pt", 225, 10)])
+def test_elements_get_their_canonical_type_first(formula, expected_sg, within):
+    """An element gets AFLOW's prototypes unless a library is chosen: the pool's few elemental
+    polymorphs would push fcc Pt to ninth place."""
+    backend = T.TemplatesBackend()
+    assert backend.library_name_for(_obs(formula)) == "aflow"
+    props = backend.sample(_obs(formula), 10, seed=0)
+    assert expected_sg in [p.provenance["template_spacegroup"] for p in props[:within]]
+    assert T.TemplatesBackend(library="pool,aflow").library_name_for(_obs(formula)) == "pool,aflow"
 
 
 def test_rock_salt_from_the_shipped_library_without_data(monkeypatch):

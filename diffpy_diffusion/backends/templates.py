@@ -546,14 +546,30 @@ class TemplatesBackend:
 
     def __init__(self, library: str | None = None, members_per_type: int = 3, **_ignored):
         self.library_name = library or default_library()
+        self._library_chosen = bool(library)
         self.members_per_type = int(members_per_type)
-        self._lib: Library | None = None
 
     @property
     def library(self) -> Library:
-        if self._lib is None:
-            self._lib = load_library(self.library_name)
-        return self._lib
+        """The library named by ``library_name`` (indexed once per process)."""
+        return load_library(self.library_name)
+
+    def library_name_for(self, observation: Observation) -> str:
+        """The library used for ``observation``: ``library_name``, except that a single-element
+        composition gets ``"aflow"`` unless a library was chosen.
+
+        The pool's 84 elemental cells are MP-20/MPTS-52 polymorphs of a few elements; mixed with
+        AFLOW's elemental prototypes (A1 fcc, A2 bcc, A3 hcp, A4 diamond, ...) they push the
+        common types of most elements out of the first candidates (fcc Pt ninth), while the
+        prototypes alone put them first.
+        """
+        if not self._library_chosen and "," in self.library_name and len(integer_counts(observation.composition)) == 1:
+            return "aflow"
+        return self.library_name
+
+    def library_for(self, observation: Observation) -> Library:
+        """The indexed library :meth:`library_name_for` names."""
+        return load_library(self.library_name_for(observation))
 
     def candidates(self, observation: Observation):
         """All (distance, member index, mapping) tuples usable for ``observation``, ranked.
@@ -562,7 +578,7 @@ class TemplatesBackend:
         type (types ranked by chemical distance, ties by how common the type is), then the
         second-best of every type, and so on.
         """
-        lib = self.library
+        lib = self.library_for(observation)
         target = integer_counts(observation.composition)
         from pymatgen.core.periodic_table import Element
 
@@ -621,14 +637,15 @@ class TemplatesBackend:
             within ``observation.max_atoms``.
         """
         cands = self.candidates(observation)
+        name = self.library_name_for(observation)
         if not cands:
-            other = "" if "pool" in self.library_name else "--library pool, "
+            other = "" if "pool" in name else "--library pool, "
             raise BackendError(
                 f"templates: no structure with the stoichiometry of {observation.formula} "
-                f"(≤ {observation.max_atoms} atoms) in library {self.library_name!r}; "
+                f"(≤ {observation.max_atoms} atoms) in library {name!r}; "
                 f"try {other}a larger --max-atoms, or another backend"
             )
-        lib = self.library
+        lib = self.library_for(observation)
         out = []
         for d, i, mapping, tkey in cands[: max(int(n), 0)]:
             lat, frac, z = lib.member(i)
