@@ -190,6 +190,15 @@ def test_xml_entity_declarations_are_refused(tmp_path):
     assert e.value.line == 2
 
 
+def test_unknown_xml_encoding_is_a_one_line_error(tmp_path):
+    """Found by the fuzzer: an encoding name Python has no codec for raised LookupError."""
+    f = tmp_path / "odd.xrdml"
+    f.write_bytes(b'<?xml version="1.0" encoding="u-tf-8"?>\n<xrdMeasurements/>\n')
+    with pytest.raises(InputFileError, match="unknown text encoding") as e:
+        read_xrdml(f)
+    assert e.value.line == 1
+
+
 def test_brml_zip_bomb_stops_at_the_cap(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFPY_DIFFUSION_MAX_PATTERN_POINTS", "1000")  # member cap 256 kB
     f = tmp_path / "bomb.brml"

@@ -191,6 +191,8 @@ def parse_xml(data: bytes, where) -> XmlNode:
         msg = expat.ErrorString(exc.code) if exc.code else str(exc)
         raise InputFileError(where, f"not well-formed XML ({msg}); the file is damaged or not XML",
                              line=exc.lineno) from None
+    except LookupError as exc:  # <?xml encoding="..."?> names a codec Python does not know
+        raise InputFileError(where, f"unknown text encoding in the XML declaration ({exc})", line=1) from None
     except (ValueError, RecursionError, MemoryError) as exc:
         raise InputFileError(where, f"cannot parse XML: {type(exc).__name__}") from None
     if not root.children:
