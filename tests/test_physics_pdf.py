@@ -16,9 +16,7 @@ pdffit2 = pytest.importorskip("diffpy.pdffit2")
 
 def _pdffit2_gr(s, stype, *, qmax, qdamp, delta2, spdiameter, u, rmin=1.0, rmax=30.0, n=2901):
     from diffpy.pdffit2 import PdfFit, redirect_stdout
-    from diffpy.structure import Atom
-    from diffpy.structure import Lattice as DL
-    from diffpy.structure import Structure as DS
+    from diffpy.structure import Atom, Lattice as DL, Structure as DS
 
     redirect_stdout(open(os.devnull, "w"))
     L = s.lattice
@@ -36,7 +34,7 @@ def _pdffit2_gr(s, stype, *, qmax, qdamp, delta2, spdiameter, u, rmin=1.0, rmax=
     return np.array(p.getR()), np.array(p.getpdf_fit())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cell_20_atoms():
     data = reference.shared_data_dir()
     if data is not None and (data / "mp20" / "test.csv.gz").exists():
@@ -156,9 +154,7 @@ def test_bad_lattice_names_lattice():
 def test_anisotropic_uij_matches_pdffit2():
     """Anisotropic ADPs (crystal-axis Uij with off-diagonal terms, monoclinic cell) vs pdffit2."""
     from diffpy.pdffit2 import PdfFit, redirect_stdout
-    from diffpy.structure import Atom
-    from diffpy.structure import Lattice as DL
-    from diffpy.structure import Structure as DS
+    from diffpy.structure import Atom, Lattice as DL, Structure as DS
     from pymatgen.core import Lattice, Structure
 
     from diffpy_diffusion.physics.crystal import uij_cif_to_cartesian

@@ -7,8 +7,8 @@ tensors", as in torch-geometric): atom ``i`` belongs to crystal
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ class CrystalBatch:
         """Cell volumes in Å³, shape (B,)."""
         return torch.linalg.det(self.lattice).abs()
 
-    def to(self, device=None, dtype=None) -> "CrystalBatch":
+    def to(self, device=None, dtype=None) -> CrystalBatch:
         """Copy to another device/float dtype (integer tensors keep their dtype)."""
         f = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
         i = lambda t: t.to(device=device)  # noqa: E731
@@ -79,7 +79,7 @@ class CrystalBatch:
             None if self.uij is None else f(self.uij),
         )
 
-    def replace(self, **changes) -> "CrystalBatch":
+    def replace(self, **changes) -> CrystalBatch:
         """A copy with some fields replaced (e.g. a lattice that requires grad)."""
         return replace(self, **changes)
 
@@ -94,7 +94,7 @@ class CrystalBatch:
         uisos: Sequence[np.ndarray] | float | None = None,
         dtype: torch.dtype = torch.float64,
         device: str | torch.device = "cpu",
-    ) -> "CrystalBatch":
+    ) -> CrystalBatch:
         """Build from per-crystal numpy arrays (lattice rows in Å, fractional coords, Z).
 
         Raises
@@ -154,7 +154,7 @@ class CrystalBatch:
         mask: torch.Tensor,
         *,
         uiso: float = 0.0,
-    ) -> "CrystalBatch":
+    ) -> CrystalBatch:
         """Build from padded tensors (as a generative model holds them), keeping their autograd.
 
         Parameters
@@ -192,7 +192,7 @@ class CrystalBatch:
         uiso: float | None = None,
         dtype: torch.dtype = torch.float64,
         device: str | torch.device = "cpu",
-    ) -> "CrystalBatch":
+    ) -> CrystalBatch:
         """Build from pymatgen ``Structure`` objects.
 
         Disordered sites become one atom per species with its occupancy.

@@ -22,7 +22,7 @@ All functions are differentiable w.r.t. ``q`` and work on any device/dtype.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -38,7 +38,7 @@ def symbol(z: int) -> str:
     return _tables.SYMBOLS[int(z)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _wk_numpy():
     import numpy as np
 
@@ -48,7 +48,7 @@ def _wk_numpy():
     return tab
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pymatgen_numpy():
     """(Z, 4, 2) array of pymatgen's (a_i, b_i) and the valid-Z mask."""
     import numpy as np
@@ -138,7 +138,7 @@ def xray_form_factor(numbers: torch.Tensor, q: torch.Tensor, *, table: str = "wk
     return z - 41.78214 * s2[..., 0] * (a * torch.exp(-b * s2)).sum(-1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _neutron_numpy():
     import numpy as np
 

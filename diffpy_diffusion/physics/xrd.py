@@ -49,14 +49,14 @@ thickness L, ``sinc²(L ΔQ/2)`` (FWHM_Q = 4·1.39156/L) -- see
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from .crystal import CrystalBatch
-from .scattering import xray_form_factor, neutron_length
+from .scattering import neutron_length, xray_form_factor
 
 _TWO_PI = 2.0 * math.pi
 _FOUR_PI = 4.0 * math.pi
@@ -166,7 +166,7 @@ class Reflections:
         *,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
-    ) -> "Reflections":
+    ) -> Reflections:
         """Build from per-crystal arrays of Q (Å⁻¹) and intensity (cached peak lists)."""
         q = [torch.as_tensor(np.asarray(a), dtype=dtype, device=device).reshape(-1) for a in qs]
         i = [torch.as_tensor(np.asarray(a), dtype=dtype, device=device).reshape(-1) for a in intensities]
@@ -175,10 +175,11 @@ class Reflections:
         )
         return cls(torch.cat(q), torch.cat(i), crystal, len(q))
 
-    def to(self, device=None, dtype=None) -> "Reflections":
+    def to(self, device=None, dtype=None) -> Reflections:
         f = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
         i = lambda t: None if t is None else t.to(device=device)  # noqa: E731
-        return Reflections(f(self.q), f(self.intensity), i(self.crystal), self.num_crystals, i(self.hkl), i(self.multiplicity))
+        return Reflections(f(self.q), f(self.intensity), i(self.crystal), self.num_crystals, i(self.hkl),
+                           i(self.multiplicity))
 
 
 def _enumerate_hkl(lattice: torch.Tensor, q_max: torch.Tensor, q_min: torch.Tensor):
@@ -794,7 +795,7 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
         step = float((qx[1:] - qx[:-1]).min())
     # instrument FWHM of every stick in Q
     inst = []
-    for tt, inten, h_i in sticks:
+    for tt, _inten, h_i in sticks:
         if h_i is None:
             inst.append(None)
         else:
