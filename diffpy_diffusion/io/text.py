@@ -45,8 +45,9 @@ class TextTable:
         return "\n".join(self.header)
 
 
-def read_text(path: str | Path) -> str:
-    """Read a text file, rejecting empty and binary files with a clear error."""
+def read_checked_bytes(path: str | Path) -> bytes:
+    """The file's bytes, refusing a missing file, a directory and a file over
+    :data:`MAX_FILE_BYTES` with one-line errors (every pattern reader starts here)."""
     p = Path(path)
     if not p.exists():
         raise InputFileError(p, "no such file")
@@ -56,7 +57,13 @@ def read_text(path: str | Path) -> str:
     if size > MAX_FILE_BYTES:
         raise ResourceLimitError(f"{p}: file is {size / 2**20:.0f} MiB, larger than the "
                                  f"{MAX_FILE_BYTES / 2**20:.0f} MiB limit for pattern files")
-    raw = p.read_bytes()
+    return p.read_bytes()
+
+
+def read_text(path: str | Path) -> str:
+    """Read a text file, rejecting empty and binary files with a clear error."""
+    p = Path(path)
+    raw = read_checked_bytes(p)
     if not raw.strip(b" \t\r\n\f\v,;"):
         raise InputFileError(p, "file is empty; expected columns of numbers", line=1)
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):

@@ -27,7 +27,7 @@ import numpy as np
 from ...errors import InputFileError, ResourceLimitError
 from ...limits import PATTERN_POINTS, check_pattern_points
 from ...types import Observation, parse_composition
-from ..text import MAX_FILE_BYTES
+from ..text import read_checked_bytes
 
 #: Largest number of XML elements in one instrument file.  An XRDML or Bruker RawData file
 #: has a few hundred elements (one ``<Datum>`` per step for Bruker), so this is a
@@ -45,15 +45,7 @@ _NUM_RE = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eEdD][-+]?\d+)?)\s*$")
 
 def read_bytes(path: Path) -> bytes:
     """The file's bytes, refusing missing, directory, empty and oversized files (one-line errors)."""
-    if not path.exists():
-        raise InputFileError(path, "no such file")
-    if path.is_dir():
-        raise InputFileError(path, "is a directory, expected a data file")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ResourceLimitError(f"{path}: file is {size / 2**20:.0f} MiB, larger than the "
-                                 f"{MAX_FILE_BYTES / 2**20:.0f} MiB limit for pattern files")
-    raw = path.read_bytes()
+    raw = read_checked_bytes(path)
     if not raw.strip():
         raise InputFileError(path, "file is empty", line=1)
     return raw
