@@ -17,6 +17,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _restore_energy_switch():
+    """``--no-energy`` sets ``$DIFFPY_DIFFUSION_ENERGY`` in the process (for worker processes to
+    inherit); a CLI test run in-process must not leave it set for the tests after it (it turned the
+    energy plugin off for the plugin's own tests)."""
+    before = os.environ.get("DIFFPY_DIFFUSION_ENERGY")
+    yield
+    if before is None:
+        os.environ.pop("DIFFPY_DIFFUSION_ENERGY", None)
+    else:
+        os.environ["DIFFPY_DIFFUSION_ENERGY"] = before
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The datasets folder (``$DIFFPY_DIFFUSION_DATA``); skips the test when it is not set or not there."""
