@@ -62,6 +62,28 @@ PEROV_PREFIX = "perov_5:"
 _Z: dict[str, int] = {}
 
 
+#: Environment variable naming the cache folder (indexed template libraries, the pool's array cache).
+CACHE_ENV = "DIFFPY_DIFFUSION_CACHE"
+
+
+def cache_dir(create: bool = True) -> Path:
+    """The cache folder: ``$DIFFPY_DIFFUSION_CACHE``, else ``platformdirs.user_cache_dir("diffpy-diffusion")``.
+
+    One home for everything the package derives from data and keeps between runs (never the
+    package folder: that is site-packages once installed).  Created when ``create``.
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        d = Path(env).expanduser()
+    else:
+        from platformdirs import user_cache_dir
+
+        d = Path(user_cache_dir("diffpy-diffusion"))
+    if create:
+        d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def data_dir(path: str | os.PathLike | None = None) -> Path:
     """The data folder: ``path`` when given, else ``$DIFFPY_DIFFUSION_DATA``.
 

@@ -208,3 +208,20 @@ def test_eval_set_is_the_first_test_rows(shared_data):
     assert [e.material_id for e in es] == list(head["material_id"].astype(str))
     assert [e.spacegroup for e in es] == list(head["spacegroup.number"])
     assert len(datasets.eval_material_ids(data=shared_data)) == datasets.EVAL_SET_SIZE == 1000
+
+
+def test_cache_dir_env_then_user_cache_never_the_package(tmp_path, monkeypatch):
+    """One cache folder for the template libraries and the pool arrays: the variable wins, else platformdirs."""
+    from platformdirs import user_cache_dir
+
+    import diffpy_diffusion
+    from diffpy_diffusion.backends import templates
+    from diffpy_diffusion.backends.diffusion import data
+
+    monkeypatch.setenv("DIFFPY_DIFFUSION_CACHE", str(tmp_path / "c"))
+    assert datasets.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
+    assert templates.cache_dir() == data.default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("DIFFPY_DIFFUSION_CACHE")
+    d = datasets.cache_dir(create=False)
+    assert d == Path(user_cache_dir("diffpy-diffusion"))
+    assert Path(diffpy_diffusion.__file__).parent not in d.parents

@@ -25,8 +25,8 @@ Libraries
   (and optionally ``material_id``).
 
 A library is indexed once and cached as ``.npz`` in ``$DIFFPY_DIFFUSION_CACHE``
-(default ``~/.cache/diffpy-diffusion``); the cache key contains the files' sizes and
-modification times, so editing the library re-indexes it.
+(default: the user cache folder, :func:`diffpy_diffusion.datasets.cache_dir`); the cache key
+contains the files' sizes and modification times, so editing the library re-indexes it.
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ MAX_PERMUTATIONS = 24
 
 
 def cache_dir() -> Path:
-    """Folder for indexed libraries: ``$DIFFPY_DIFFUSION_CACHE`` or ``~/.cache/diffpy-diffusion``."""
-    d = Path(os.environ.get("DIFFPY_DIFFUSION_CACHE") or Path.home() / ".cache" / "diffpy-diffusion")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    """Folder for indexed libraries: :func:`diffpy_diffusion.datasets.cache_dir`."""
+    from ..datasets import cache_dir as _shared_cache_dir
+
+    return _shared_cache_dir()
 
 
 @dataclass

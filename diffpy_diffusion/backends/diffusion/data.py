@@ -27,13 +27,10 @@ MAX_REFL = 384
 
 
 def default_cache_dir() -> Path:
-    """``$DIFFPY_DIFFUSION_CACHE``, else the user cache folder ``platformdirs.user_cache_dir("diffpy-diffusion")``."""
-    env = os.environ.get("DIFFPY_DIFFUSION_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
+    """The pool's array cache folder: :func:`diffpy_diffusion.datasets.cache_dir` (not created here)."""
+    from ...datasets import cache_dir
 
-    return Path(user_cache_dir("diffpy-diffusion"))
+    return cache_dir(create=False)
 
 
 # --------------------------------------------------------------------------- reflections
