@@ -7,9 +7,13 @@ exactly the observation's composition:
    the model was trained on cells of ≤ 20 atoms).  For PXRD, half of the candidates are a
    pilot split across Z in proportion to how often that cell size occurs in the training
    pool; the pilot is screened against the pattern and the other half goes to the Z values
-   whose cells fit it (``adapt_z``).  Other observations use the prior alone.
-2. The pattern is mapped to the canonical Q grid and encoded once; PDF observations use the
-   "no pattern" condition (the shipped weights know PXRD only).
+   whose cells fit it (``adapt_z``); for a PDF, against the powder pattern its G(r) implies
+   (``pdf_condition``).  Without a condition the prior alone decides.
+2. The pattern is mapped to the canonical Q grid and encoded once.  A PDF is shown to the
+   encoder as the powder pattern its G(r) implies (``conditioning.pdf_as_powder``: the sine
+   transform back to F(Q), times Q⟨f⟩²): the shipped weights were trained on PXRD only, and
+   this needs no retraining.  ``pdf_condition=False`` samples a PDF with the "no pattern"
+   condition instead (the behaviour before; ``propose --no-condition``).
 3. Reverse diffusion on a short schedule (``steps``, default 50), one batch per Z, with a
    Langevin corrector on the coordinates after every step (``corrector_steps``),
    classifier-free guidance (``cfg_scale``; 1 = conditional only) and optional physics
@@ -125,6 +129,9 @@ class DiffusionBackend:
         peak positions and their density, so candidates go where the data point.
     adapt_z_temperature : float
         T above, in units of Rwp.
+    pdf_condition : bool
+        Condition PDF observations on the powder pattern their G(r) implies (default); False:
+        the unconditioned "no pattern" embedding (for comparison).
     corrector_steps, corrector_lr : int, float
         Langevin corrector steps on the coordinates after each reverse step (predictor-corrector
         sampling as in DiffCSP, with its step rule ``lr (σ/σ_min)²``; each costs one more network
@@ -140,7 +147,8 @@ class DiffusionBackend:
     def __init__(self, checkpoint: str | Path | None = None, steps: int = 50, cfg_scale: float = 1.0,
                  physics_guidance: bool = False, guide_frac: float = 0.3, guide_step: float = 0.02,
                  batch_size: int = 64, device: str = "cpu", eta: float = 0.0, adapt_z: float = 0.5,
-                 adapt_z_temperature: float = 0.05, corrector_steps: int = 1, corrector_lr: float = 1e-5, **_ignored):
+                 adapt_z_temperature: float = 0.05, corrector_steps: int = 1, corrector_lr: float = 1e-5,
+                 pdf_condition: bool = True, **_ignored):
         self.checkpoint = Path(checkpoint) if checkpoint else DEFAULT_WEIGHTS
         self.steps = int(steps)
         self.cfg_scale = float(cfg_scale)
@@ -156,6 +164,7 @@ class DiffusionBackend:
         self.adapt_z_temperature = float(adapt_z_temperature)
         self.corrector_steps = max(0, int(corrector_steps))
         self.corrector_lr = float(corrector_lr)
+        self.pdf_condition = _as_bool(pdf_condition, "pdf_condition")
         self._model = None
 
     @classmethod
@@ -199,7 +208,7 @@ class DiffusionBackend:
         import torch
         from pymatgen.core import Element
 
-        from .conditioning import canonical_pattern
+        from .conditioning import N_CHANNELS, Q_GRID_POINTS, canonical_pattern
 
         if n <= 0:
             return []
@@ -225,8 +234,9 @@ class DiffusionBackend:
         t0 = time.time()
         seed_value = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
         gen = torch.Generator().manual_seed(seed_value)
-        pattern = torch.as_tensor(canonical_pattern(observation))[None]
-        use_pattern = observation.kind == "xrd"
+        use_pattern = observation.kind == "xrd" or (observation.kind == "pdf" and self.pdf_condition)
+        pattern = torch.as_tensor(canonical_pattern(observation) if use_pattern
+                                  else np.zeros((N_CHANNELS, Q_GRID_POINTS), np.float32))[None]
         guide = None
         if self.physics_guidance and observation.kind == "xrd":
             from .guidance import PhysicsGuide, canonical_q_range
@@ -255,12 +265,18 @@ class DiffusionBackend:
                     progress(len(chunk))
 
         n1 = round(self.adapt_z * n)
-        if observation.kind != "xrd" or len(zs) < 2 or not 0 < n1 < n:
+        # a conditioned PDF: the pilot is screened against the powder pattern its G(r) implies
+        zobs = observation
+        if observation.kind == "pdf" and use_pattern:
+            from .conditioning import pdf_powder_observation
+
+            zobs = pdf_powder_observation(observation)
+        if zobs.kind != "xrd" or len(zs) < 2 or not 0 < n1 < n:
             run(allocate(n, zs, per_fu))
         else:
             prior = z_prior(zs, per_fu)
             run(allocate(n1, zs, per_fu))
-            w = prior * self._z_evidence(observation, out, zs)
+            w = prior * self._z_evidence(zobs, out, zs)
             run(allocate(n - len(out), zs, per_fu, weights=w))
         if hint is not None:
             from .symmetry_hint import apply_hint
@@ -385,6 +401,18 @@ class DiffusionBackend:
                         provenance={"backend_version": self.version, "z": z, "index": index, "steps": self.steps,
                                     "cfg_scale": self.cfg_scale, "physics_guidance": self.physics_guidance,
                                     "checkpoint": str(self.checkpoint), "checkpoint_step": self._ck_step})
+
+
+def _as_bool(value, name: str) -> bool:
+    """A backend option given as a bool or as text (``-O diffusion.pdf_condition=false``)."""
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("1", "true", "yes", "on"):
+            return True
+        if v in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"diffusion backend: {name} must be true or false, got {value!r}")
+    return bool(value)
 
 
 def _separate(s, dmin: float = MIN_DIST, iters: int = 50):

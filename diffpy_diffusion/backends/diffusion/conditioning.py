@@ -4,9 +4,11 @@
 fixed grid Q = 0 … 8.15 Å⁻¹ (PXRDnet's range, :data:`Q_GRID_POINTS` points), linearly
 interpolated, zero outside the measured range, baseline-shifted to min 0 and divided by its
 maximum.  Two channels go to the encoder: y and √y (the square root lifts weak peaks).
-An optional third channel holds a PDF G(r) on r = 0 … 20 Å (normalised by its max |G|); it is
-zero when there is none.  (The shipped weights were trained on PXRD only, so a PDF observation
-is sampled with the pattern condition dropped and relies on physics guidance.)
+A third channel is reserved for a PDF G(r) on r = 0 … 20 Å (normalised by its max |G|); the
+shipped weights were trained with it zero.  A PDF observation is therefore shown to the encoder
+as the powder pattern it implies (:func:`pdf_as_powder`: I(Q) = Q F(Q) ⟨f⟩², F(Q) the sine
+transform of G(r), :mod:`physics.reciprocal`), in the PXRD channels, with the third channel
+zero; ``pdf_mode="gr"`` gives the old representation (G(r) in the third channel only).
 
 **Training patterns** are made on the fly from each structure's precomputed reflection list
 (``data.binned_reflections``: Q and Σ|F|² per Q bin).  This module holds only the randomisation
@@ -48,12 +50,90 @@ def _normalise(y: np.ndarray) -> np.ndarray:
     return y / mx if mx > 0 else y
 
 
-def canonical_pattern(observation) -> np.ndarray:
+#: A PDF's implied powder pattern is given the Lorentz-polarisation factor of this wavelength (Å, Mo Kα1):
+#: 80 % of the training patterns carry LP, and Mo is a training wavelength that reaches the whole
+#: canonical grid (Q = 8.15 Å⁻¹ at 2θ = 55°).
+PDF_AS_POWDER_WAVELENGTH = 0.7093
+#: Below this Q (Å⁻¹) a PDF's implied powder pattern is set to zero: the particle envelope's
+#: small-angle term and the unknown G(r) below the data's r_min live there.  Inside the training
+#: policy's measured-range start (0–1.2 Å⁻¹, :func:`sample_settings`).
+PDF_AS_POWDER_Q_MIN = 1.0
+#: Width (Å⁻¹) of the lower-envelope baseline taken off a PDF's implied powder pattern: the
+#: uncorrelated part of S(Q) − 1 (−⟨f²⟩/⟨f⟩² e^{−U Q²} and the Laue term) is smooth on this scale,
+#: and a Bragg peak seen through a ≥ 15 Å r range with a Lorch window is narrower (FWHM ≈ 2π·1.2/r_max).
+PDF_BASELINE_WIDTH_Q = 0.5
+
+
+def pdf_as_powder(observation, grid: np.ndarray | None = None) -> np.ndarray:
+    """The powder pattern a PDF observation implies, on the canonical Q grid (min 0, max 1).
+
+    I(Q) = Q F(Q) ⟨f(Q)⟩² (:func:`physics.reciprocal.powder_intensity_from_gr`: peaks at the Bragg
+    positions with intensities Σ m |F|²), times the Lorentz-polarisation factor at
+    :data:`PDF_AS_POWDER_WAVELENGTH`, its smooth lower envelope taken off, zero outside
+    [:data:`PDF_AS_POWDER_Q_MIN`, min(Qmax of the data, the grid's end)], normalised.
+
+    Raises
+    ------
+    ValueError
+        The observation has no composition (the form factors need it).
+    """
+    from pymatgen.core import Element
+    from scipy.ndimage import minimum_filter1d, uniform_filter1d
+
+    from ...physics.reciprocal import powder_intensity_from_gr
+    from ...physics.xrd import lorentz_polarization
+
+    if not observation.composition:
+        raise ValueError("a PDF's implied powder pattern needs the composition (the atomic form factors)")
+    grid = np.linspace(0, Q_GRID_MAX, Q_GRID_POINTS) if grid is None else np.asarray(grid, float)
+    els = list(observation.composition)
+    numbers = [Element(el).Z for el in els]
+    counts = [float(observation.composition[el]) for el in els]
+    r = np.asarray(observation.x, float)
+    g = np.nan_to_num(np.asarray(observation.y, float))
+    q_hi = min(float(grid[-1]), float(observation.qmax) if getattr(observation, "qmax", None) else np.inf)
+    inside = (grid >= PDF_AS_POWDER_Q_MIN) & (grid <= q_hi)
+    y = np.zeros_like(grid)
+    if inside.sum() < 4:
+        return y
+    qi = grid[inside]
+    inten = powder_intensity_from_gr(r, g, qi, numbers, counts, radiation=observation.radiation or "xray").numpy()
+    theta = np.arcsin(np.clip(qi * PDF_AS_POWDER_WAVELENGTH / (4 * np.pi), 1e-4, 0.999))
+    inten = inten * lorentz_polarization(torch.from_numpy(theta)).numpy()
+    win = max(3, int(round(PDF_BASELINE_WIDTH_Q / (grid[1] - grid[0]))))
+    inten = inten - uniform_filter1d(minimum_filter1d(inten, win, mode="nearest"), win, mode="nearest")
+    y[inside] = np.clip(inten, 0.0, None)
+    return _normalise(y)
+
+
+def pdf_powder_observation(observation):
+    """The PDF's implied powder pattern (:func:`pdf_as_powder`) as a Q-space PXRD observation.
+
+    Lets the sampler screen its pilot proposals against a PDF the way it does against a PXRD
+    pattern (the adaptive choice of Z): peaks with the Lorentz-polarisation factor of
+    :data:`PDF_AS_POWDER_WAVELENGTH`, which is therefore the observation's wavelength.
+    """
+    from dataclasses import replace
+
+    grid = np.linspace(0, Q_GRID_MAX, Q_GRID_POINTS)
+    y = pdf_as_powder(observation, grid)
+    keep = y > 0
+    lo, hi = (int(np.argmax(keep)), len(y) - int(np.argmax(keep[::-1]))) if keep.any() else (0, len(y))
+    return replace(observation, kind="xrd", x=grid[lo:hi], y=y[lo:hi], x_kind="q", sigma=None,
+                   wavelength=PDF_AS_POWDER_WAVELENGTH, wavelength2=None,
+                   meta={**(observation.meta or {}), "implied_by_pdf": True})
+
+
+def canonical_pattern(observation, pdf_mode: str = "powder") -> np.ndarray:
     """Map an :class:`~diffpy_diffusion.types.Observation` to the encoder input (N_CHANNELS, M).
 
     PXRD: Q = 4π sin θ / λ (from 2θ and the Kα1 wavelength) → Q grid, normalised, y and √y.
-    PDF: G(r) resampled on 0–20 Å into channel 2 (the XRD channels stay zero).
+    PDF, ``pdf_mode="powder"``: the powder pattern G(r) implies (:func:`pdf_as_powder`) as y and √y,
+    the third channel zero (what the shipped weights were trained on); ``"gr"``: G(r) resampled on
+    0–20 Å into the third channel only.
     """
+    if pdf_mode not in ("powder", "gr"):
+        raise ValueError(f"pdf_mode: must be 'powder' or 'gr', got {pdf_mode!r}")
     out = np.zeros((N_CHANNELS, Q_GRID_POINTS), dtype=np.float32)
     if observation.kind == "xrd":
         q = observation.q()
@@ -63,6 +143,10 @@ def canonical_pattern(observation) -> np.ndarray:
         yy = np.interp(grid, q, _normalise(y), left=0.0, right=0.0)
         yy[(grid < q.min()) | (grid > q.max())] = 0.0
         yy = _normalise(yy)
+        out[0] = yy
+        out[1] = np.sqrt(yy)
+    elif pdf_mode == "powder":
+        yy = pdf_as_powder(observation)
         out[0] = yy
         out[1] = np.sqrt(yy)
     else:
