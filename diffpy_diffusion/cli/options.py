@@ -19,7 +19,7 @@ __all__ = [
     "OptionValueError", "debug_option", "quiet_option", "json_option", "composition_option", "wavelength_option",
     "radiation_option", "size_option", "x_option", "backend_option", "backend_options_option", "n_option",
     "top_option", "seed_option", "output_option", "force_option", "parse_backend_options", "parse_size",
-    "merge_library", "no_energy_option", "relax_option", "ENERGY_ENV",
+    "merge_library", "merge_pdf_condition", "no_condition_option", "no_energy_option", "relax_option", "ENERGY_ENV",
 ]
 
 #: The energy plugin's documented switch (plugins/diffpy-diffusion-chgnet, docs/energy.rst): ``off``
@@ -174,6 +174,24 @@ def merge_library(backend_options: dict | None, library: str | None) -> dict | N
     if not library:
         return backend_options
     return {**(backend_options or {}), "library": library}
+
+
+def no_condition_option(f):
+    """``--no-condition``: PDFs sampled without the pattern condition (the diffusion backend's ``pdf_condition``)."""
+    return click.option("--no-condition", "no_condition", is_flag=True,
+                        help="PDF data: sample the diffusion model without the pattern condition (the behaviour "
+                             "before it was conditioned on the powder pattern a G(r) implies), for comparison. "
+                             "Same as -O diffusion.pdf_condition=false.")(f)
+
+
+def merge_pdf_condition(backend_options: dict | None, no_condition: bool) -> dict | None:
+    """``--no-condition`` as the diffusion backend's ``pdf_condition=False`` (flat and per-backend forms)."""
+    if not no_condition:
+        return backend_options
+    opts = {**(backend_options or {}), "pdf_condition": False}
+    if isinstance(opts.get("diffusion"), dict):
+        opts["diffusion"] = {**opts["diffusion"], "pdf_condition": False}
+    return opts
 
 
 def n_option(default: int = 200):
