@@ -96,3 +96,19 @@ def test_no_condition_flag_reaches_the_diffusion_backend():
     for cmd in ("propose", "evaluate"):
         out = CliRunner().invoke(cli, [cmd, "--help"]).output
         assert "--no-condition" in out
+
+
+def test_propose_qmax_option_is_checked_against_the_file_header():
+    """--qmax reaches the reader: a value the .gr header contradicts is a one-line error (exit 2)."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from diffpy_diffusion.cli import cli
+
+    gr = Path(__file__).resolve().parents[1] / "examples" / "data" / "Pt-nanoparticles.gr"  # header: qmax = 25.0
+    res = CliRunner().invoke(cli, ["propose", str(gr), "-c", "Pt", "--qmax", "20", "--n", "2", "--no-refine"])
+    assert res.exit_code == 2
+    assert "qmax = 25" in res.output and "Pt-nanoparticles.gr" in res.output and "Traceback" not in res.output
+    help_text = CliRunner().invoke(cli, ["propose", "--help"]).output
+    assert "--qmax" in help_text and "--qdamp" in help_text

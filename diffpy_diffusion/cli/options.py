@@ -19,7 +19,8 @@ __all__ = [
     "OptionValueError", "debug_option", "quiet_option", "json_option", "composition_option", "wavelength_option",
     "radiation_option", "size_option", "x_option", "backend_option", "backend_options_option", "n_option",
     "top_option", "seed_option", "output_option", "force_option", "parse_backend_options", "parse_size",
-    "merge_library", "merge_pdf_condition", "no_condition_option", "no_energy_option", "relax_option", "ENERGY_ENV",
+    "merge_library", "merge_pdf_condition", "no_condition_option", "pdf_options", "no_energy_option",
+    "relax_option", "ENERGY_ENV",
 ]
 
 #: The energy plugin's documented switch (plugins/diffpy-diffusion-chgnet, docs/energy.rst): ``off``
@@ -174,6 +175,16 @@ def merge_library(backend_options: dict | None, library: str | None) -> dict | N
     if not library:
         return backend_options
     return {**(backend_options or {}), "library": library}
+
+
+def pdf_options(f):
+    """``--qmax`` and ``--qdamp`` of a G(r) whose file header does not give them."""
+    f = click.option("--qdamp", type=click.FloatRange(0, 1), default=None, metavar="1/Å",
+                     help="PDF data: instrumental Q damping (PDFgui's qdamp), refined from this start; default "
+                          "from the file header, else refined from 0.")(f)
+    return click.option("--qmax", type=click.FloatRange(0.5, 100, min_open=False), default=None, metavar="1/Å",
+                        help="PDF data: the Qmax the G(r) was transformed with (termination ripples); default "
+                             "from the file header. A value that contradicts the header is an error.")(f)
 
 
 def no_condition_option(f):
