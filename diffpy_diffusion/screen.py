@@ -408,6 +408,159 @@ class _XRDScreen:
         return best[0].numpy(), best[1].numpy(), np.exp(best[2].numpy()), best[3].numpy()
 
 
+    def stage_c(self, structures, size0, shift0, steps: int = 30, max_points: int = 400, kernels=None):
+        """Adam on every atom's coordinates, the metric, size and Q shift; returns (rwp, metrics, fracs, sizes, shifts).
+
+        What stage B cannot do: a proposal whose atoms sit 0.1–0.3 Å off their true sites has the
+        right peak positions but the wrong intensities, so its screening Rwp ranks it behind worse
+        structures.  Here the structure factors are recomputed every step by
+        :func:`physics.xrd.reflections` with autograd through the fractional coordinates (P1,
+        unconstrained: a short local fit, not a refinement), the profile is the stage-B Scherrer
+        Lorentzian with the Lorentz-polarisation factor (and Kα2), scale and background are solved
+        linearly.  The metric moves within the candidate's point group as in stage B.
+        """
+        import torch
+
+        from .physics.crystal import CrystalBatch
+        from .physics.xrd import lorentz_polarization, reflections, size_fwhm_q
+
+        B = len(structures)
+        dt = torch.float64
+        qg, yg = _downsample(self.q, self.y, max_points)
+        x = torch.tensor(qg, dtype=dt)
+        y = torch.tensor(yg, dtype=dt)
+        bkg = torch.tensor(_cheb_basis(qg, N_BKG), dtype=dt)
+        base = CrystalBatch.from_structures(structures, uiso=SCREEN_UISO, dtype=dt)
+        lat0 = base.lattice.detach()
+        G0 = lat0 @ lat0.transpose(1, 2)
+        ops = [torch.tensor(_point_group_ops(st), dtype=dt) for st in structures]
+        eps = torch.zeros(B, 3, 3, dtype=dt, requires_grad=True)
+        dfrac = torch.zeros_like(base.frac, requires_grad=True)
+        log_size = torch.tensor(np.log(size0), dtype=dt, requires_grad=True)
+        shift = torch.tensor(np.asarray(shift0, float), dtype=dt, requires_grad=True)
+        # fractional step ≈ 0.01 Å per unit of lr in a 5 Å cell: atoms move a few tenths of an Å at most
+        params = [(eps, 0.002), (dfrac, 0.004), (log_size, 0.05), (shift, 0.002)]
+        mom = [(torch.zeros_like(p), torch.zeros_like(p)) for p, _ in params]
+        q_hi = float(qg[-1]) + 0.3  # reflections just beyond the grid still have tails on it
+        ratio2 = (self.lam2 / self.lam) if self.ka2 else None
+        use_sinc = torch.tensor([k == "sinc2" for k in (kernels or ["scherrer"] * B)])
+
+        def lp_t(q1, ratio):
+            if not self.lam:
+                return torch.ones_like(q1)
+            sin_t = (q1 * self.lam * ratio / (4 * math.pi)).clamp(1e-3, 1 - 1e-6)
+            return lorentz_polarization(torch.asin(sin_t))
+
+        def model():
+            e = 0.5 * (eps + eps.transpose(1, 2))
+            dG = lat0 @ (2 * e) @ lat0.transpose(1, 2)
+            dGs = torch.stack([(Rop.transpose(1, 2) @ dG[b] @ Rop).mean(0) for b, Rop in enumerate(ops)])
+            G = G0 + dGs
+            lat = torch.linalg.cholesky(G)  # rows: a lattice with metric G (Q and |F| need only G)
+            refl = reflections(base.replace(lattice=lat, frac=base.frac + dfrac), q_hi, merge=False)
+            qv = refl.q + shift[refl.crystal]
+            inten = refl.intensity / refl.intensity.detach().amax().clamp_min(1e-30)
+            size_nm = torch.exp(log_size).clamp(0.5, 200.0)[refl.crystal]
+            gam = size_fwhm_q(size_nm) / 2  # Scherrer HWHM, Å⁻¹
+            length = 10.0 * size_nm  # Å
+            sinc = use_sinc[refl.crystal]
+
+            def add(qpos, w):
+                dx = x[None, :] - qpos[:, None]
+                shape = gam[:, None] / math.pi / (dx**2 + gam[:, None] ** 2)
+                if bool(sinc.any()):  # the Laue function sinc²(L ΔQ/2), unit area, as stage B
+                    u = 0.5 * length[:, None] * dx
+                    safe_u = u.where(u.abs() >= 1e-6, torch.ones_like(u))
+                    s2 = torch.where(u.abs() < 1e-6, torch.ones_like(u), torch.sin(u) / safe_u) ** 2
+                    shape = torch.where(sinc[:, None], s2 * length[:, None] / (2 * math.pi), shape)
+                return torch.zeros(B, len(x), dtype=dt).index_add(0, refl.crystal, w[:, None] * shape)
+
+            prof = add(qv, inten * lp_t(qv, 1.0))
+            if ratio2:
+                prof = prof + add(qv * ratio2, inten * lp_t(qv, ratio2) * self.ka2)
+            return prof, G
+
+        def fit(prof):
+            scale = prof.abs().amax(1, keepdim=True).clamp_min(1e-30)
+            basis = torch.cat([(prof / scale)[:, None, :], bkg[None].expand(B, -1, -1)], 1)
+            A = basis @ basis.transpose(1, 2)
+            A = A + torch.diag_embed(1e-6 * torch.diagonal(A, dim1=1, dim2=2).clamp_min(1e-12))
+            c = torch.linalg.solve(A, (basis @ y)[..., None])[..., 0]
+            pred = (c[:, :, None] * basis).sum(1)
+            return torch.sqrt(((pred - y) ** 2).sum(-1) / (y * y).sum())
+
+        best = None
+        b1, b2 = 0.9, 0.999
+        for it in range(steps):
+            prof, G = model()
+            rwp = fit(prof)
+            fr = (base.frac + dfrac).detach().clone()
+            cur = (rwp.detach().clone(), G.detach().clone(), log_size.detach().clone(), shift.detach().clone())
+            if best is None:
+                best = [*cur, fr]
+            else:
+                better = cur[0] < best[0]
+                for t_best, t_cur in zip(best[:4], cur):
+                    t_best[better] = t_cur[better]
+                best[4] = torch.where(better[base.batch][:, None], fr, best[4])
+            if it == steps - 1:
+                break
+            loss = rwp.sum() + 10.0 * (eps**2).sum()
+            grads = torch.autograd.grad(loss, [p for p, _ in params])
+            with torch.no_grad():  # plain Adam, as stage B
+                for (p, lr), (m1, m2), g in zip(params, mom, grads):
+                    m1.mul_(b1).add_(g, alpha=1 - b1)
+                    m2.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    p.sub_(lr * (m1 / (1 - b1 ** (it + 1))) / ((m2 / (1 - b2 ** (it + 1))).sqrt() + 1e-12))
+                eps.clamp_(-0.08, 0.08)
+                shift.clamp_(-0.05, 0.05)
+        counts = base.counts().tolist()
+        fracs = list(torch.split(best[4], counts))
+        return (best[0].numpy(), best[1].numpy(), [f.numpy() % 1.0 for f in fracs], np.exp(best[2].numpy()),
+                best[3].numpy())
+
+
+#: Candidates per batched stage-C call (memory: reflections × grid points per batch).
+STAGE_C_CHUNK = 32
+
+
+def _stage_c(scr, props, new_structs, info, rwp, steps, top, fuse_backends) -> None:
+    """Run stage C on the leaders (in place: ``rwp``, ``new_structs``, ``info`` where it fits better)."""
+    import torch
+    from pymatgen.core import Structure
+
+    per_backend: dict[str, list[int]] = {}
+    for i in np.argsort(rwp, kind="stable"):
+        if np.isfinite(rwp[i]):
+            lst = per_backend.setdefault(props[i].backend if fuse_backends else "", [])
+            if top is None or len(lst) < top:
+                lst.append(int(i))
+    lead = sorted((i for lst in per_backend.values() for i in lst), key=lambda i: rwp[i])
+    nthreads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as stage B: small tensors
+    try:
+        for c in range(0, len(lead), STAGE_C_CHUNK):
+            chunk = lead[c: c + STAGE_C_CHUNK]
+            structs = [new_structs[i] for i in chunk]
+            try:
+                r, Gs, fracs, sizes, shifts = scr.stage_c(
+                    structs, np.array([info[i].get("size_nm") or 10.0 for i in chunk], float),
+                    np.array([info[i].get("zero_q", 0.0) for i in chunk], float), steps=steps,
+                    kernels=[info[i].get("size_kernel", "scherrer") for i in chunk])
+            except Exception as exc:  # noqa: BLE001 - stage C is an optional improvement
+                warnings.warn(f"screen: coordinate stage skipped ({exc})", stacklevel=3)
+                return
+            for j, i in enumerate(chunk):
+                if np.isfinite(r[j]) and r[j] < rwp[i]:
+                    rwp[i] = r[j]
+                    st = _with_metric(structs[j], Gs[j])
+                    new_structs[i] = Structure(st.lattice, st.species, fracs[j],
+                                               site_properties=st.site_properties or None)
+                    info[i].update(size_nm=float(sizes[j]), zero_q=float(shifts[j]), stage="coordinates")
+    finally:
+        torch.set_num_threads(nthreads)
+
+
 def _lattice_from_metric(G: np.ndarray):
     from pymatgen.core import Lattice
 
@@ -626,7 +779,7 @@ def _unique_axis(lattice, tol: float = 1e-3) -> int | None:
 def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, gradient_steps: int = 40,
            gradient_top: int | None = None, do_dedupe: bool = True,
            axial_ratios: tuple[float, ...] = (0.85, 0.92, 1.08, 1.15), fuse_backends: bool = True,
-           backend_leaders: int = 1) -> ScreenResult:
+           backend_leaders: int = 1, coordinate_steps: int = 0, coordinate_top: int | None = None) -> ScreenResult:
     """Pre-fit all proposals against ``observation``, rank by screening Rwp, dedupe, keep the best ``k``.
 
     Parameters
@@ -656,6 +809,12 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
         near-identical screened structures can refine apart (an H ordering, a small
         distortion the pattern shows only once refined); refined duplicates are removed after
         refinement (:func:`diffpy_diffusion.pipeline.rank_refined`).
+    coordinate_steps : int
+        Adam steps of stage C (PXRD): every atom's coordinates, the metric, size and zero fitted
+        through differentiable structure factors (:meth:`_XRDScreen.stage_c`); 0 (default) skips it.
+    coordinate_top : int, optional
+        How many candidates (of each backend when ``fuse_backends``), best first after stage B,
+        enter stage C; default all.
 
     Returns
     -------
@@ -756,6 +915,9 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
                         new_structs[i] = _with_metric(structs[i], Gs[j])
                         info[i].update(size_nm=float(sizes[j]), zero_q=float(zeros[j]), stage="gradient")
         timings["stage_b"] = time.perf_counter() - t0
+    if observation.kind == "xrd" and coordinate_steps > 0:
+        _stage_c(scr, props, new_structs, info, rwp, coordinate_steps, coordinate_top, fuse_backends)
+        timings["stage_c"] = time.perf_counter() - t0
     order = np.argsort(rwp, kind="stable")
     ranked = []
     for i in order:
