@@ -240,9 +240,90 @@ def cached_sample_seconds(cache: dict, names) -> float:
                      if name in wanted))
 
 
-#: Refined candidates whose Rw differ by less than this fraction count as equally good;
-#: the one with fewer refined parameters (higher symmetry) then ranks first.
-RW_TIE = 0.02
+#: Significance level of the Hamilton R-ratio test (:func:`fits_significantly_better`): a model
+#: with more refined parameters is preferred only when the chance that its lower R comes from the
+#: extra freedom alone is below this (5 %, the customary level of Hamilton 1965).
+HAMILTON_ALPHA = 0.05
+#: Scherrer constant relating a crystallite's diameter to its peak width (FWHM), used to count
+#: independent points of a powder pattern (:func:`effective_points`); 0.9 for spheres
+#: (Langford & Wilson, J. Appl. Cryst. 11, 102 (1978)).
+SCHERRER_K = 0.9
+
+
+def effective_points(observation: Observation, size_nm: float | None = None) -> float:
+    """Number of independent observations in the data, N_eff, for the significance tests.
+
+    * PXRD: the Q range divided by the peak width, ``(Qmax − Qmin) / FWHM_Q`` with the Scherrer
+      width ``FWHM_Q = 2π K / L`` (:data:`SCHERRER_K`, ``L`` = crystallite size in Å): points
+      closer than one peak width do not carry independent information.  The size is
+      ``observation.size_nm``, else ``size_nm`` (e.g. the screen's estimate); with neither, the
+      number of points (an upper bound).
+    * PDF: the Nyquist count ``(rmax − rmin) Qmax / π``, with ``observation.qmax`` (the number of
+      points without it).
+
+    Never more than the number of points.  10 nm crystallites on the protocol's Cu Kα range
+    (Q ≤ 5.76 Å⁻¹) give about 100, 1 nm about 10.
+    """
+    npts = float(len(observation.x))
+    if observation.kind == "pdf":
+        if not observation.qmax:
+            return npts
+        r = np.asarray(observation.x, dtype=float)
+        return min(npts, float(r.max() - r.min()) * float(observation.qmax) / np.pi)
+    size = observation.size_nm or size_nm
+    if not size:
+        return npts
+    q = np.asarray(observation.q(), dtype=float)
+    fwhm_q = 2 * np.pi * SCHERRER_K / (10.0 * float(size))
+    return min(npts, float(q.max() - q.min()) / fwhm_q)
+
+
+def fits_significantly_better(rw_free: float, n_free: int, rw_constrained: float, n_constrained: int,
+                              n_eff: float, alpha: float = HAMILTON_ALPHA) -> bool:
+    """Hamilton's R-ratio test: does the model with more parameters fit significantly better?
+
+    Hamilton (Acta Cryst. 18, 502 (1965)): with ``b = n_free − n_constrained`` constraints and
+    ``N_eff − n_free`` degrees of freedom, the constraints are rejected at level ``alpha`` when
+    ``R = Rw_constrained / Rw_free`` exceeds ``R_crit = sqrt(b / (N_eff − n_free) · F(b, N_eff −
+    n_free; 1 − alpha) + 1)``.  The test is exact for nested linear models (a structure in a
+    space group and in one of its subgroups); between unrelated candidates it is the same
+    parsimony rule (fewer parameters unless the data say otherwise).
+
+    Parameters
+    ----------
+    rw_free, rw_constrained : float
+        Weighted R (fractions) of the model with more and with fewer refined parameters.
+    n_free, n_constrained : int
+        Their numbers of refined parameters.
+    n_eff : float
+        Independent observations (:func:`effective_points`).
+    alpha : float
+        Significance level.
+
+    Returns
+    -------
+    bool
+        True: the free model is significantly better.  False when it is not, when it has no
+        more parameters than the constrained one and no lower Rw, or when the data have no
+        degrees of freedom left for it (``N_eff ≤ n_free``: the data cannot decide, so the
+        constrained model stands).
+    """
+    if not np.isfinite(rw_free):
+        return False
+    if not np.isfinite(rw_constrained):
+        return True
+    b = int(n_free) - int(n_constrained)
+    if b <= 0:  # not a less constrained model: only a lower R can make it better
+        return rw_free < rw_constrained
+    dof = float(n_eff) - int(n_free)
+    if dof < 1:
+        return False
+    if rw_free <= 0:
+        return rw_constrained > 0
+    from scipy.stats import f as f_dist
+
+    r_crit = float(np.sqrt(b / dof * f_dist.ppf(1.0 - alpha, b, dof) + 1.0))
+    return rw_constrained / rw_free > r_crit
 
 
 def _rank_key(p: Proposal, position: int):
@@ -253,21 +334,37 @@ def _rank_key(p: Proposal, position: int):
 
 
 def rank_refined(done: list) -> list:
-    """Sort (proposal, result) pairs by Rw; among near-ties (within :data:`RW_TIE`) fewer parameters first,
-    and drop refined structures that ``StructureMatcher`` finds equal to a better-ranked one
-    (a supercell or a distorted variant that refined back into the same structure)."""
+    """Sort (proposal, result) pairs by Rw, fewer parameters first unless the data decide; drop duplicates.
+
+    A refined candidate moves ahead of a better-fitting one with more refined parameters
+    unless that one fits significantly better by Hamilton's R-ratio test
+    (:func:`fits_significantly_better`, N_eff from ``provenance["n_eff"]`` of the two, the
+    smaller; :func:`effective_points`; without it the order by Rw stands).  So a structure in
+    its space group ranks before the same structure described in a subgroup with the same fit,
+    and at small crystallite sizes, where few points are independent, parsimony decides.
+    Refined structures that ``StructureMatcher`` finds equal to a better-ranked one (a supercell
+    or a distorted variant that refined back into the same structure) are dropped.  Unrefined
+    candidates follow in the order given.
+    """
     from .screen import dedupe
 
     base = [pr for _, pr in sorted(enumerate(done), key=lambda ipr: _rank_key(ipr[1][0], ipr[0]))]
     out: list = []
     for pr in base:
-        # insertion with parsimony: move ahead of near-tied candidates with more parameters
+        # insertion with parsimony: move ahead of candidates with more parameters that do not
+        # fit significantly better
         pos = len(out)
-        rw = pr[0].scores.get("rw")
-        while pos > 0 and rw is not None:
+        p = pr[0]
+        rw = p.scores.get("rw")
+        while pos > 0 and rw is not None and np.isfinite(rw):
             prev = out[pos - 1][0]
             prw = prev.scores.get("rw")
-            if prw is None or rw > prw * (1 + RW_TIE) + 1e-12 or len(pr[0].refined) >= len(prev.refined):
+            if prw is None or len(p.refined) >= len(prev.refined):
+                break
+            n_eff = min(float(x.provenance.get("n_eff") or np.inf) for x in (p, prev))
+            # N_eff not recorded (a result refined elsewhere): no test, the order by Rw stands
+            if not np.isfinite(n_eff) or fits_significantly_better(prw, len(prev.refined), rw, len(p.refined),
+                                                                   n_eff):
                 break
             pos -= 1
         out.insert(pos, pr)
@@ -277,51 +374,93 @@ def rank_refined(done: list) -> list:
     return [pr for pr in out if id(pr[0]) in keep_ids]
 
 
-#: A symmetrised fit is kept unless its Rw exceeds the unconstrained fit's by more than this factor
-#: (the usual crystallographic preference for the higher symmetry when both fit as well).
-SYMMETRY_RW_SLACK = 1.05
-
-
 def _refine_with_symmetry(observation, structure, engine, start, refine_options):
-    """Refine ``structure``; when a looser spglib tolerance reveals more symmetry, refine that too.
+    """Refine ``structure`` in the highest space group the data do not reject.
 
     Raw proposals (the diffusion model's above all) have atoms 0.05–0.3 Å off their special
-    positions, so at the default 0.01 Å tolerance they refine in P1.  The symmetrised model is
-    kept unless its Rw is more than ``SYMMETRY_RW_SLACK`` times the P1 fit's.  Returns the
-    result and a provenance note.
+    positions, so at the default 0.01 Å tolerance they refine in P1.  When a looser spglib
+    tolerance (:data:`~diffpy_diffusion.refine.symmetry.LOOSE_TOLERANCES`) reveals more symmetry,
+    the structure is refined both ways and the symmetric model is kept unless the unconstrained
+    one fits significantly better by Hamilton's R-ratio test (:func:`fits_significantly_better`,
+    N_eff from :func:`effective_points`).  The refined model is then examined again (it sits
+    closer to its special positions than the raw proposal did, e.g. a distorted rock salt
+    proposal: Imm2 at 0.2 Å, Fm-3m once refined) and refined in the higher group found, kept by
+    the same test.  Returns the result and a provenance note (``n_eff`` and, when symmetry was
+    tested, ``symmetry``).
     """
     from .refine import refine_structure
     from .refine.symmetry import LOOSE_TOLERANCES, point_group_order, symmetry_tolerance
 
     opts = dict(refine_options)
+    n_eff = effective_points(observation, (start or {}).get("size_nm"))
+    note: dict[str, Any] = {"n_eff": round(float(n_eff), 1)}
+
+    def fit(s, tol=None):
+        kw = {} if tol is None else {"spacegroup_tol": tol}
+        return refine_structure(observation, s, engine=engine, start=start or None, **kw, **opts)
+
     if "spacegroup_tol" in opts or opts.get("use_symmetry") is False:
-        return refine_structure(observation, structure, engine=engine, start=start or None, **opts), {}
+        return fit(structure), note
     strict = LOOSE_TOLERANCES[0]  # the refinement's own default tolerance
     tol, number = symmetry_tolerance(structure)
     if tol <= strict or point_group_order(structure, strict)[1] == number:
-        return refine_structure(observation, structure, engine=engine, start=start or None, **opts), {}
-    sym = refine_structure(observation, structure, engine=engine, start=start or None, spacegroup_tol=tol, **opts)
-    low = refine_structure(observation, structure, engine=engine, start=start or None, spacegroup_tol=strict, **opts)
-    note = {"symmetry": {"tolerance_A": tol, "spacegroup": sym.spacegroup, "rw": float(sym.rw),
-                         "unconstrained_spacegroup": low.spacegroup, "unconstrained_rw": float(low.rw)}}
-    keep_sym = np.isfinite(sym.rw) and (not np.isfinite(low.rw) or sym.rw <= SYMMETRY_RW_SLACK * low.rw)
-    note["symmetry"]["kept"] = "symmetrised" if keep_sym else "unconstrained"
-    best = sym if keep_sym else low
-    # A refined model sits closer to the special positions than the raw proposal did: look
-    # again (e.g. a distorted rock salt proposal: Imm2 at 0.2 Å, Fm-3m once refined).
+        best = fit(structure)
+        sym_note: dict[str, Any] = {}
+    else:
+        sym = fit(structure, tol)
+        low = fit(structure, strict)
+        keep_sym = np.isfinite(sym.rw) and not fits_significantly_better(low.rw, len(low.params), sym.rw,
+                                                                         len(sym.params), n_eff)
+        sym_note = {"tolerance_A": tol, "spacegroup": sym.spacegroup, "rw": float(sym.rw),
+                    "n_params": len(sym.params), "unconstrained_spacegroup": low.spacegroup,
+                    "unconstrained_rw": float(low.rw), "unconstrained_n_params": len(low.params),
+                    "test": f"Hamilton R-ratio, alpha {HAMILTON_ALPHA:g}",
+                    "kept": "symmetrised" if keep_sym else "unconstrained"}
+        best = sym if keep_sym else low
     for _ in range(2):
         tol2, number2 = symmetry_tolerance(best.structure)
         if number2 == best.spacegroup_number or point_group_order(best.structure, 1e-3)[0] >= \
                 point_group_order(best.structure, tol2)[0]:
             break
-        again = refine_structure(observation, best.structure, engine=engine, start=start or None,
-                                 spacegroup_tol=tol2, **opts)
-        if not (np.isfinite(again.rw) and again.rw <= SYMMETRY_RW_SLACK * best.rw):
+        again = fit(best.structure, tol2)
+        if not np.isfinite(again.rw) or fits_significantly_better(best.rw, len(best.params), again.rw,
+                                                                  len(again.params), n_eff):
             break
-        note["symmetry"].setdefault("climbed", []).append({"spacegroup": again.spacegroup, "tolerance_A": tol2,
-                                                           "rw": float(again.rw)})
+        sym_note.setdefault("climbed", []).append({"spacegroup": again.spacegroup, "tolerance_A": tol2,
+                                                   "rw": float(again.rw), "n_params": len(again.params)})
         best = again
+    if sym_note:
+        note["symmetry"] = sym_note
     return best, note
+
+
+#: Largest spglib tolerance (Å) at which a candidate that is not refined is symmetrised
+#: (:func:`symmetrize_unrefined`).  Its atoms have not been fitted, so the data say nothing about
+#: their offsets from special positions; this is the report's tolerance for such candidates
+#: (:data:`diffpy_diffusion.report.CANDIDATE_SYMPREC`).
+UNREFINED_SYMPREC = 0.1
+
+
+def symmetrize_unrefined(p: Proposal, max_tol: float = UNREFINED_SYMPREC) -> Proposal:
+    """A copy of an unrefined candidate in the highest space group found up to ``max_tol`` Å, coordinates symmetrised.
+
+    The structure becomes the standard conventional cell with idealised positions
+    (:func:`~diffpy_diffusion.refine.symmetry.symmetrize_up_to`); ``provenance`` records
+    ``spacegroup_symmetrized``, ``spacegroup_number_symmetrized`` and ``symmetrized_tolerance_A``.
+    Scores (the screen's) are those of the structure as proposed.
+    """
+    from .refine.symmetry import symmetrize_up_to
+
+    q = p.copy()
+    try:
+        sym, tol = symmetrize_up_to(p.structure, max_tol)
+    except Exception as exc:  # noqa: BLE001 - an odd cell is reported as proposed
+        q.provenance["symmetrize_error"] = f"{type(exc).__name__}: {exc}"
+        return q
+    q.structure = sym.structure
+    q.provenance.update(spacegroup_symmetrized=sym.symbol, spacegroup_number_symmetrized=int(sym.number),
+                        symmetrized_tolerance_A=tol)
+    return q
 
 
 def refine_candidates(observation: Observation, candidates: list[Proposal], *, engine: str = "srfit",
@@ -618,6 +757,10 @@ def propose(
                 write_outputs(out, observation, done or partial, meta, interrupted=True)
             raise
         timings["refine_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        # answers in their space group: the candidates not refined (or whose fit failed) too
+        done = [(symmetrize_unrefined(p), None) if res is None else (p, res) for p, res in done]
+        timings["symmetrize_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
         try:
             # after refinement: plugin scores and order are those of the structures we report

@@ -80,6 +80,22 @@ def spacegroup_of(structure, symprec: float = CANDIDATE_SYMPREC) -> tuple[str | 
         return None, None
 
 
+def candidate_spacegroup(p: Proposal) -> tuple[str | None, int | None]:
+    """(symbol, number) of the space group a candidate is reported in.
+
+    The refinement's group when the candidate was refined (``provenance["spacegroup_refined"]``),
+    else the group it was symmetrised to (``provenance["spacegroup_symmetrized"]``,
+    :func:`diffpy_diffusion.pipeline.symmetrize_unrefined`), else the one spglib finds at
+    :data:`CANDIDATE_SYMPREC` Å (:func:`spacegroup_of`).
+    """
+    prov = p.provenance if isinstance(p.provenance, dict) else {}
+    for kind in ("refined", "symmetrized"):
+        sg, sgn = prov.get(f"spacegroup_{kind}"), prov.get(f"spacegroup_number_{kind}")
+        if sg:
+            return sg, None if sgn is None else int(sgn)
+    return spacegroup_of(p.structure)
+
+
 def score_of(scores: dict) -> tuple[str | None, float | None]:
     """The figure of merit a candidate is ranked by: refined Rw/Rwp if present, else the screening one."""
     for key in RANKING_SCORES:
@@ -129,10 +145,7 @@ def candidate_record(p: Proposal, rank: int, files: dict[str, str] | None = None
     """
     s = p.structure
     prov = p.provenance if isinstance(p.provenance, dict) else {}
-    sg = prov.get("spacegroup_refined")
-    sgn = prov.get("spacegroup_number_refined")
-    if not sg:
-        sg, sgn = spacegroup_of(s)
+    sg, sgn = candidate_spacegroup(p)
     rw = p.scores.get("rw")
     key, val = score_of(p.scores)
     lat = s.lattice

@@ -338,7 +338,8 @@ def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind,
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--dataset", default="mp20-test", show_default=True,
-              help="Benchmark set, e.g. mp20-test (first 1,000 rows of mp20/test.csv.gz).")
+              help="Benchmark set: mp20-test (first 1,000 rows of mp20/test.csv.gz), pool-val (the training "
+                   "pool's validation split, for choosing settings), or a CSV with a cif column.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the shared data sets (default: $DIFFPY_DIFFUSION_DATA).")
 @click.option("--limit", type=click.IntRange(1, None), default=100, show_default=True,
@@ -369,6 +370,9 @@ def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind,
                    "with Scherrer Gaussians (an independent code; benchmarks/independent_patterns.py compares).")
 @relax_option
 @no_energy_option
+@click.option("--raw-match", is_flag=True,
+              help="Also match every raw proposal of each backend against the truth: the table adds the "
+                   "raw-match rate (what screening and ranking could at best keep).")
 @click.option("--workers", "-j", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Local worker processes (targets evaluated in parallel).")
 @click.option("--dask-scheduler", default=None, metavar="ADDRESS",
@@ -384,7 +388,7 @@ def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind,
 @quiet_option
 @debug_option
 def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, seed, library, backend_options, refine_top,
-             data_kind, simulator, relax, workers, dask_scheduler, output, force, resume, as_json, quiet):
+             data_kind, simulator, relax, raw_match, workers, dask_scheduler, output, force, resume, as_json, quiet):
     """Benchmark a backend on simulated patterns of known structures (match rate, RMSE, Rwp, time).
 
     Candidates are ranked as propose ranks them: with an energy plugin installed
@@ -398,5 +402,5 @@ def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, see
                    n=n, top=top, seed=seed, output_dir=output, force=force, as_json=as_json, quiet=quiet,
                    workers=workers, resume=resume,
                    library=library, refine_top=refine_top, backend_options=backend_options,
-                   relax=relax, data_kind=data_kind, simulator=simulator,
+                   relax=relax, data_kind=data_kind, simulator=simulator, raw_match=raw_match,
                    **({"scheduler": dask_scheduler} if dask_scheduler else {}))

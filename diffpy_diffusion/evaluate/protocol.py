@@ -23,7 +23,16 @@ Scherrer Gaussians; steps 3-4 are the same.  The settings line of a run records 
 ``--resume`` does not mix modes.
 
 Results: top-1/5/10 match rates, mean RMS of matches, mean Rwp of the rank-1 refined
-candidate, seconds per target, and per backend how many targets it alone solved.
+candidate, seconds per target, and per backend how many targets it alone solved.  Each record
+also holds the space group of the first matching candidate as the report gives it
+(:func:`diffpy_diffusion.report.candidate_spacegroup`) and the reference's (spglib at the same
+tolerance), so the summary says what share of the matched answers carry the reference's space
+group, a subgroup of it (pymatgen's group-subgroup tables) or another one.  ``raw_match=True``
+(``--raw-match``) also matches every raw proposal of each backend against the truth: the
+raw-match rate is what screening and ranking could at best keep.
+
+``dataset="pool-val"``: the validation split of the training pool
+(:func:`pool_validation_entries`), for choosing settings without touching the evaluation set.
 """
 
 from __future__ import annotations
@@ -50,9 +59,14 @@ KS = (1, 5, 10)
 PARTIAL = "evaluation.partial.jsonl"
 #: Settings that must be equal for ``--resume`` to reuse earlier targets' records.
 RESUME_KEYS = ("dataset", "size_nm", "wavelength", "n", "top", "refine_top", "seed", "backends", "library",
-               "backend_options", "match", "noise", "n_q", "version", "relax", "data_kind", "simulator", "pdf")
+               "backend_options", "match", "noise", "n_q", "version", "relax", "data_kind", "simulator", "pdf",
+               "raw_match")
 #: What a settings line without a key means (written before the key existed): a PXRD run of our simulator.
-RESUME_DEFAULTS = {"data_kind": "xrd", "simulator": "builtin"}
+RESUME_DEFAULTS = {"data_kind": "xrd", "simulator": "builtin", "raw_match": False}
+#: Names of the training pool's validation split as ``--dataset``.
+POOL_VAL_DATASETS = ("pool-val", "pool_val")
+#: How a matched answer's space group relates to the reference's (:func:`spacegroup_relation`).
+SG_RELATIONS = ("same", "subgroup", "supergroup", "other")
 #: Kinds of evaluation data: simulated PXRD patterns, or G(r) of simulated nanoparticles.
 DATA_KINDS = ("xrd", "pdf")
 #: Simulators of the PXRD targets: ours (:func:`simulate_target`) or pymatgen's peaks with Scherrer
@@ -126,6 +140,55 @@ class TargetResult:
     seconds: float = 0.0
     error: str | None = None
     ranks_matched: list[int] = field(default_factory=list)
+    #: spglib number of the truth at the report's tolerance (:data:`~diffpy_diffusion.report.CANDIDATE_SYMPREC`)
+    ref_spacegroup: int | None = None
+    #: space group the report gives the first matching candidate, and how it relates to the reference's
+    match_spacegroup: int | None = None
+    match_sg_relation: str | None = None
+    #: ``--raw-match``: per component backend, the 1-based index of its first raw proposal that
+    #: matches the truth (None: none did), and how many raw proposals it made
+    raw_match: dict[str, int | None] | None = None
+    raw_n: dict[str, int] | None = None
+
+
+def spacegroup_relation(number: int | None, reference: int | None) -> str | None:
+    """How space group ``number`` relates to ``reference``: one of :data:`SG_RELATIONS`, None if either is unknown.
+
+    ``"subgroup"``/``"supergroup"``: a proper subgroup (supergroup) type by pymatgen's tables of
+    maximal subgroups, followed transitively (types only: the orientation is not checked).
+    """
+    if number is None or reference is None:
+        return None
+    if int(number) == int(reference):
+        return "same"
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    g, ref = SpaceGroup.from_int_number(int(number)), SpaceGroup.from_int_number(int(reference))
+    if g.is_subgroup(ref):
+        return "subgroup"
+    if g.is_supergroup(ref):
+        return "supergroup"
+    return "other"
+
+
+def first_raw_matches(cache: dict, names, truth, matcher=None) -> tuple[dict[str, int | None], dict[str, int]]:
+    """For each backend in ``names``: the 1-based index of its first raw proposal in ``cache`` matching ``truth``.
+
+    ``cache`` is the :func:`diffpy_diffusion.pipeline.sample_all` cache that ``propose`` filled
+    (``{(name, n, seed): (proposals, info)}``).  Returns ``(first, count)``: ``first[name]`` is
+    None when no raw proposal of that backend matches; ``count[name]`` is how many it made.
+    """
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    sm = matcher or StructureMatcher(**MATCH)
+    first: dict[str, int | None] = {}
+    count: dict[str, int] = {}
+    for (name, _, _), (props, _) in cache.items():
+        if name not in names or name in first:
+            continue
+        count[name] = len(props)
+        first[name] = next((i for i, p in enumerate(props, 1) if match(p.structure, truth, sm) is not None), None)
+    return first, count
 
 
 def make_target(structure, size_nm: float, *, seed: int = 0, data_kind: str = "xrd",
@@ -151,18 +214,22 @@ def _eval_one(task: dict) -> list[dict]:
     """Evaluate one target with every backend spec (module-level: runs in worker processes)."""
     from ..datasets import Entry
     from ..pipeline import cached_sample_seconds, propose
+    from ..report import candidate_spacegroup, spacegroup_of
 
     entry = Entry(**task["entry"])
     truth = entry.structure()
+    ref_sg = spacegroup_of(truth)[1]
     obs = make_target(truth, task["size_nm"], seed=task["seed"] + task["index"],
                       data_kind=task.get("data_kind", "xrd"), simulator=task.get("simulator", "builtin"))
     out = []
     cache: dict = {}  # a, b and a+b of one target sample each backend once (same seed, same proposals)
+    raw_first: dict[str, int | None] = {}  # --raw-match: per backend, matched once per target
+    raw_count: dict[str, int] = {}
     for spec in task["backends"]:
         t0 = time.perf_counter()
         reused_s = cached_sample_seconds(cache, spec.split("+"))
         tr = TargetResult(task["index"], entry.material_id, truth.composition.reduced_formula, spec, len(truth),
-                          entry.spacegroup)
+                          entry.spacegroup, ref_spacegroup=ref_sg)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -189,6 +256,17 @@ def _eval_one(task: dict) -> list[dict]:
                 tr.ranks_matched.append(rank)
                 if tr.match_rank is None:
                     tr.match_rank, tr.rms = rank, r
+                    tr.match_spacegroup = candidate_spacegroup(p)[1]
+                    tr.match_sg_relation = spacegroup_relation(tr.match_spacegroup, ref_sg)
+        if task.get("raw_match"):
+            parts = spec.split("+")
+            todo = [b for b in parts if b not in raw_first]
+            if todo:
+                got, cnt = first_raw_matches(cache, todo, truth)
+                raw_first.update(got)
+                raw_count.update(cnt)
+            tr.raw_match = {b: raw_first[b] for b in parts if b in raw_first}
+            tr.raw_n = {b: raw_count[b] for b in parts if b in raw_count}
         out.append(asdict(tr))
     return out
 
@@ -216,6 +294,18 @@ def summarize(records: list[dict], backends: list[str], ks=KS) -> dict[str, Any]
         others = [o for o in backends if o != b and not parts <= set(o.split("+"))]
         row["solved_only_by_this"] = (len(solved[b] - set().union(*(solved[o] for o in others)))
                                       if others else None)
+        # the space group the answer is reported in, of the targets matched in the top kmax
+        matched = [r for r in rs if r["match_rank"] is not None and r["match_rank"] <= kmax]
+        rel = [r.get("match_sg_relation") or "unknown" for r in matched]
+        row["matched"] = len(matched)
+        row["sg_counts"] = {name: rel.count(name) for name in (*SG_RELATIONS, "unknown")}
+        row["sg_same"] = rel.count("same") / len(rel) if rel else None
+        # --raw-match: a raw proposal of any component backend matched the truth
+        raw = [r for r in rs if r.get("raw_match") is not None]
+        row["raw_match"] = (sum(1 for r in raw if any(v is not None for v in r["raw_match"].values())) / len(raw)
+                            if raw else None)
+        row["raw_match_by_backend"] = ({c: sum(1 for r in raw if r["raw_match"].get(c) is not None) / len(raw)
+                                        for c in b.split("+")} if raw else None)
         out[b] = row
     if "diffusion" in by:
         non = [o for o in backends if "diffusion" not in o.split("+")]
@@ -226,6 +316,7 @@ def summarize(records: list[dict], backends: list[str], ks=KS) -> dict[str, Any]
 
 def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     """The summary as a markdown table (with the caveat that these are not published MP-20 figures)."""
+    raw = any(r.get("raw_match") is not None for b, r in summary.items() if not b.startswith("_"))
     lines = [
         f"Evaluation on {meta['dataset']}, {mode_title(meta)} data (first {meta['limit']} rows; "
         f"{mode_conditions(meta)}; "
@@ -234,8 +325,9 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "Not comparable to published MP-20 numbers: our split and data subset differ (see DESIGN.md).",
         "",
         f"| backend | targets | top-1 | top-5 | top-10 | mean RMS (matches) | mean {_rw_name(meta)} (rank 1) "
-        "| s/target | solved only by this |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| s/target | solved only by this | matched answers in the reference's space group "
+        "(same / subgroup / supergroup / other) |" + (" raw match |" if raw else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if raw else ""),
     ]
 
     def pct(v):
@@ -249,11 +341,32 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             continue
         lines.append(f"| {b} | {r['targets']} | {pct(r['top1'])} | {pct(r['top5'])} | {pct(r['top10'])} | "
                      f"{num(r['mean_rms'])} | {pct(r['mean_rwp_top1'])} | {num(r['s_per_target'], '{:.1f}')} | "
-                     f"{num(r['solved_only_by_this'], '{}')} |")
+                     f"{num(r['solved_only_by_this'], '{}')} | {sg_shares(r)} |"
+                     + (f" {raw_cell(r)} |" if raw else ""))
     if summary.get("_only_diffusion_solved") is not None:
         lines += ["", f"Targets only the diffusion model solved (no non-diffusion backend did): "
                       f"{summary['_only_diffusion_solved']}"]
     return "\n".join(lines) + "\n"
+
+
+def raw_cell(row: dict[str, Any]) -> str:
+    """``"80.0 % (diffusion 70.0 %, templates 60.0 %)"``: a summary row's raw-match rate, per component."""
+    if row.get("raw_match") is None:
+        return "-"
+    by = row.get("raw_match_by_backend") or {}
+    parts = f" ({', '.join(f'{k} {100 * v:.1f} %' for k, v in by.items())})" if len(by) > 1 else ""
+    return f"{100 * row['raw_match']:.1f} %{parts}"
+
+
+def sg_shares(row: dict[str, Any]) -> str:
+    """``"90 % (9/10): 9 / 1 / 0 / 0"``: a summary row's matched answers by relation (:data:`SG_RELATIONS`)."""
+    n = row.get("matched") or 0
+    if not n or not row.get("sg_counts"):
+        return "-"
+    c = row["sg_counts"]
+    unknown = f", {c['unknown']} unknown" if c.get("unknown") else ""
+    return (f"{100 * c['same'] / n:.0f} % ({c['same']}/{n}): "
+            + " / ".join(str(c[k]) for k in SG_RELATIONS) + unknown)
 
 
 def _rw_name(meta: dict[str, Any]) -> str:
@@ -344,6 +457,24 @@ def _previous_records(out: Path, meta: dict, entries) -> list[dict]:
             for r in found[i]]
 
 
+def pool_validation_entries(limit: int | None = None, *, data=None) -> list:
+    """The first ``limit`` structures of the training pool's validation split (``--dataset pool-val``).
+
+    The pool (:func:`diffpy_diffusion.datasets.iter_training_pool`, in its order) filtered by
+    :func:`diffpy_diffusion.datasets.split_ids` at its default fraction, the split the diffusion
+    model's training holds out.  Settings are chosen here, never on the evaluation set.
+    """
+    from ..datasets import iter_training_pool, split_ids
+
+    out = []
+    for e in iter_training_pool(data=data):
+        if split_ids([e.material_id])[0]:
+            out.append(e)
+            if limit is not None and len(out) >= int(limit):
+                break
+    return out
+
+
 def _parse_size(size_nm, default: float = 10.0) -> float:
     if size_nm is None:
         return default
@@ -359,13 +490,16 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
                    refine_top: int | None = None, seed: int = 0, output_dir=None, force: bool = False,
                    as_json: bool = False, quiet: bool = False, workers: int = 1, library: str | None = None,
                    backend_options: dict | None = None, scheduler=None, resume: bool = False,
-                   relax: bool = False, data_kind: str = "xrd", simulator: str = "builtin") -> dict[str, Any]:
+                   relax: bool = False, data_kind: str = "xrd", simulator: str = "builtin",
+                   raw_match: bool = False) -> dict[str, Any]:
     """Run the evaluation protocol; print and (optionally) write the summary.
 
     Parameters
     ----------
     dataset : str
-        ``"mp20-test"`` (first ``limit`` rows of the evaluation set) or a CSV path with ``cif``.
+        ``"mp20-test"`` (first ``limit`` rows of the evaluation set), ``"pool-val"`` (first
+        ``limit`` structures of the training pool's validation split, :func:`pool_validation_entries`:
+        for choosing settings without the evaluation set) or a CSV path with ``cif``.
     size_nm : float or str
         Crystallite (PXRD) or particle (PDF) diameter, nm or ``"5nm"``/``"30A"``; default
         10 nm for PXRD, 5 nm (:data:`~diffpy_diffusion.evaluate.targets.PDF_DEFAULT_SIZE_NM`) for PDF.
@@ -396,6 +530,9 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
         Relax the raw proposals through the ``relax_proposals`` plugin hook before screening
         (:func:`diffpy_diffusion.pipeline.propose`); NotAvailableError before any work when no
         plugin implements it.
+    raw_match : bool
+        Also match every raw proposal of each backend against the truth (records ``raw_match``,
+        summary ``raw_match``): what screening and ranking could at best keep.
     resume : bool
         Reuse the targets an earlier run in ``output_dir`` finished (its ``evaluation.json``
         or the partial file an interrupted run left) and evaluate only the others; the
@@ -448,6 +585,8 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
                 raise OutputExistsError(f"{out / name}: {hint}")
     if dataset in ("mp20-test", "mp20_test", "mp20"):
         entries = eval_set(limit, data=data_dir)
+    elif dataset in POOL_VAL_DATASETS:
+        entries = pool_validation_entries(limit, data=data_dir)
     else:
         import pandas as pd
 
@@ -466,13 +605,13 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
     refine_top = top if refine_top is None else refine_top
     tasks = [{"index": i, "entry": asdict(e), "size_nm": size, "seed": seed, "backends": specs, "n": n, "top": top,
               "refine_top": refine_top, "backend_options": opts, "relax": relax, "data_kind": data_kind,
-              "simulator": simulator} for i, e in enumerate(entries)]
+              "simulator": simulator, "raw_match": bool(raw_match)} for i, e in enumerate(entries)]
     meta = {"dataset": dataset, "limit": len(entries), "size_nm": size, "wavelength": WAVELENGTH, "n": n, "top": top,
             "refine_top": refine_top, "seed": seed, "backends": specs, "library": library, "workers": workers,
             "backend_options": opts,
             "match": MATCH, "noise": NOISE, "n_q": N_Q, "version": __version__,
             **({"relax": True} if relax else {}),  # absent without --relax: earlier runs stay resumable
-            "data_kind": data_kind, "simulator": simulator}
+            "data_kind": data_kind, "simulator": simulator, "raw_match": bool(raw_match)}
     if data_kind == "pdf":
         from .targets import PDF_NOISE, PDF_QDAMP, PDF_QMAX, PDF_R_RANGE
 
@@ -552,8 +691,10 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
         t = Table(title=f"{mode_title(meta)}, {dataset}: first {len(entries)} targets, {size:g} nm "
                         "(not published MP-20 figures)")
         names = [b for b in summary if not b.startswith("_")]
+        raw = any(r.get("raw_match") is not None for b, r in summary.items() if not b.startswith("_"))
         for col in ("backend", "top-1 %", "top-5 %", "top-10 %", "mean RMS", f"mean {_rw_name(meta)}#1 %",
-                    "s/target", "only this"):
+                    "s/target", "only this", "matched in ref. SG %",
+                    *(("raw match %",) if raw else ())):
             if col == "backend":  # never cut a+b names short: the other columns wrap instead
                 t.add_column(col, no_wrap=True, min_width=max(map(len, names), default=7))
             else:
@@ -565,7 +706,9 @@ def run_evaluation(*, dataset: str = "mp20-test", data_dir=None, limit: int = 10
             t.add_row(b, f(r["top1"]), f(r["top5"]), f(r["top10"]),
                       "-" if r["mean_rms"] is None else f"{r['mean_rms']:.3f}", f(r["mean_rwp_top1"]),
                       "-" if r["s_per_target"] is None else f"{r['s_per_target']:.1f}",
-                      "-" if r["solved_only_by_this"] is None else str(r["solved_only_by_this"]))
+                      "-" if r["solved_only_by_this"] is None else str(r["solved_only_by_this"]),
+                      "-" if r.get("sg_same") is None else f"{100 * r['sg_same']:.0f}",
+                      *((f(r.get("raw_match")),) if raw else ()))
         con = Console()
         con.print(t)
         if summary.get("_only_diffusion_solved") is not None:

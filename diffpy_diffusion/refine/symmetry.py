@@ -20,6 +20,7 @@ __all__ = [
     "crystal_system_of",
     "point_group_order",
     "symmetrize",
+    "symmetrize_up_to",
     "symmetry_tolerance",
     "to_diffpy",
     "to_pymatgen",
@@ -234,6 +235,33 @@ def symmetrize(structure, *, tol: float = 0.01, angle_tol: float = -1.0,
     sym = spglib.get_symmetry_from_database(int(ds.hall_number))
     sg = make_spacegroup(sym["rotations"], sym["translations"], number, str(ds.international), str(ds.pointgroup))
     return SymmetrizedStructure(std, number, str(ds.international), sg, wy)
+
+
+def symmetrize_up_to(structure, max_tol: float, tolerances=LOOSE_TOLERANCES) -> tuple[SymmetrizedStructure, float]:
+    """``structure`` in the highest space group spglib finds at a tolerance up to ``max_tol`` Å, symmetrised.
+
+    The tolerances of ``tolerances`` not above ``max_tol`` are ranked as in
+    :func:`symmetry_tolerance` (more distinct rotations, then a higher space-group number, then
+    the smaller tolerance); the first whose symmetrised cell (:func:`symmetrize`) keeps the
+    composition is taken (a loose tolerance can merge two atoms of an element into one site).
+
+    Returns
+    -------
+    (SymmetrizedStructure, float)
+        The standard conventional cell with idealised positions, and the tolerance used; P1
+        with the input cell and tolerance 0 when no tolerance keeps the composition.
+    """
+    want = structure.composition.reduced_composition
+    tried = []
+    for tol in tolerances:
+        if float(tol) <= float(max_tol) + 1e-12:
+            order, number = point_group_order(structure, float(tol))
+            tried.append(((-order, -number, float(tol)), float(tol)))
+    for _, tol in sorted(tried):
+        sym = symmetrize(structure, tol=tol)
+        if sym.structure.composition.reduced_composition.almost_equals(want):
+            return sym, tol
+    return symmetrize(structure, use_symmetry=False), 0.0
 
 
 def _element_symbol(sp) -> str:
