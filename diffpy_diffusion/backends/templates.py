@@ -17,7 +17,7 @@ Libraries
   ``backends/data/README.md`` for its sources and licences).  It holds the same members as
   ``"training-pool"`` and gives the same proposals;
 * ``library="aflow"``: pymatgen's bundled AFLOW prototype library (288 prototypes);
-* ``library="training-pool"``: the training pool of DESIGN.md (MP-20 train/val,
+* ``library="training-pool"``: the training pool of docs/design.md (MP-20 train/val,
   MP-20 test rows after the first 1,000, MPTS-52 ≤ 20 atoms, perov_5; never an
   evaluation-set ``material_id``), grouped into structure types by
   (anonymous formula, atoms per cell, space group, Wyckoff orbits);
