@@ -171,7 +171,14 @@ def _read_cif(p: Path, text: str):
         warnings.simplefilter("ignore")
         try:
             parser = CifParser.from_str(text)
-            structs = parser.parse_structures(primitive=False, on_error="raise")
+            try:
+                structs = parser.parse_structures(primitive=False, on_error="raise")
+            except ValueError:
+                # a pdCIF (e.g. TOPAS Out_pdCIF) also holds data blocks of the pattern, without atoms:
+                # keep the blocks that are structures
+                structs = parser.parse_structures(primitive=False, on_error="ignore")
+                if not structs:
+                    raise
         except Exception as exc:
             try:  # diffpy.structure reads some CIFs pymatgen rejects
                 return _read_diffpy(p, text, "cif")

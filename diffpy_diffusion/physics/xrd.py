@@ -66,6 +66,13 @@ _SINC2_HWHM = 1.3915573782515103
 # sin(u)/u = 1/2 at u = 1.895494...
 _SINC_HALF = 1.8954942670339809
 _SIZE_KERNELS = ("scherrer", "sinc", "sinc2")
+#: Sub-peaks per reflection of the simple axial-divergence model (``axial_deg`` of :func:`xrd_profile`).
+AXIAL_NODES = 6
+# Quantile midpoints u_j of the kernel density u^(-1/2) - 1 on (0, 1] (CDF 2√u - u):
+# √u = 1 - √(1 - p) at p = (j + 1/2)/n, scaled so that their mean is the kernel's first moment 1/6
+# (the peak centroid then moves exactly as under the continuous kernel; unscaled: 0.159 for n = 6).
+_AXIAL_U0 = [(1.0 - math.sqrt(1.0 - (j + 0.5) / AXIAL_NODES)) ** 2 for j in range(AXIAL_NODES)]
+_AXIAL_U = tuple(u * (AXIAL_NODES / 6.0) / sum(_AXIAL_U0) for u in _AXIAL_U0)
 
 
 # ---------------------------------------------------------------------------
@@ -115,6 +122,12 @@ def _is_zero(v) -> bool:
     if isinstance(v, torch.Tensor):
         return (not v.requires_grad) and bool((v == 0).all())
     return float(v) == 0.0
+
+
+def _is_one(v) -> bool:
+    if isinstance(v, torch.Tensor):
+        return (not v.requires_grad) and bool((v == 1).all())
+    return bool(np.all(np.asarray(v, dtype=float) == 1.0))
 
 
 # ---------------------------------------------------------------------------
@@ -394,21 +407,28 @@ def reflections(
     mult = torch.full((R,), 2, dtype=torch.long, device=device)
 
     if merge and R > 0:
-        # group by (crystal, Q rounded to 1e-7 Å⁻¹)
-        qkey = torch.round(q.detach().to(torch.float64) * 1e7).long()
-        gkey = crystal * (1 << 40) + qkey
-        ukey, inv = torch.unique(gkey, return_inverse=True)
-        U = len(ukey)
-        cnt = torch.zeros(U, dtype=q.dtype, device=device).index_add_(0, inv, torch.ones_like(q))
-        q = torch.zeros(U, dtype=q.dtype, device=device).index_add(0, inv, q) / cnt
-        intensity = torch.zeros(U, dtype=intensity.dtype, device=device).index_add(0, inv, intensity)
-        rep = torch.full((U,), R, dtype=torch.long, device=device).scatter_reduce(
-            0, inv, torch.arange(R, device=device), reduce="amin"
-        )
-        hkl = hkl[rep]
-        mult = 2 * cnt.round().long()
-        crystal = torch.div(ukey, 1 << 40, rounding_mode="floor")
+        return _merge(Reflections(q, intensity, crystal, B, hkl, mult))
     return Reflections(q, intensity, crystal, B, hkl, mult)
+
+
+def _merge(refl: Reflections) -> Reflections:
+    """Sum the points of each crystal that share Q (rounded to 1e-7 Å⁻¹) into one peak at their mean Q."""
+    q, intensity, crystal, hkl = refl.q, refl.intensity, refl.crystal, refl.hkl
+    R, device = q.shape[0], q.device
+    qkey = torch.round(q.detach().to(torch.float64) * 1e7).long()
+    gkey = crystal * (1 << 40) + qkey
+    ukey, inv = torch.unique(gkey, return_inverse=True)
+    U = len(ukey)
+    cnt = torch.zeros(U, dtype=q.dtype, device=device).index_add_(0, inv, torch.ones_like(q))
+    q = torch.zeros(U, dtype=q.dtype, device=device).index_add(0, inv, q) / cnt
+    intensity = torch.zeros(U, dtype=intensity.dtype, device=device).index_add(0, inv, intensity)
+    rep = torch.full((U,), R, dtype=torch.long, device=device).scatter_reduce(
+        0, inv, torch.arange(R, device=device), reduce="amin"
+    )
+    hkl = hkl[rep]
+    mult = 2 * cnt.round().long()
+    crystal = torch.div(ukey, 1 << 40, rounding_mode="floor")
+    return Reflections(q, intensity, crystal, refl.num_crystals, hkl, mult)
 
 
 # ---------------------------------------------------------------------------
@@ -602,6 +622,11 @@ def xrd_profile(
     min_fwhm: float | None = None,
     chunk_elements: int = 1 << 22,
     method: str = "auto",
+    peak_shape: str = "pv",
+    X=0.0,
+    Y=0.0,
+    axial_deg=0.0,
+    displacement_deg=0.0,
 ) -> torch.Tensor:
     """Powder pattern on a grid from a peak list.
 
@@ -651,6 +676,27 @@ def xrd_profile(
         whenever ``size_nm`` is given (falling back to "window" when the work
         grid would be too large).  Results depend on the batch's shared work
         grid at the 1e-3 level.
+    peak_shape : {"pv", "tch"}
+        ``"pv"``: the instrument profile is a pseudo-Voigt of FWHM √(U tan²θ + V tanθ + W)
+        and Lorentzian fraction ``eta``.  ``"tch"``: the Thompson–Cox–Hastings
+        pseudo-Voigt (J. Appl. Cryst. 20, 79 (1987)) of a Gaussian of FWHM
+        √(U tan²θ + V tanθ + W) and a Lorentzian of FWHM X/cosθ + Y tanθ;
+        FWHM and mixing per peak from TCH's formulas, ``eta`` ignored.
+    X, Y : float or (B,) tensor
+        Lorentzian widths (degrees 2θ) of ``peak_shape="tch"``: X/cosθ (size-like)
+        and Y tanθ (strain-like).
+    axial_deg : float or (B,) tensor
+        Axial-divergence asymmetry A (degrees 2θ): each peak is convolved with the
+        "simple axial" aberration kernel ``1/√(ε εm) − 1/εm`` on ε ∈ [0, εm] with
+        ``εm = −A cot 2θ`` (Cheary & Coelho, J. Appl. Cryst. 31, 851 (1998): the
+        axial-divergence aberration of a point source and receiving slit; a tail
+        to low angle below 90° 2θ, to high angle above), discretised as
+        :data:`AXIAL_NODES` equal-weight sub-peaks at the kernel's quantile
+        midpoints (scaled to the kernel's mean).  Its centroid shift is εm/6.
+    displacement_deg : float or (B,) tensor
+        Specimen displacement: peaks move by ``displacement_deg · cosθ`` degrees
+        2θ (for a displacement s on a goniometer of radius R,
+        displacement_deg = −(360/π) s/R).
 
     Returns
     -------
@@ -658,6 +704,8 @@ def xrd_profile(
     """
     if x_kind not in ("2theta", "q"):
         raise ValueError(f"x_kind: must be '2theta' or 'q', got {x_kind!r}")
+    if peak_shape not in ("pv", "tch"):
+        raise ValueError(f"peak_shape: must be 'pv' or 'tch', got {peak_shape!r}")
     dtype, device = refl.q.dtype, refl.q.device
     x = torch.as_tensor(x, dtype=dtype, device=device)
     _check_grid(x, "x")
@@ -676,9 +724,17 @@ def xrd_profile(
         size_t = _as_param(size_nm, B, dtype, device, "size_nm")
         if bool((size_t.detach() <= 0).any()) or not bool(torch.isfinite(size_t.detach()).all()):
             raise ValueError(f"size_nm: crystallite size must be positive, got {size_nm}")
-    no_inst = _is_zero(U) and _is_zero(V) and _is_zero(W)
+    tch = peak_shape == "tch"
+    no_inst = _is_zero(U) and _is_zero(V) and _is_zero(W) and (not tch or (_is_zero(X) and _is_zero(Y)))
     Ut, Vt, Wt = (_as_param(v, B, dtype, device, n) for v, n in ((U, "U"), (V, "V"), (W, "W")))
     eta_t = _as_param(eta, B, dtype, device, "eta")
+    if tch:
+        Xt, Yt = _as_param(X, B, dtype, device, "X"), _as_param(Y, B, dtype, device, "Y")
+    elif not (_is_zero(X) and _is_zero(Y)):
+        raise ValueError("X, Y: Lorentzian widths need peak_shape='tch'")
+    axial_t = None if _is_zero(axial_deg) else _as_param(axial_deg, B, dtype, device, "axial_deg")
+    disp_t = None if _is_zero(displacement_deg) else _as_param(displacement_deg, B, dtype, device,
+                                                                 "displacement_deg")
     zero_t = _as_param(zero_deg, B, dtype, device, "zero_deg")
     scale_t = _as_param(scale, B, dtype, device, "scale")
     if min_fwhm is None:
@@ -706,14 +762,21 @@ def xrd_profile(
             inten = inten * _lorentz_polarization(theta, monochromator_2theta_deg)
         inten = torch.where(valid, inten, torch.zeros_like(inten))
         tt = 2 * theta * _DEG + zero_t[c]  # observed 2θ, degrees
+        if disp_t is not None:
+            tt = tt + disp_t[c] * torch.cos(theta)
         # widths in degrees 2θ
         tan = torch.tan(theta)
+        eta_p = eta_t[c]
         if no_inst:
             h_inst = torch.zeros_like(theta)
         else:
             h2 = Ut[c] * tan**2 + Vt[c] * tan + Wt[c]
             pos = h2 > 0
             h_inst = torch.where(pos, torch.sqrt(torch.where(pos, h2, torch.ones_like(h2))), torch.zeros_like(h2))
+            if tch:
+                h_lor = (Xt[c] / torch.cos(theta) + Yt[c] * tan).clamp_min(0.0)
+                h_inst, eta_p = _tch(h_inst, h_lor)
+                eta_p = eta_p.clamp(0.0, 1.0)
         if size_t is not None:
             L = 10.0 * size_t[c]
             if size_kernel == "scherrer":
@@ -734,13 +797,26 @@ def xrd_profile(
                 h_size = h_size * conv
         else:
             pos_x = tt
-        if use_fft:
-            sticks.append((tt, inten, None if no_inst else h_inst_deg))
-            continue
-        _add_peaks(
-            out, x, c, pos_x, inten, h_inst, h_size, eta_t[c], no_inst, size_kernel,
-            min_fwhm, peak_window, M, chunk_elements,
-        )
+        if axial_t is not None:
+            # simple axial model: equal-weight sub-peaks at ε = εm·u_j, εm = −A cot 2θ
+            eps_m = -axial_t[c] / torch.tan(2 * theta)
+            subs = [(tt + eps_m * u, inten / len(_AXIAL_U)) for u in _AXIAL_U]
+        else:
+            subs = [(tt, inten)]
+        for tt_j, inten_j in subs:
+            if use_fft:
+                sticks.append((tt_j, inten_j, None if no_inst else h_inst_deg, eta_p))
+                continue
+            if x_kind == "q":
+                pos_j = _FOUR_PI * torch.sin((tt_j / _DEG).clamp(0, math.pi) / 2) / lam1
+            else:
+                pos_j = tt_j
+            if axial_t is None:
+                pos_j = pos_x
+            _add_peaks(
+                out, x, c, pos_j, inten_j, h_inst, h_size, eta_p, no_inst, size_kernel,
+                min_fwhm, peak_window, M, chunk_elements,
+            )
     y = None
     if use_fft:
         y = _profile_fft(
@@ -748,11 +824,11 @@ def xrd_profile(
             chunk_elements, force=method == "fft",
         )
     if y is None:  # the window path (also when the FFT work grid would be too large)
-        for tt, inten, h_i in sticks:
+        for tt, inten, h_i, eta_s in sticks:
             pos_x, h_i_x, h_s_x = _positions_widths(tt, h_i, size_t[c], x_kind, lam1, shape_factor, size_kernel)
             _add_peaks(
                 out, x, c, pos_x, inten, h_i_x if h_i is not None else torch.zeros_like(tt), h_s_x,
-                eta_t[c], h_i is None, size_kernel, min_fwhm, peak_window, M, chunk_elements,
+                eta_s, h_i is None, size_kernel, min_fwhm, peak_window, M, chunk_elements,
             )
         y = out.view(B, M)
     if background is not None:
@@ -795,7 +871,7 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
         step = float((qx[1:] - qx[:-1]).min())
     # instrument FWHM of every stick in Q
     inst = []
-    for tt, _inten, h_i in sticks:
+    for tt, _inten, h_i, _eta in sticks:
         if h_i is None:
             inst.append(None)
         else:
@@ -805,7 +881,7 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
     pad0 = 10 * float(fw.detach().max())
     lo_q, hi_q = float(qx[0]) - pad0, float(qx[-1]) + pad0
     h_inst_min = math.inf
-    for (tt, inten, _), h in zip(sticks, inst):
+    for (tt, inten, _, _eta), h in zip(sticks, inst):
         if h is None:
             continue
         pq = _FOUR_PI * torch.sin(torch.deg2rad(tt.detach().clamp(0, 179.999)) / 2) / lam1
@@ -826,7 +902,7 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
     grid = torch.zeros(B * nfft, dtype=dtype, device=device)
     work_x = q0 + dq * torch.arange(nfft, dtype=dtype, device=device)
     any_inst = any(h is not None for h in inst)
-    for (tt, inten, _), h_q in zip(sticks, inst):
+    for (tt, inten, _, eta_s), h_q in zip(sticks, inst):
         # stick positions in Q as the Kα1 wavelength sees the observed 2θ
         pos = _FOUR_PI * torch.sin(torch.deg2rad(tt.clamp(0, 179.999)) / 2) / lam1
         t = (pos - q0) / dq
@@ -838,7 +914,7 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
         if h_q is not None:
             # instrument pseudo-Voigt evaluated on the work grid (area-normalised in Q)
             dens = torch.zeros(B * nfft, dtype=dtype, device=device)
-            _add_peaks(dens, work_x, c, pos, inten, h_q, None, eta_c, False, "scherrer", 0.0, peak_window,
+            _add_peaks(dens, work_x, c, pos, inten, h_q, None, eta_s, False, "scherrer", 0.0, peak_window,
                        nfft, chunk_elements)
             grid = grid + dens * dq
             continue
@@ -975,6 +1051,13 @@ def xrd_pattern(
     table: str = "wk",
     peak_window: float = 20.0,
     method: str = "auto",
+    peak_shape: str = "pv",
+    X=0.0,
+    Y=0.0,
+    axial_deg=0.0,
+    displacement_deg=0.0,
+    march_dollase=1.0,
+    po_hkl: Sequence[int] = (0, 0, 1),
 ) -> torch.Tensor:
     """Powder diffraction patterns of a batch of crystals on a common grid.
 
@@ -994,6 +1077,17 @@ def xrd_pattern(
         X-ray form-factor table.
     method : {"auto", "window", "fft"}
         Profile evaluation (see :func:`xrd_profile`).
+    peak_shape, X, Y, axial_deg, displacement_deg
+        Thompson–Cox–Hastings profile, axial asymmetry and specimen displacement
+        (see :func:`xrd_profile`).
+    march_dollase : float or (B,) tensor
+        March–Dollase preferred-orientation ratio r (1: random powder): every
+        reciprocal-lattice point is weighted by
+        ``(r² cos²α + sin²α / r)^(−3/2)``, α its angle to the normal of the
+        ``po_hkl`` planes (Dollase, J. Appl. Cryst. 19, 267 (1986)); summed over
+        the symmetry equivalents this is the multiplicity-averaged correction.
+    po_hkl : (h, k, l)
+        Miller indices of the preferred-orientation planes.
 
     Returns
     -------
@@ -1034,13 +1128,54 @@ def xrd_pattern(
         q_min = q_min.to(dtype=batch.dtype, device=batch.device)
     else:
         q_min = 0.0
-    refl = reflections(batch, q_max, q_min=q_min, radiation=radiation, table=table)
+    use_po = not _is_one(march_dollase)
+    # preferred orientation weights each reciprocal-lattice point by its own angle: no merging
+    refl = reflections(batch, q_max, q_min=q_min, radiation=radiation, table=table,
+                       **({"merge": False} if use_po else {}))
+    if use_po:
+        refl = _march_dollase(refl, batch, march_dollase, po_hkl)
+        if not (torch.is_grad_enabled() and (batch.lattice.requires_grad or batch.frac.requires_grad)):
+            refl = _merge(refl)  # weighted: equivalents can now be summed into one peak
     return xrd_profile(
         refl, x, x_kind=x_kind, wavelength=wavelength, wavelength2=wavelength2, ka2_ratio=ka2_ratio,
         size_nm=size_nm, shape_factor=shape_factor, size_kernel=size_kernel, U=U, V=V, W=W, eta=eta,
         zero_deg=zero_deg, background=background, scale=scale, lorentz_polarization=lorentz_polarization,
         monochromator_2theta_deg=monochromator_2theta_deg, peak_window=peak_window, method=method,
+        peak_shape=peak_shape, X=X, Y=Y, axial_deg=axial_deg, displacement_deg=displacement_deg,
     )
+
+
+def march_dollase_factor(cos_alpha: torch.Tensor, r) -> torch.Tensor:
+    """March–Dollase preferred-orientation weight ``(r² cos²α + sin²α / r)^(−3/2)``.
+
+    Parameters
+    ----------
+    cos_alpha : torch.Tensor
+        Cosine of the angle between a scattering vector and the preferred-orientation axis.
+    r : float or torch.Tensor
+        March–Dollase ratio (r < 1: platelets with the axis along the diffraction
+        vector, r > 1: needles); r = 1 gives 1.  Its average over all orientations is 1.
+    """
+    r = torch.as_tensor(r, dtype=cos_alpha.dtype, device=cos_alpha.device)
+    c2 = cos_alpha * cos_alpha
+    return (r * r * c2 + (1 - c2) / r) ** -1.5
+
+
+def _march_dollase(refl: Reflections, batch: CrystalBatch, r, po_hkl) -> Reflections:
+    """``refl`` (unmerged) with every point's intensity times the March–Dollase weight."""
+    B = refl.num_crystals
+    r_t = _as_param(r, B, refl.q.dtype, refl.q.device, "march_dollase")
+    if bool((r_t.detach() <= 0).any()):
+        raise ValueError(f"march_dollase: ratio must be positive, got {r}")
+    ph = torch.as_tensor([float(v) for v in po_hkl], dtype=batch.dtype, device=batch.device)
+    if ph.numel() != 3 or not bool(ph.abs().sum() > 0):
+        raise ValueError(f"po_hkl: need three Miller indices, not all zero, got {po_hkl}")
+    recip = torch.linalg.inv(batch.lattice).transpose(-1, -2)  # rows: reciprocal vectors (1/Å)
+    g = torch.einsum("ri,rij->rj", refl.hkl.to(batch.dtype), recip.index_select(0, refl.crystal))
+    gp = torch.einsum("i,bij->bj", ph, recip).index_select(0, refl.crystal)
+    cos_a = (g * gp).sum(-1) / (g.norm(dim=-1) * gp.norm(dim=-1)).clamp_min(1e-30)
+    w = march_dollase_factor(cos_a.clamp(-1.0, 1.0), r_t.index_select(0, refl.crystal))
+    return Reflections(refl.q, refl.intensity * w, refl.crystal, B, refl.hkl, refl.multiplicity)
 
 
 def xrd_peaks(

@@ -37,6 +37,8 @@ class RecipeBundle:
     sigma: np.ndarray | None
     tags: dict[str, list[str]]
     fast: bool = True  # generator supports compute_batch
+    #: extra (impurity) phases: (name, SymmetrizedStructure) in the order of the generator's extra_phases
+    extra: list = None  # type: ignore[assignment]
 
 
 def polar_axes(spacegroup) -> set[str]:
@@ -102,6 +104,8 @@ def build_recipe(
     calculator: str = "auto",
     xrange: tuple[float | None, float | None] | None = None,
     default_uiso: float = 0.005,
+    phases: list | None = None,
+    instrument: str = "basic",
 ) -> RecipeBundle:
     """An srfit FitRecipe for ``observation`` with ``structure`` constrained to its space group.
 
@@ -127,6 +131,20 @@ def build_recipe(
         (same conventions, which tests check).
     xrange : (xmin, xmax), optional
         Fit range in the units of ``observation.x``.
+    default_uiso : float
+        Uiso (Å²) of atoms whose structure gives none.
+    phases : list of structures, optional
+        Extra (impurity or second) phases refined alongside (PXRD only): each gets a
+        scale (tag ``phase_scale``), a lattice constrained to its space group
+        (``phase_lat``) and a crystallite size (``phase_size``); coordinates and Uiso stay
+        as given.  Variables are named ``<phase>_<par>`` with ``<phase>`` = ``p<k>_<formula>``.
+    instrument : {"basic", "rietveld"}
+        PXRD profile.  "basic": pseudo-Voigt with U, V, W, eta (tag ``profile``), Scherrer
+        size, zero shift.  "rietveld": Thompson–Cox–Hastings peaks (Gaussian U, V, W tagged
+        ``profile``, Lorentzian strain Y tagged ``lorentz``; the Lorentzian X/cosθ is the
+        Scherrer size), axial asymmetry (``asym``), specimen displacement
+        (``displacement``) and March–Dollase preferred orientation of every phase (``po``),
+        along the normal of the main phase's strongest low-angle reflection.
     """
     from diffpy.srfit.fitbase import FitContribution, FitRecipe, Profile
     from diffpy.srfit.structure import constrainAsSpaceGroup
@@ -135,6 +153,10 @@ def build_recipe(
 
     if observation.kind not in ("xrd", "pdf"):
         raise DiffpyDiffusionError(f"cannot refine observation kind {observation.kind!r}")
+    if instrument not in ("basic", "rietveld"):
+        raise DiffpyDiffusionError(f"unknown instrument model {instrument!r}: use 'basic' or 'rietveld'")
+    if phases and observation.kind != "xrd":
+        raise DiffpyDiffusionError("extra phases (--phase) can only be refined against a PXRD pattern")
     if not hasattr(structure, "lattice") or not hasattr(structure, "frac_coords"):
         structure = to_pymatgen(structure)  # diffpy.structure input
     sym = symmetrize(structure, tol=spacegroup_tol, use_symmetry=use_symmetry)
@@ -164,7 +186,7 @@ def build_recipe(
     if kind == "xrd":
         if observation.x_kind == "2theta" and not observation.wavelength:
             raise DiffpyDiffusionError("2θ data needs a wavelength to refine (e.g. --wavelength CuKa)")
-        gen = XRDGenerator("xrd", nbkg=nbkg)
+        gen = XRDGenerator("xrd", nbkg=nbkg, peak_shape="tch" if instrument == "rietveld" else "pv")
         gen.bkg_domain = (float(x.min()), float(x.max()))
         profile.meta.update(
             {
@@ -260,18 +282,100 @@ def build_recipe(
         tags.setdefault("adp", []).append(name)
         for s in scats:
             recipe.constrain(s.Uiso, var)
+    extra = []
     if kind == "xrd":
         add(gen.size_nm, "size_nm", "size", 0.3, 1000.0)
         add(gen.zero_deg, "zero_deg", "zero", -1.0, 1.0)
         for k in range(gen.nbkg):
             add(gen.get(f"bkg_{k}"), f"bkg_{k}", "bkg")
         for n in ("U", "V", "W"):
-            add(gen.get(n), n, "profile")
-        add(gen.eta, "eta", "profile", 0.0, 1.0)
+            add(gen.get(n), n, "profile", *(_RIETVELD_BOUNDS[n] if instrument == "rietveld" else (-np.inf, np.inf)))
+        if instrument == "rietveld":
+            _add_rietveld_vars(gen, add, x, observation.x_kind)
+            gen.po_hkl[""] = _po_direction(sym.structure, observation)
+        else:
+            add(gen.eta, "eta", "profile", 0.0, 1.0)
+        for k, extra_structure in enumerate(phases or []):
+            extra.append(_add_extra_phase(gen, k, extra_structure, add, spacegroup_tol, default_uiso,
+                                          observation, instrument))
     else:
         add(gen.delta2, "delta2", "peak", 0.0, 20.0)
         add(gen.qdamp, "qdamp", "qdamp", 0.0, 0.5)
         if getattr(gen, "spdiameter", None) is not None and hasattr(gen, "compute_batch"):
             add(gen.spdiameter, "spdiameter", "size", 3.0, 5000.0)
     recipe.fix("all")
-    return RecipeBundle(recipe, contribution, gen, profile, sym, kind, bounds, x, y, sigma, tags, fast)
+    return RecipeBundle(recipe, contribution, gen, profile, sym, kind, bounds, x, y, sigma, tags, fast, extra)
+
+
+#: Bounds of the Rietveld instrument variables (degrees 2θ, or deg² for U, V, W): wide enough for lab
+#: and synchrotron patterns (TOPAS's refined TCHZ values for the crystalyze_8 patterns lie within them).
+_RIETVELD_BOUNDS = {
+    "U": (-2.0, 2.0), "V": (-2.0, 2.0), "W": (0.0, 2.0), "Y": (0.0, 2.0),
+    "axial_deg": (0.0, 2.0), "displacement_deg": (-1.0, 1.0), "march_dollase": (0.3, 3.0),
+}
+
+
+def _add_rietveld_vars(gen, add, x: np.ndarray, x_kind: str) -> None:
+    """The TCH, asymmetry, displacement and preferred-orientation variables, with their start values."""
+    # a Gaussian of FWHM two grid steps to start from: W = 0 would put the fit on the kink of √W
+    step = float(np.median(np.diff(x))) if len(x) > 1 else 0.01
+    gen.get("W").setValue((2.0 * step) ** 2 if x_kind == "2theta" else 0.0)
+    add(gen.get("Y"), "Y", "lorentz", *_RIETVELD_BOUNDS["Y"])
+    if x_kind == "2theta":  # the angular aberrations are defined in 2θ
+        add(gen.get("axial_deg"), "axial_deg", "asym", *_RIETVELD_BOUNDS["axial_deg"])
+        add(gen.get("displacement_deg"), "displacement_deg", "displacement", *_RIETVELD_BOUNDS["displacement_deg"])
+    add(gen.get("march_dollase"), "march_dollase", "po", *_RIETVELD_BOUNDS["march_dollase"])
+
+
+def _po_direction(structure, observation) -> tuple[int, int, int]:
+    """Preferred-orientation axis: the normal of the strongest reflection among the lowest-angle ones.
+
+    Plates and needles usually grow with a short-period, strongly scattering plane as the face; for a
+    cubic cell every axis is equivalent and (0, 0, 1) is returned.
+    """
+    try:
+        from pymatgen.analysis.diffraction.xrd import XRDCalculator
+
+        if structure.lattice.is_orthogonal and len(set(np.round(structure.lattice.abc, 4))) == 1:
+            return (0, 0, 1)
+        lam = float(observation.wavelength or 1.540598)
+        pat = XRDCalculator(wavelength=lam).get_pattern(structure, two_theta_range=(0, min(60.0, 170.0)))
+        # among the first five peaks, the strongest
+        k = int(np.argmax(pat.y[:5]))
+        hkl = pat.hkls[k][0]["hkl"]
+        h = tuple(int(v) for v in hkl[-3:]) if len(hkl) >= 3 else (0, 0, 1)
+        return h if any(h) else (0, 0, 1)
+    except Exception:  # a courtesy start: fall back to c
+        return (0, 0, 1)
+
+
+def phase_label(k: int, structure) -> str:
+    """Variable prefix of extra phase ``k`` (0-based): ``p<k+1>_<reduced formula>`` as an identifier."""
+    import re
+
+    formula = structure.composition.reduced_formula if hasattr(structure, "composition") else "phase"
+    return f"p{k + 1}_" + re.sub(r"\W", "_", formula)
+
+
+def _add_extra_phase(gen, k, structure, add, spacegroup_tol, default_uiso, observation, instrument):
+    """Symmetrize ``structure``, add it to ``gen`` and its variables (scale, lattice, size, PO) to ``recipe``."""
+    from diffpy.srfit.structure import constrainAsSpaceGroup
+
+    if not hasattr(structure, "lattice") or not hasattr(structure, "frac_coords"):
+        structure = to_pymatgen(structure)
+    sym = symmetrize(structure, tol=spacegroup_tol, use_symmetry=True)
+    name = phase_label(k, sym.structure)
+    stru = to_diffpy(sym.structure, default_uiso=default_uiso, spacegroup=sym.symbol)
+    parset = gen.add_phase(stru, name, po_hkl=_po_direction(sym.structure, observation))
+    sgp = constrainAsSpaceGroup(parset, sym.spacegroup, constrainadps=False)
+    add(gen.get(f"scale_{name}"), f"scale_{name}", "phase_scale", 0.0, np.inf)
+    for p in sgp.latpars:
+        v = p.getValue()
+        if p.name in ("a", "b", "c"):
+            add(p, f"{name}_{p.name}", "phase_lat", 0.95 * v, 1.05 * v)
+        else:
+            add(p, f"{name}_{p.name}", "phase_lat", max(v - 5, 30), min(v + 5, 150))
+    add(gen.get(f"size_nm_{name}"), f"size_nm_{name}", "phase_size", 0.3, 1000.0)
+    if instrument == "rietveld":
+        add(gen.get(f"march_dollase_{name}"), f"march_dollase_{name}", "po", *_RIETVELD_BOUNDS["march_dollase"])
+    return name, sym

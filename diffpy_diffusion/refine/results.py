@@ -98,6 +98,9 @@ class RefinementResult:
     message : str
     recipe : diffpy.srfit.fitbase.FitRecipe or None
         The recipe itself (srfit engine), for further scripting.
+    extra_phases : list of dict
+        Extra (impurity) phases refined alongside (PXRD): ``name`` (the variable prefix),
+        ``formula``, ``spacegroup``, ``structure`` (refined, pymatgen), ``scale``, ``size_nm``.
     """
 
     structure: Any
@@ -119,6 +122,7 @@ class RefinementResult:
     converged: bool = True
     message: str = ""
     recipe: Any = None
+    extra_phases: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def rwp(self) -> float:
@@ -145,4 +149,5 @@ class RefinementResult:
             "converged": self.converged,
             "message": self.message,
             "stages": self.stages,
+            "extra_phases": [{k: v for k, v in ph.items() if k != "structure"} for ph in self.extra_phases],
         }

@@ -15,12 +15,21 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import DiffpyDiffusionError
-from .optimize import ResidualProblem, blas_one_thread, free_names, linear_start, restore, run_stage, snapshot
+from .optimize import (
+    ResidualProblem,
+    blas_one_thread,
+    free_names,
+    linear_start,
+    restore,
+    run_stage,
+    snapshot,
+    update_constraints,
+)
 from .recipe import RecipeBundle, build_recipe
 from .results import RefinementResult, parameter_esds, rw_factor
 from .symmetry import to_pymatgen
 
-__all__ = ["refine_structure", "DEFAULT_STAGES", "PDF_EARLY_RMAX"]
+__all__ = ["refine_structure", "DEFAULT_STAGES", "RIETVELD_STAGES", "PDF_EARLY_RMAX"]
 
 
 #: PDF fits over a longer r range first refine every stage up to this r (Å), then once more over
@@ -33,6 +42,20 @@ DEFAULT_STAGES: dict[str, list[list[str]]] = {
     "xrd": [["scale", "bkg"], ["lat", "size", "zero"], ["xyz"], ["adp"]],
     "pdf": [["scale"], ["lat", "size"], ["xyz"], ["adp", "peak"]],
 }
+
+#: Stages of ``instrument="rietveld"`` (PXRD): the linear terms (solved exactly first), cells and zero,
+#: then the peak widths (size, Gaussian U, V, W), the Lorentzian strain, coordinates, ADPs with the
+#: preferred orientation, and last the asymmetry and specimen displacement, which only move peak
+#: shapes and positions slightly once everything else is close.  ``phase_*`` tags are the extra phases.
+RIETVELD_STAGES: list[list[str]] = [
+    ["scale", "bkg", "phase_scale"],
+    ["lat", "zero", "phase_lat"],
+    ["size", "phase_size", "profile"],
+    ["lorentz"],
+    ["xyz"],
+    ["adp", "po"],
+    ["asym", "displacement"],
+]
 
 
 
@@ -79,6 +102,8 @@ def refine_structure(
     max_points: int | None = 600,
     max_coord_vars: int | None = 36,
     solver: str = "auto",
+    phases: Sequence | None = None,
+    instrument: str = "basic",
 ) -> RefinementResult:
     """Refine ``structure`` against ``observation`` with space-group constraints.
 
@@ -122,6 +147,13 @@ def refine_structure(
         "lm": Levenberg–Marquardt with Broyden updates between batched
         finite-difference Jacobians (fewer physics calls); "trf":
         :func:`scipy.optimize.least_squares` (trust-region reflective).
+    phases : sequence of structures, optional
+        Known extra phases (impurities) refined alongside, PXRD only: scale, cell and
+        crystallite size of each (see :func:`~.recipe.build_recipe`).
+    instrument : {"basic", "rietveld"}
+        PXRD profile model.  "rietveld" (measured patterns): Thompson–Cox–Hastings
+        peaks, axial asymmetry, specimen displacement and March–Dollase preferred
+        orientation, refined in :data:`RIETVELD_STAGES` unless ``stages`` is given.
 
     Returns
     -------
@@ -137,15 +169,73 @@ def refine_structure(
             observation, structure, engine=engine, stages=stages, spacegroup_tol=spacegroup_tol,
             use_symmetry=use_symmetry, nbkg=nbkg, calculator=calculator, xrange=xrange, max_nfev=max_nfev,
             start=start, keep_recipe=keep_recipe, max_points=max_points, max_coord_vars=max_coord_vars,
-            solver=solver,
+            solver=solver, phases=phases, instrument=instrument,
         )
+
+
+def _start_extra_phases(bundle: RecipeBundle, problem: ResidualProblem) -> None:
+    """Scales of all phases and the background by non-negative linear least squares; extra phases
+    start at the main phase's crystallite size."""
+    from scipy.optimize import lsq_linear
+
+    from .generators import chebyshev_background
+
+    gen, recipe = bundle.generator, bundle.recipe
+    names = list(gen.extra_phases)
+    update_constraints(recipe, [])
+    st = gen.state()
+    base = dict(st)
+    base.update(scale=1.0, **{f"bkg_{k}": 0.0 for k in range(gen.nbkg)}, **{f"scale_{n}": 0.0 for n in names})
+    states = [base]
+    for n in names:
+        d = dict(base)
+        d.update({"scale": 0.0, f"scale_{n}": 1.0, f"size_nm_{n}": st["size_nm"]})
+        states.append(d)
+    Y = problem.model_batch(states)
+    V = np.stack([chebyshev_background(problem.x, np.eye(gen.nbkg)[k], gen.bkg_domain)
+                  for k in range(gen.nbkg)], 1)
+    A = np.column_stack([Y.T, V]) * problem.w[:, None]
+    lo = np.r_[np.zeros(1 + len(names)), np.full(gen.nbkg, -np.inf)]
+    sol = lsq_linear(A, problem.y * problem.w, bounds=(lo, np.full(len(lo), np.inf))).x
+    recipe.scale.setValue(max(float(sol[0]), 1e-12))
+    for k, n in enumerate(names):
+        getattr(recipe, f"scale_{n}").setValue(float(sol[1 + k]))
+        getattr(recipe, f"size_nm_{n}").setValue(float(st["size_nm"]))
+    for k in range(gen.nbkg):
+        recipe.get(f"bkg_{k}").setValue(float(sol[1 + len(names) + k]))
+
+
+#: Crystallite sizes (nm) tried for the start of a Rietveld fit of a measured pattern: the instrument
+#: profile takes the sharpest peaks, so the start only needs the order of magnitude of the sample broadening.
+RIETVELD_START_SIZES_NM = (10.0, 30.0, 100.0, 300.0)
+
+
+def _rietveld_start_size(bundle: RecipeBundle, problem: ResidualProblem) -> None:
+    """Set the start size (and scale/background) to the best of :data:`RIETVELD_START_SIZES_NM`.
+
+    One state per size: the default size scan of :func:`~.optimize.linear_start` goes down to 1 nm,
+    whose broad peaks cost most on a fine measured scan and are not what a Rietveld start needs.
+    """
+    recipe = bundle.recipe
+    best = None
+    for size in RIETVELD_START_SIZES_NM:
+        recipe.size_nm.setValue(size)
+        linear_start(bundle, problem)
+        update_constraints(recipe, [])
+        r = problem.residual([])
+        cost = float(np.dot(r, r))
+        if best is None or cost < best[0]:
+            best = (cost, size)
+    recipe.size_nm.setValue(best[1])
 
 
 def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol, use_symmetry, nbkg, calculator,
                       xrange, max_nfev, start, keep_recipe, max_points, max_coord_vars,
-                      solver="auto") -> RefinementResult:
+                      solver="auto", phases=None, instrument="basic") -> RefinementResult:
     t0 = time.perf_counter()
     if engine == "pdffit2":
+        if phases:
+            raise DiffpyDiffusionError("extra phases need the srfit engine (PXRD), not pdffit2")
         from .pdffit2_engine import refine_pdffit2
 
         return refine_pdffit2(
@@ -156,9 +246,11 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
         raise DiffpyDiffusionError(f"unknown refinement engine {engine!r}: use 'srfit' or 'pdffit2'")
     bundle = build_recipe(
         observation, structure, spacegroup_tol=spacegroup_tol, use_symmetry=use_symmetry, nbkg=nbkg,
-        calculator=calculator, xrange=xrange,
+        calculator=calculator, xrange=xrange, phases=list(phases or []), instrument=instrument,
     )
     recipe = bundle.recipe
+    for name in getattr(bundle.generator, "extra_phases", []):
+        getattr(recipe, f"scale_{name}").setValue(0.0)  # linear_start solves the main phase alone first
     start = dict(start or {})
     if bundle.kind == "xrd" and observation.size_nm and "size_nm" not in start:
         start["size_nm"] = float(observation.size_nm)
@@ -181,10 +273,19 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
     n_early = int(np.sum(bundle.x <= early_xmax)) if early_xmax else len(bundle.x)
     stride = int(np.ceil(n_early / max_points)) if (max_points and bundle.fast) else 1
     coarse = ResidualProblem(bundle, stride, early_xmax) if (stride > 1 or early_xmax) else full
+    if bundle.kind == "xrd" and instrument == "rietveld" and bundle.fast and "size_nm" not in start:
+        _rietveld_start_size(bundle, coarse)
     linear_start(bundle, coarse)
+    if bundle.kind == "xrd" and bundle.generator.extra_phases and bundle.fast:
+        _start_extra_phases(bundle, coarse)
 
+    if stages is None and bundle.kind == "xrd" and instrument == "rietveld":
+        stages = [list(s) for s in RIETVELD_STAGES]
     if stages is None:
         stages = [list(s) for s in DEFAULT_STAGES[bundle.kind]]
+        if bundle.kind == "xrd" and bundle.generator.extra_phases:
+            stages[0] += ["phase_scale"]
+            stages[1] += ["phase_lat", "phase_size"]
         if bundle.kind == "pdf":
             if observation.qdamp is None:
                 stages[-1].append("qdamp")
@@ -212,7 +313,7 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
         raise DiffpyDiffusionError(
             f"pattern too short to refine: {len(bundle.x)} points in the fit range for {n_vars} refined "
             "parameters (need more points than parameters)")
-    linear_tags = {"scale", "bkg"}
+    linear_tags = {"scale", "bkg", "phase_scale"}
     if early_xmax and effective:
         # every stage on r <= PDF_EARLY_RMAX, then all of them once more over the whole range
         effective.append([])
@@ -288,6 +389,14 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
     recipe.fix("all")
     stru = bundle.generator.stru
     rw = rw_factor(bundle.y, yc, bundle.sigma)
+    extra_phases = []
+    for (name, sym), parset in zip(bundle.extra or [], getattr(bundle.generator, "extra_parsets", [])):
+        gen = bundle.generator
+        extra_phases.append({
+            "name": name, "formula": sym.structure.composition.reduced_formula, "spacegroup": sym.symbol,
+            "structure": to_pymatgen(parset.stru), "scale": float(gen.get(f"scale_{name}").getValue()),
+            "size_nm": float(gen.get(f"size_nm_{name}").getValue()),
+        })
     result = RefinementResult(
         structure=to_pymatgen(stru),
         diffpy_structure=copy.deepcopy(stru),
@@ -308,5 +417,6 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
         converged=converged and np.isfinite(rw),
         message=message,
         recipe=recipe if keep_recipe else None,
+        extra_phases=extra_phases,
     )
     return result
