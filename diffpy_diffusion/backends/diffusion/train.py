@@ -35,6 +35,13 @@ from pathlib import Path
 import numpy as np
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
 @dataclass
 class TrainConfig:
     data: str = ""  # pool .npz (or the data folder holding mp20/)
@@ -236,8 +243,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     from .model import CrystalDiffusionModel, ModelConfig
     from .process import Process, ProcessConfig
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    # 0: every core this process may use (the CLI sets one thread for the small tensors of the
+    # other commands; training's large matrix products do use more)
+    torch.set_num_threads(cfg.threads or _usable_cores())
     rank, world, device = _setup_distributed(cfg.device)
     out = Path(cfg.out)
     if rank == 0:
