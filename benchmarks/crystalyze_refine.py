@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -86,7 +87,21 @@ def main(argv=None) -> int:
     ap.add_argument("--no-impurities", action="store_true", help="refine the main phase only")
     ap.add_argument("--basic", action="store_true", help="the pre-issue-15 profile (no Rietveld instrument model)")
     ap.add_argument("--out", default="benchmarks/crystalyze_refine.md")
+    ap.add_argument("--json", default=None, help="also write the rows as JSON here")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="ROWS.json",
+                    help="write the table from rows saved by earlier runs (--json) instead of refining")
     args = ap.parse_args(argv)
+    cmd = "DIFFPY_DIFFUSION_DATA=<shared>/data python benchmarks/crystalyze_refine.py " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--out"))
+    if args.merge:
+        rows = []
+        cmds = []
+        for f in args.merge:
+            doc = json.loads(Path(f).read_text(encoding="utf-8"))
+            rows += doc["rows"]
+            cmds.append(doc["command"])
+        cmd = "; ".join(cmds)
+        return _write_table(rows, cmd, args.out)
     root = Path(os.environ.get("DIFFPY_DIFFUSION_DATA", "")) / "measured_xrd" / "crystalyze_8"
     if not root.is_dir():
         print(f"no data: {root} (set DIFFPY_DIFFUSION_DATA)", file=sys.stderr)
@@ -98,8 +113,13 @@ def main(argv=None) -> int:
         rows.append(r)
         print(f"{r['sample']:10s} TOPAS {r['topas']:6.2f}  ours {r['ours']:6.2f}  x{r['ratio']:.2f}  "
               f"{r['seconds']:6.1f} s  {r['message']}", flush=True)
-    cmd = "DIFFPY_DIFFUSION_DATA=<shared>/data python benchmarks/crystalyze_refine.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--out"))
+        if args.json:  # after every sample: a long run killed midway keeps what it finished
+            Path(args.json).write_text(json.dumps({"command": cmd.strip(), "rows": rows}), encoding="utf-8")
+    return _write_table(rows, cmd, args.out)
+
+
+def _write_table(rows: list[dict], cmd: str, out: str) -> int:
+    rows = sorted(rows, key=lambda r: r["sample"])
     ok = sum(r["ratio"] <= RWP_FACTOR for r in rows)
     lines = [
         "# Rietveld refinement of the Crystalyze patterns from the published structures vs TOPAS",
@@ -122,8 +142,8 @@ def main(argv=None) -> int:
             f"{r['message']} |"
         )
     lines += ["", f"Within {RWP_FACTOR}x TOPAS: **{ok} of {len(rows)}**.", ""]
-    Path(args.out).write_text("\n".join(lines), encoding="utf-8")
-    print(f"{ok}/{len(rows)} within {RWP_FACTOR}x; table: {args.out}")
+    Path(out).write_text("\n".join(lines), encoding="utf-8")
+    print(f"{ok}/{len(rows)} within {RWP_FACTOR}x; table: {out}")
     return 0
 
 
