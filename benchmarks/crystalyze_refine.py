@@ -91,8 +91,13 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", nargs="+", default=None, metavar="ROWS.json",
                     help="write the table from rows saved by earlier runs (--json) instead of refining")
     args = ap.parse_args(argv)
-    cmd = "DIFFPY_DIFFUSION_DATA=<shared>/data python benchmarks/crystalyze_refine.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--out"))
+    shown, skip = [], False
+    for a in argv if argv is not None else sys.argv[1:]:  # the command without its output paths
+        if skip or a.startswith(("--out", "--json")):
+            skip = not skip and a in ("--out", "--json")
+            continue
+        shown.append(a)
+    cmd = "DIFFPY_DIFFUSION_DATA=<shared>/data python benchmarks/crystalyze_refine.py " + " ".join(shown)
     if args.merge:
         rows = []
         cmds = []
