@@ -782,8 +782,11 @@ def propose(
 
 def refine_file(data, structure, *, composition=None, wavelength=None, radiation="xray", size_nm=None,
                 x_kind=None, engine: str = "srfit", output_dir=None, force: bool = False, as_json: bool = False,
-                quiet: bool = False):
+                quiet: bool = False, phases=(), instrument: str = "basic"):
     """``diffpy-diffuse refine DATA START``: refine a user's own starting structure, report like ``propose``.
+
+    ``phases``: files of known extra (impurity) phases refined alongside (PXRD); ``instrument``: the PXRD
+    profile model of :func:`~diffpy_diffusion.refine.refine_structure` ("basic" or "rietveld").
 
     Returns the :class:`~diffpy_diffusion.refine.RefinementResult`.
     """
@@ -798,15 +801,19 @@ def refine_file(data, structure, *, composition=None, wavelength=None, radiation
         composition = start_s.composition.reduced_formula
     obs = read_observation(data, x_kind=x_kind, wavelength=wavelength, radiation=radiation,
                            composition=composition, size_nm=size_nm)
+    extra = [read_structure(f) for f in phases or ()]
     t0 = time.perf_counter()
-    res = refine_structure(obs, start_s, engine=engine)
+    res = refine_structure(obs, start_s, engine=engine, phases=extra,
+                           instrument=instrument if obs.kind == "xrd" else "basic")
     _check_fit_determined(res, obs)
     p = Proposal(structure=res.structure, backend="user", scores={"rw": float(res.rw), "chi2": float(res.chi2)},
                  refined=dict(res.params),
                  provenance={"start": str(structure), "spacegroup_refined": res.spacegroup,
                              "spacegroup_number_refined": int(res.spacegroup_number),
                              "refine_s": round(time.perf_counter() - t0, 3), "engine": res.engine,
-                             "refine_converged": bool(res.converged), "refine_message": res.message})
+                             "refine_converged": bool(res.converged), "refine_message": res.message,
+                             "extra_phases": [{k: v for k, v in ph.items() if k != "structure"}
+                                              for ph in getattr(res, "extra_phases", [])]})
     meta = {"program": "diffpy-diffusion", "version": __version__, "command": "refine",
             "input": observation_summary(obs), "start_structure": str(structure),
             "packages": package_versions(), "timings": {"refine_s": p.provenance["refine_s"]}}

@@ -313,24 +313,30 @@ def save_plot(obs, path: Path, force: bool) -> None:
 @x_option
 @click.option("--engine", type=click.Choice(["srfit", "pdffit2"]), default="srfit", show_default=True,
               help="Refinement engine (pdffit2: PDF data only).")
+@click.option("--phase", "phases", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="FILE.cif", help="Known extra (impurity) phase refined alongside: scale, cell, size. Repeatable.")
+@click.option("--peak-model", type=click.Choice(["rietveld", "basic"]), default="rietveld", show_default=True,
+              help="PXRD profile: rietveld (Thompson-Cox-Hastings, axial asymmetry, specimen displacement, "
+                   "March-Dollase preferred orientation) or basic (pseudo-Voigt and Scherrer size).")
 @output_option(None, "Folder for the refined CIF/.stru, results.json and plot.")
 @force_option
 @json_option
 @quiet_option
 @debug_option
-def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind, engine, output, force, as_json,
-           quiet):
+def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind, engine, phases, peak_model, output,
+           force, as_json, quiet):
     """Refine the structure in STRUCTURE against the pattern in DATA (srfit).
 
     \b
     Example:
       diffpy-diffuse refine ni.gr ni.cif -o ni_fit/
+      diffpy-diffuse refine sample.xy main.cif --phase MgO.cif -o fit/
     """
     from ..pipeline import refine_file
 
     refine_file(data, structure, composition=composition, wavelength=wavelength, radiation=radiation,
                 size_nm=size_nm, x_kind=x_kind, engine=engine, output_dir=output, force=force,
-                as_json=as_json, quiet=quiet)
+                as_json=as_json, quiet=quiet, phases=list(phases), instrument=peak_model)
 
 
 # --------------------------------------------------------------------------- evaluate
