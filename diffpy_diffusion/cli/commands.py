@@ -24,10 +24,13 @@ from .options import (
     force_option,
     json_option,
     merge_library,
+    merge_pdf_condition,
     n_option,
+    no_condition_option,
     no_energy_option,
     output_option,
     parse_size,
+    pdf_options,
     quiet_option,
     radiation_option,
     relax_option,
@@ -49,6 +52,7 @@ from .show import print_proposals
 @radiation_option
 @size_option
 @x_option
+@pdf_options
 @click.option("--spacegroup", "--sg", "spacegroup", default=None, metavar="SG",
               help="Space-group hint: number (186) or symbol (P6_3mc).")
 @click.option("--max-atoms", type=click.IntRange(1, 200), default=20, show_default=True,
@@ -66,13 +70,14 @@ from .show import print_proposals
               help="Refine the screened candidates with srfit (--no-refine: screen only, much faster).")
 @relax_option
 @no_energy_option
+@no_condition_option
 @output_option(None, "Folder for CIF/.stru files, results.json and plots (default: print only).")
 @force_option
 @json_option
 @quiet_option
 @debug_option
-def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegroup, max_atoms, backend, library,
-            backend_options, n, top, seed, do_refine, relax, output, force, as_json, quiet):
+def propose(data, composition, wavelength, radiation, size_nm, x_kind, qmax, qdamp, spacegroup, max_atoms, backend,
+            library, backend_options, n, top, seed, do_refine, relax, no_condition, output, force, as_json, quiet):
     """Propose and refine crystal structures for the pattern in DATA.
 
     DATA is a powder pattern (.xy .xye .dat .csv .chi: 2θ or Q vs intensity)
@@ -92,15 +97,17 @@ def propose(data, composition, wavelength, radiation, size_nm, x_kind, spacegrou
     if relax:
         relax_available()  # before reading anything: exit 2 when no plugin can relax
     sg = int(spacegroup) if spacegroup and str(spacegroup).isdigit() else spacegroup
+    pdf_fields = {k: v for k, v in (("qmax", qmax), ("qdamp", qdamp)) if v is not None}
     obs = read_observation(data, x_kind=x_kind, wavelength=wavelength, radiation=radiation,
-                           composition=composition, size_nm=size_nm, spacegroup=sg, max_atoms=max_atoms)
+                           composition=composition, size_nm=size_nm, spacegroup=sg, max_atoms=max_atoms, **pdf_fields)
     check_pdf_grid(obs)  # a G(r) the proposers cannot use: one line naming the file, before any work
     backend = resolve_backend(backend, quiet or as_json)
     t0 = time.perf_counter()
     try:
         results = pipeline_propose(obs, backend=backend, n=n, top=top, seed=seed, output_dir=output, force=force,
                                    progress=not (quiet or as_json),
-                                   backend_options=merge_library(backend_options, library), refine=do_refine,
+                                   backend_options=merge_pdf_condition(merge_library(backend_options, library),
+                                                                       no_condition), refine=do_refine,
                                    relax=relax)
     except KeyboardInterrupt:
         if output is not None and (Path(output) / "results.json").exists():
@@ -376,6 +383,7 @@ def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind,
                    "with Scherrer Gaussians (an independent code; benchmarks/independent_patterns.py compares).")
 @relax_option
 @no_energy_option
+@no_condition_option
 @click.option("--raw-match", is_flag=True,
               help="Also match every raw proposal of each backend against the truth: the table adds the "
                    "raw-match rate (what screening and ranking could at best keep).")
@@ -394,7 +402,8 @@ def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind,
 @quiet_option
 @debug_option
 def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, seed, library, backend_options, refine_top,
-             data_kind, simulator, relax, raw_match, workers, dask_scheduler, output, force, resume, as_json, quiet):
+             data_kind, simulator, relax, no_condition, raw_match, workers, dask_scheduler, output, force, resume,
+             as_json, quiet):
     """Benchmark a backend on simulated patterns of known structures (match rate, RMSE, Rwp, time).
 
     Candidates are ranked as propose ranks them: with an energy plugin installed
@@ -407,6 +416,7 @@ def evaluate(dataset, data_dir, limit, size_nm, wavelength, backend, n, top, see
                    backend=",".join(resolve_backend(b, quiet or as_json) for b in backend.split(",") if b.strip()),
                    n=n, top=top, seed=seed, output_dir=output, force=force, as_json=as_json, quiet=quiet,
                    workers=workers, resume=resume,
-                   library=library, refine_top=refine_top, backend_options=backend_options,
+                   library=library, refine_top=refine_top,
+                   backend_options=merge_pdf_condition(backend_options, no_condition),
                    relax=relax, data_kind=data_kind, simulator=simulator, raw_match=raw_match,
                    **({"scheduler": dask_scheduler} if dask_scheduler else {}))

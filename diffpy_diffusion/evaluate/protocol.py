@@ -3,7 +3,7 @@
 ``diffpy-diffuse evaluate --dataset mp20-test --limit N --size 10nm --backend a,b,a+c``
 
 1. **Targets**: the first ``N`` rows of ``mp20/test.csv.gz`` (the evaluation set of
-   DESIGN.md; never in any training pool).
+   docs/design.md; never in any training pool).
 2. **Pattern** (as in PXRDnet, Guo et al. 2025): Cu Kα (λ = 1.54184 Å, one line), reflections
    up to 2θ = 90°, on a Q grid 0–8.15 Å⁻¹ (:data:`N_Q` points), finite crystallite size
    with the sinc² (Laue) size kernel, Lorentz-polarisation, Uiso = 0.005 Å² (Debye–Waller),
@@ -322,7 +322,7 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{mode_conditions(meta)}; "
         f"n = {meta['n']} raw proposals, top {meta['top']} ranked, {meta['refine_top']} refined).",
         "",
-        "Not comparable to published MP-20 numbers: our split and data subset differ (see DESIGN.md).",
+        "Not comparable to published MP-20 numbers: our split and data subset differ (see docs/design.md).",
         "",
         f"| backend | targets | top-1 | top-5 | top-10 | mean RMS (matches) | mean {_rw_name(meta)} (rank 1) "
         "| s/target | solved only by this | matched answers in the reference's space group "
