@@ -290,6 +290,18 @@ class _XRDScreen:
                          "sinc2" if j[1] >= nz else "scherrer"))
         return best
 
+    def lp_torch(self, q1, ratio: float = 1.0):
+        """Lorentz-polarisation factor (torch, differentiable) of reflections at Kα1-equivalent Q ``q1``
+        seen with wavelength ``λ1·ratio``; ones without a wavelength."""
+        import torch
+
+        from .physics.xrd import lorentz_polarization
+
+        if not self.lam:
+            return torch.ones_like(q1)
+        sin_t = (q1 * self.lam * ratio / (4 * math.pi)).clamp(1e-3, 1 - 1e-6)
+        return lorentz_polarization(torch.asin(sin_t))
+
     def stage_b(self, structures, peaks, s0, size0, steps: int = 30, max_points: int = 500,
                 max_peaks: int = 160, kernels=None):
         """Adam on symmetric strain, size and Q shift; returns (rwp, metrics, sizes, shifts).
@@ -299,7 +311,7 @@ class _XRDScreen:
         """
         import torch
 
-        from .physics.xrd import lorentz_polarization, size_fwhm_q
+        from .physics.xrd import size_fwhm_q
 
         B = len(structures)
         dt = torch.float32
@@ -333,19 +345,10 @@ class _XRDScreen:
         G0 = lat0 @ lat0.transpose(1, 2)
         ratio2 = (self.lam2 / self.lam) if self.ka2 else None
         use_sinc = torch.tensor([k == "sinc2" for k in (kernels or ["scherrer"] * B)])
-
-        def lp_t(q1, ratio):
-            if not self.lam:
-                return torch.ones_like(q1)
-            sin_t = (q1 * self.lam * ratio / (4 * math.pi)).clamp(1e-3, 1 - 1e-6)
-            return lorentz_polarization(torch.asin(sin_t))
+        lp_t = self.lp_torch
 
         def model():
-            e = 0.5 * (eps + eps.transpose(1, 2))
-            dG = lat0 @ (2 * e) @ lat0.transpose(1, 2)
-            # project onto the point group: invariant metrics satisfy R^T G R = G
-            dGs = torch.stack([(Rop.transpose(1, 2) @ dG[b] @ Rop).mean(0) for b, Rop in enumerate(ops)])
-            G = G0 + dGs
+            G = _strained_metric(lat0, G0, eps, ops)
             Gs = torch.linalg.inv(G).to(dt)
             qv = 2 * math.pi * torch.sqrt(torch.einsum("bri,bij,brj->br", hkl, Gs, hkl).clamp_min(1e-12))
             qv = qv + shift[:, None]
@@ -354,14 +357,7 @@ class _XRDScreen:
             gam = size_fwhm_q(size_nm) / 2  # Scherrer HWHM, Å⁻¹
 
             def shape(dx):
-                lor = gam / math.pi / (dx**2 + gam**2)
-                if not use_sinc.any():
-                    return lor
-                u = 0.5 * L * dx
-                safe_u = u.where(u.abs() >= 1e-6, torch.ones_like(u))
-                sinc2 = torch.where(u.abs() < 1e-6, torch.ones_like(u), torch.sin(u) / safe_u) ** 2
-                sinc2 = sinc2 * L / (2 * math.pi)  # unit area
-                return torch.where(use_sinc[:, None, None], sinc2, lor)
+                return _size_shape(dx, gam, L, use_sinc[:, None, None])
 
             w1 = inten * lp_t(qv, 1.0)
             prof = (w1[..., None] * shape(x - qv[..., None])).sum(1)
@@ -371,20 +367,10 @@ class _XRDScreen:
                 prof = prof + (w2[..., None] * shape(x - q2[..., None])).sum(1)
             return prof, G
 
-        def fit(prof):
-            basis = torch.cat([prof[:, None, :], bkg[None].expand(B, -1, -1)], 1)  # (B, 1+K, M)
-            A = basis @ basis.transpose(1, 2)
-            ridge = 1e-6 * torch.diagonal(A, dim1=1, dim2=2).clamp_min(1e-12)
-            A = A + torch.diag_embed(ridge)
-            c = torch.linalg.solve(A, (basis @ y)[..., None])[..., 0]
-            pred = (c[:, :, None] * basis).sum(1)
-            return torch.sqrt(((pred - y) ** 2).sum(-1) / (y * y).sum())
-
         best = None
-        b1, b2 = 0.9, 0.999
         for it in range(steps):
             prof, G = model()
-            rwp = fit(prof)
+            rwp = _linear_fit_rwp(prof, bkg, y)
             cur = (rwp.detach().clone(), G.detach().clone(), log_size.detach().clone(), shift.detach().clone())
             if best is None:
                 best = cur
@@ -395,14 +381,8 @@ class _XRDScreen:
             if it == steps - 1:
                 break
             loss = rwp.sum() + 10.0 * (eps**2).sum()
-            grads = torch.autograd.grad(loss, [p for p, _ in params])
-            with torch.no_grad():  # plain Adam (torch.optim imports torch._dynamo: seconds)
-                for (p, lr), (m1, m2), g in zip(params, mom, grads):
-                    m1.mul_(b1).add_(g, alpha=1 - b1)
-                    m2.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    mh = m1 / (1 - b1 ** (it + 1))
-                    vh = m2 / (1 - b2 ** (it + 1))
-                    p.sub_(lr * mh / (vh.sqrt() + 1e-12))
+            _adam_step(params, mom, torch.autograd.grad(loss, [p for p, _ in params]), it)
+            with torch.no_grad():
                 eps.clamp_(-0.08, 0.08)
                 shift.clamp_(-0.05, 0.05)
         # the stage-B Rwp is on a coarser grid: report it only as a relative improvement
@@ -423,7 +403,7 @@ class _XRDScreen:
         import torch
 
         from .physics.crystal import CrystalBatch
-        from .physics.xrd import lorentz_polarization, reflections, size_fwhm_q
+        from .physics.xrd import reflections, size_fwhm_q
 
         B = len(structures)
         dt = torch.float64
@@ -446,18 +426,10 @@ class _XRDScreen:
         step = float(np.min(np.diff(qg))) if len(qg) > 1 else 1.0
         ratio2 = (self.lam2 / self.lam) if self.ka2 else None
         use_sinc = torch.tensor([k == "sinc2" for k in (kernels or ["scherrer"] * B)])
-
-        def lp_t(q1, ratio):
-            if not self.lam:
-                return torch.ones_like(q1)
-            sin_t = (q1 * self.lam * ratio / (4 * math.pi)).clamp(1e-3, 1 - 1e-6)
-            return lorentz_polarization(torch.asin(sin_t))
+        lp_t = self.lp_torch
 
         def model():
-            e = 0.5 * (eps + eps.transpose(1, 2))
-            dG = lat0 @ (2 * e) @ lat0.transpose(1, 2)
-            dGs = torch.stack([(Rop.transpose(1, 2) @ dG[b] @ Rop).mean(0) for b, Rop in enumerate(ops)])
-            G = G0 + dGs
+            G = _strained_metric(lat0, G0, eps, ops)
             lat = torch.linalg.cholesky(G)  # rows: a lattice with metric G (Q and |F| need only G)
             refl = reflections(base.replace(lattice=lat, frac=base.frac + dfrac), q_hi, merge=False)
             qv = refl.q + shift[refl.crystal]
@@ -476,13 +448,7 @@ class _XRDScreen:
             def add(qpos, w):
                 start = (torch.searchsorted(x, qpos.detach()) - K // 2).clamp(0, M - K)
                 idx = start[:, None] + cols  # (R, K)
-                dx = x[idx] - qpos[:, None]
-                shape = gam[:, None] / math.pi / (dx**2 + gam[:, None] ** 2)
-                if bool(sinc.any()):  # the Laue function sinc²(L ΔQ/2), unit area, as stage B
-                    u = 0.5 * length[:, None] * dx
-                    safe_u = u.where(u.abs() >= 1e-6, torch.ones_like(u))
-                    s2 = torch.where(u.abs() < 1e-6, torch.ones_like(u), torch.sin(u) / safe_u) ** 2
-                    shape = torch.where(sinc[:, None], s2 * length[:, None] / (2 * math.pi), shape)
+                shape = _size_shape(x[idx] - qpos[:, None], gam[:, None], length[:, None], sinc[:, None])
                 flat = (refl.crystal[:, None] * M + idx).reshape(-1)
                 return torch.zeros(B * M, dtype=dt).index_add(0, flat, (w[:, None] * shape).reshape(-1)).view(B, M)
 
@@ -491,20 +457,10 @@ class _XRDScreen:
                 prof = prof + add(qv * ratio2, inten * lp_t(qv, ratio2) * self.ka2)
             return prof, G
 
-        def fit(prof):
-            scale = prof.abs().amax(1, keepdim=True).clamp_min(1e-30)
-            basis = torch.cat([(prof / scale)[:, None, :], bkg[None].expand(B, -1, -1)], 1)
-            A = basis @ basis.transpose(1, 2)
-            A = A + torch.diag_embed(1e-6 * torch.diagonal(A, dim1=1, dim2=2).clamp_min(1e-12))
-            c = torch.linalg.solve(A, (basis @ y)[..., None])[..., 0]
-            pred = (c[:, :, None] * basis).sum(1)
-            return torch.sqrt(((pred - y) ** 2).sum(-1) / (y * y).sum())
-
         best = None
-        b1, b2 = 0.9, 0.999
         for it in range(steps):
             prof, G = model()
-            rwp = fit(prof)
+            rwp = _linear_fit_rwp(prof / prof.abs().amax(1, keepdim=True).clamp_min(1e-30), bkg, y)
             fr = (base.frac + dfrac).detach().clone()
             cur = (rwp.detach().clone(), G.detach().clone(), log_size.detach().clone(), shift.detach().clone())
             if best is None:
@@ -517,18 +473,70 @@ class _XRDScreen:
             if it == steps - 1:
                 break
             loss = rwp.sum() + 10.0 * (eps**2).sum()
-            grads = torch.autograd.grad(loss, [p for p, _ in params])
-            with torch.no_grad():  # plain Adam, as stage B
-                for (p, lr), (m1, m2), g in zip(params, mom, grads):
-                    m1.mul_(b1).add_(g, alpha=1 - b1)
-                    m2.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    p.sub_(lr * (m1 / (1 - b1 ** (it + 1))) / ((m2 / (1 - b2 ** (it + 1))).sqrt() + 1e-12))
+            _adam_step(params, mom, torch.autograd.grad(loss, [p for p, _ in params]), it)
+            with torch.no_grad():
                 eps.clamp_(-0.08, 0.08)
                 shift.clamp_(-0.05, 0.05)
         counts = base.counts().tolist()
         fracs = list(torch.split(best[4], counts))
         return (best[0].numpy(), best[1].numpy(), [f.numpy() % 1.0 for f in fracs], np.exp(best[2].numpy()),
                 best[3].numpy())
+
+
+def _strained_metric(lat0, G0, eps, ops):
+    """Metric G0 + δG of a symmetric strain ``eps`` (B, 3, 3), projected onto each candidate's point group.
+
+    Invariant metrics satisfy Rᵀ G R = G, so the group average of Rᵀ δG R is the projection.
+    """
+    import torch
+
+    e = 0.5 * (eps + eps.transpose(1, 2))
+    dG = lat0 @ (2 * e) @ lat0.transpose(1, 2)
+    return G0 + torch.stack([(Rop.transpose(1, 2) @ dG[b] @ Rop).mean(0) for b, Rop in enumerate(ops)])
+
+
+def _size_shape(dx, gam, length, sinc):
+    """Unit-area size-broadening kernel at offsets ``dx`` (Å⁻¹): the Scherrer Lorentzian of HWHM ``gam``,
+    or, where ``sinc`` is True, the Laue function sinc²(L ΔQ/2) of crystallite length ``length`` (Å).
+
+    ``gam``, ``length`` and ``sinc`` broadcast against ``dx``.
+    """
+    import torch
+
+    lor = gam / math.pi / (dx**2 + gam**2)
+    if not bool(sinc.any()):
+        return lor
+    u = 0.5 * length * dx
+    safe_u = u.where(u.abs() >= 1e-6, torch.ones_like(u))
+    sinc2 = torch.where(u.abs() < 1e-6, torch.ones_like(u), torch.sin(u) / safe_u) ** 2
+    sinc2 = sinc2 * length / (2 * math.pi)  # unit area
+    return torch.where(sinc, sinc2, lor)
+
+
+def _linear_fit_rwp(prof, bkg, y):
+    """Rwp (unit weights) of ``y ≈ c0 prof + Σ c_k bkg_k`` per row of ``prof`` (B, M), solved in closed form."""
+    import torch
+
+    basis = torch.cat([prof[:, None, :], bkg[None].expand(prof.shape[0], -1, -1)], 1)  # (B, 1+K, M)
+    A = basis @ basis.transpose(1, 2)
+    ridge = 1e-6 * torch.diagonal(A, dim1=1, dim2=2).clamp_min(1e-12)
+    A = A + torch.diag_embed(ridge)
+    c = torch.linalg.solve(A, (basis @ y)[..., None])[..., 0]
+    pred = (c[:, :, None] * basis).sum(1)
+    return torch.sqrt(((pred - y) ** 2).sum(-1) / (y * y).sum())
+
+
+def _adam_step(params, mom, grads, it: int, b1: float = 0.9, b2: float = 0.999) -> None:
+    """One plain Adam update in place (torch.optim imports torch._dynamo: seconds); ``params`` are (tensor, lr)."""
+    import torch
+
+    with torch.no_grad():
+        for (p, lr), (m1, m2), g in zip(params, mom, grads):
+            m1.mul_(b1).add_(g, alpha=1 - b1)
+            m2.mul_(b2).addcmul_(g, g, value=1 - b2)
+            mh = m1 / (1 - b1 ** (it + 1))
+            vh = m2 / (1 - b2 ** (it + 1))
+            p.sub_(lr * mh / (vh.sqrt() + 1e-12))
 
 
 #: Candidates per batched stage-C call (memory: reflections × grid points per batch).
