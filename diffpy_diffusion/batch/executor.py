@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-import os
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DiffpyDiffusionError, NotAvailableError
+from ..threads import set_threads
 
 __all__ = ["TaskError", "map_tasks"]
 
@@ -33,13 +33,8 @@ class TaskError:
 
 def _worker_init(threads: int) -> None:
     """Pool initializer: one BLAS/torch thread per worker process so N workers use N cores."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    try:  # torch may already be imported (fork); without torch nothing to do
-        import sys
-
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(threads)
+    try:  # torch may already be imported (fork); without torch only the environment is set
+        set_threads(threads)
     except Exception:  # noqa: BLE001 - best effort only
         pass
 

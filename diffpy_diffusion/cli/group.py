@@ -8,6 +8,7 @@ import click
 
 from .. import __version__
 from ..errors import DiffpyDiffusionError, NotAvailableError
+from ..threads import THREAD_VARS, set_threads
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 #: Commands listed first in ``--help``, in this order; ``train`` and ``bench`` come from the
@@ -111,26 +112,11 @@ def debug_option(f):
 
 #: Environment variable for the threads option (``--threads``).
 THREADS_ENV = "DIFFPY_DIFFUSION_THREADS"
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def set_threads(n: int) -> None:
-    """Use ``n`` torch/BLAS threads in this process (and its workers, through the environment).
-
-    Set before torch is imported, the environment decides torch's thread pool; when torch is
-    already imported (an in-process call), ``torch.set_num_threads`` is called as well.
-    """
-    for var in _THREAD_VARS:
-        os.environ[var] = str(n)
-    import sys
-
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(n)
 
 
 def _apply_threads(ctx, param, value):
     if value is None:
-        if any(os.environ.get(v) for v in _THREAD_VARS):
+        if any(os.environ.get(v) for v in THREAD_VARS):
             return value  # the user's OMP_NUM_THREADS/... stand
         value = 1
     set_threads(int(value))
