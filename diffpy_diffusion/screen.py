@@ -539,6 +539,18 @@ def _adam_step(params, mom, grads, it: int, b1: float = 0.9, b2: float = 0.999) 
             p.sub_(lr * mh / (vh.sqrt() + 1e-12))
 
 
+def _leaders(rwp, props, fuse_backends: bool, limit: int | None) -> list[int]:
+    """Indices of the best ``limit`` (None: all) finite-Rwp candidates, of each backend when
+    ``fuse_backends`` (as if each backend were screened alone), best first."""
+    per_backend: dict[str, list[int]] = {}
+    for i in np.argsort(rwp, kind="stable"):
+        if np.isfinite(rwp[i]):
+            lst = per_backend.setdefault(props[i].backend if fuse_backends else "", [])
+            if limit is None or len(lst) < limit:
+                lst.append(int(i))
+    return sorted((i for lst in per_backend.values() for i in lst), key=lambda i: rwp[i])
+
+
 #: Candidates per batched stage-C call (memory: reflections × grid points per batch).
 STAGE_C_CHUNK = 32
 #: Stage C draws each peak within ± this many FWHM (of the broadest peak of the batch): a Lorentzian
@@ -548,39 +560,27 @@ STAGE_C_WINDOW = 8
 
 def _stage_c(scr, props, new_structs, info, rwp, steps, top, fuse_backends) -> None:
     """Run stage C on the leaders (in place: ``rwp``, ``new_structs``, ``info`` where it fits better)."""
-    import torch
     from pymatgen.core import Structure
 
-    per_backend: dict[str, list[int]] = {}
-    for i in np.argsort(rwp, kind="stable"):
-        if np.isfinite(rwp[i]):
-            lst = per_backend.setdefault(props[i].backend if fuse_backends else "", [])
-            if top is None or len(lst) < top:
-                lst.append(int(i))
-    lead = sorted((i for lst in per_backend.values() for i in lst), key=lambda i: rwp[i])
-    nthreads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as stage B: small tensors
-    try:
-        for c in range(0, len(lead), STAGE_C_CHUNK):
-            chunk = lead[c: c + STAGE_C_CHUNK]
-            structs = [new_structs[i] for i in chunk]
-            try:
-                r, Gs, fracs, sizes, shifts = scr.stage_c(
-                    structs, np.array([info[i].get("size_nm") or 10.0 for i in chunk], float),
-                    np.array([info[i].get("zero_q", 0.0) for i in chunk], float), steps=steps,
-                    kernels=[info[i].get("size_kernel", "scherrer") for i in chunk])
-            except Exception as exc:  # noqa: BLE001 - stage C is an optional improvement
-                warnings.warn(f"screen: coordinate stage skipped ({exc})", stacklevel=3)
-                return
-            for j, i in enumerate(chunk):
-                if np.isfinite(r[j]) and r[j] < rwp[i]:
-                    rwp[i] = r[j]
-                    st = _with_metric(structs[j], Gs[j])
-                    new_structs[i] = Structure(st.lattice, st.species, fracs[j],
-                                               site_properties=st.site_properties or None)
-                    info[i].update(size_nm=float(sizes[j]), zero_q=float(shifts[j]), stage="coordinates")
-    finally:
-        torch.set_num_threads(nthreads)
+    lead = _leaders(rwp, props, fuse_backends, top)
+    for c in range(0, len(lead), STAGE_C_CHUNK):
+        chunk = lead[c: c + STAGE_C_CHUNK]
+        structs = [new_structs[i] for i in chunk]
+        try:
+            r, Gs, fracs, sizes, shifts = scr.stage_c(
+                structs, np.array([info[i].get("size_nm") or 10.0 for i in chunk], float),
+                np.array([info[i].get("zero_q", 0.0) for i in chunk], float), steps=steps,
+                kernels=[info[i].get("size_kernel", "scherrer") for i in chunk])
+        except Exception as exc:  # noqa: BLE001 - stage C is an optional improvement
+            warnings.warn(f"screen: coordinate stage skipped ({exc})", stacklevel=3)
+            return
+        for j, i in enumerate(chunk):
+            if np.isfinite(r[j]) and r[j] < rwp[i]:
+                rwp[i] = r[j]
+                st = _with_metric(structs[j], Gs[j])
+                new_structs[i] = Structure(st.lattice, st.species, fracs[j],
+                                           site_properties=st.site_properties or None)
+                info[i].update(size_nm=float(sizes[j]), zero_q=float(shifts[j]), stage="coordinates")
 
 
 def _lattice_from_metric(G: np.ndarray):
@@ -919,7 +919,6 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
         best = _refine_scales(lambda sc: scr.stage_a(hists, sc), len(structs), extra=scr.first_peak_scales(hists))
     timings["stage_a"] = time.perf_counter() - t0
     rwp = np.array([b[0] for b in best])
-    order = np.argsort(rwp, kind="stable")
     new_structs: dict[int, object] = {}
     info: dict[int, dict] = {}
     for i, b in enumerate(best):
@@ -932,29 +931,16 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
                 info[i] = {"lattice_scale": b[1], "uiso": b[2]}
     # stage B: gradient strain/size/zero for the leaders (PXRD)
     if observation.kind == "xrd" and gradient_steps > 0:
-        m = gradient_top or max(3 * k, 12)
-        per_backend: dict[str, list[int]] = {}
-        for i in order:
-            if np.isfinite(rwp[i]):
-                # merged backends: each backend's own leaders, as if screened alone (stage B is per candidate)
-                lst = per_backend.setdefault(props[i].backend if fuse_backends else "", [])
-                if len(lst) < m:
-                    lst.append(int(i))
-        lead = sorted((i for lst in per_backend.values() for i in lst), key=lambda i: rwp[i])
+        # merged backends: each backend's own leaders, as if screened alone (stage B is per candidate)
+        lead = _leaders(rwp, props, fuse_backends, gradient_top or max(3 * k, 12))
         if lead:
-            import torch
-
-            nthreads = torch.get_num_threads()
-            torch.set_num_threads(1)  # small tensors: threads only add synchronisation (5x slower under load)
-            try:
+            try:  # on one torch thread, as the whole screen (_single_torch_thread)
                 res = scr.stage_b([structs[i] for i in lead], [peaks[i] for i in lead],
                                   np.array([best[i][1] for i in lead]), np.array([best[i][2] for i in lead]),
                                   steps=gradient_steps, kernels=[best[i][4] for i in lead])
             except Exception as exc:  # noqa: BLE001 - stage B is an optional improvement
                 warnings.warn(f"screen: gradient stage skipped ({exc})", stacklevel=2)
                 res = None
-            finally:
-                torch.set_num_threads(nthreads)
             if res is not None:
                 r2, Gs, sizes, zeros = res
                 for j, i in enumerate(lead):
