@@ -590,7 +590,8 @@ def final_ranking(observation: Observation, done: list, meta: dict | None = None
     candidate of that list (refined structures for refined candidates), and the first valid
     ``rank_candidates`` answer reorders it (an invalid one is warned about and the fit order
     kept; :func:`diffpy_diffusion.plugins.call_rank_candidates`).  ``meta`` (optional) gets
-    ``"ranked_by": plugin`` when a plugin answered.
+    ``"ranked_by": plugin`` when a plugin answered, and each candidate then keeps its rank by the
+    fit alone in ``provenance["fit_rank"]`` (1-based).
     """
     from . import plugins
 
@@ -602,6 +603,8 @@ def final_ranking(observation: Observation, done: list, meta: dict | None = None
         return ranked
     if meta is not None:
         meta["ranked_by"] = got[0]
+    for i, (prop, _) in enumerate(ranked, 1):  # the fit-only rank stays on record (report, evaluation)
+        prop.provenance["fit_rank"] = i
     return [ranked[i] for i in got[1]]
 
 

@@ -140,6 +140,9 @@ class TargetResult:
     seconds: float = 0.0
     error: str | None = None
     ranks_matched: list[int] = field(default_factory=list)
+    #: the same candidates' ranks by the fit alone, before a ``rank_candidates`` plugin reordered
+    #: the list (equal to ``ranks_matched`` when none did): one run gives both rankings' figures
+    ranks_matched_fit: list[int] = field(default_factory=list)
     #: spglib number of the truth at the report's tolerance (:data:`~diffpy_diffusion.report.CANDIDATE_SYMPREC`)
     ref_spacegroup: int | None = None
     #: space group the report gives the first matching candidate, and how it relates to the reference's
@@ -254,6 +257,7 @@ def _eval_one(task: dict) -> list[dict]:
             r = match(p.structure, truth)
             if r is not None:
                 tr.ranks_matched.append(rank)
+                tr.ranks_matched_fit.append(int(p.provenance.get("fit_rank", rank)))
                 if tr.match_rank is None:
                     tr.match_rank, tr.rms = rank, r
                     tr.match_spacegroup = candidate_spacegroup(p)[1]
@@ -284,6 +288,10 @@ def summarize(records: list[dict], backends: list[str], ks=KS) -> dict[str, Any]
         for k in ks:
             hits = sum(1 for r in rs if r["match_rank"] is not None and r["match_rank"] <= k)
             row[f"top{k}"] = hits / n if n else None
+        # the same list ranked by the fit alone (differs only where a rank_candidates plugin reordered it)
+        fit_first = [min(r.get("ranks_matched_fit") or r.get("ranks_matched") or [0]) or None for r in rs]
+        for k in ks:
+            row[f"fit_top{k}"] = sum(1 for f in fit_first if f is not None and f <= k) / n if n else None
         rms = [r["rms"] for r in rs if r["rms"] is not None]
         rw = [r["rw_top1"] for r in rs if r["rw_top1"] is not None and math.isfinite(r["rw_top1"])]
         row["mean_rms"] = float(np.mean(rms)) if rms else None
@@ -343,6 +351,13 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
                      f"{num(r['mean_rms'])} | {pct(r['mean_rwp_top1'])} | {num(r['s_per_target'], '{:.1f}')} | "
                      f"{num(r['solved_only_by_this'], '{}')} | {sg_shares(r)} |"
                      + (f" {raw_cell(r)} |" if raw else ""))
+    reordered = [(b, r) for b, r in summary.items() if not b.startswith("_") and r.get("fit_top1") is not None
+                 and any(r.get(f"fit_top{k}") != r.get(f"top{k}") for k in KS)]
+    if reordered:
+        lines += ["", "A `rank_candidates` plugin reordered the lists; ranked by the fit alone they give "
+                      "(top-1 / top-5 / top-10): "
+                  + "; ".join(f"{b} {pct(r['fit_top1'])} / {pct(r['fit_top5'])} / {pct(r['fit_top10'])}"
+                              for b, r in reordered)]
     if summary.get("_only_diffusion_solved") is not None:
         lines += ["", f"Targets only the diffusion model solved (no non-diffusion backend did): "
                       f"{summary['_only_diffusion_solved']}"]
