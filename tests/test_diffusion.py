@@ -356,3 +356,13 @@ def test_adaptive_z_round_keeps_count_composition_and_seed():
     assert [p.provenance["z"] for p in props] == [p.provenance["z"] for p in again]
     with pytest.raises(ValueError, match="adapt_z"):
         DiffusionBackend(adapt_z=1.5)
+
+
+def test_physics_guidance_option_text_is_parsed_not_truthy():
+    """``-O diffusion.physics_guidance=false`` arrives as text; bool("false") would switch it on."""
+    from diffpy_diffusion.backends.diffusion.backend import DiffusionBackend
+
+    assert DiffusionBackend(physics_guidance="false").physics_guidance is False
+    assert DiffusionBackend(physics_guidance="true").physics_guidance is True
+    with pytest.raises(ValueError, match="physics_guidance"):
+        DiffusionBackend(physics_guidance="sometimes")

@@ -152,7 +152,7 @@ class DiffusionBackend:
         self.checkpoint = Path(checkpoint) if checkpoint else DEFAULT_WEIGHTS
         self.steps = int(steps)
         self.cfg_scale = float(cfg_scale)
-        self.physics_guidance = bool(physics_guidance)
+        self.physics_guidance = _as_bool(physics_guidance, "physics_guidance")
         self.guide_frac = float(guide_frac)
         self.guide_step = float(guide_step)
         self.batch_size = int(batch_size)
