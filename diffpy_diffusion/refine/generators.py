@@ -395,6 +395,55 @@ class TorchPDFGenerator(TorchGenerator):
             states = [_reduce_state(s, red) for s in states]
         return TorchGenerator.compute_batch(self, x, states)
 
+    #: :meth:`jacobian` gives exact derivatives of this generator's own model
+    exact_jacobian = True
+
+    def jacobian(self, x: np.ndarray, state: dict[str, Any], tangents: dict[str, np.ndarray]):
+        """Profile of ``state`` and its exact derivatives along D state directions.
+
+        ``tangents`` maps state keys to arrays with a leading dimension D: "lattice" (D, 3, 3)
+        (rows, Å), "frac" (D, N, 3), "uiso" (D, N) Å² and the profile parameters (D,); the
+        occupancies are not differentiated.  Uses the primitive cell when the cell is centred
+        and every direction moves the atoms of a centring orbit together.  Returns (y (M,),
+        dy (D, M)) from :func:`~diffpy_diffusion.physics.pdf.pdf_gr_jvp`.
+        """
+        import torch
+
+        from ..physics.crystal import CrystalBatch
+        from ..physics.pdf import pdf_gr_jvp
+
+        tangents = dict(tangents)
+        key = tuple(np.asarray(state["numbers"]).tolist())
+        cached = getattr(self, "_reduction", None)
+        if cached is None or cached[0] != key or (cached[1] is not None and not _reduction_holds(state, cached[1])):
+            cached = self._reduction = (key, _primitive_reduction(state))
+        red = cached[1]
+        if red is not None and _reduction_holds(state, red) and _tangents_keep_reduction(tangents, red):
+            M, orbits = red
+            keep = [o[0] for o in orbits]
+            state = _reduce_state(state, red)
+            if tangents.get("lattice") is not None:
+                tangents["lattice"] = M @ np.asarray(tangents["lattice"], float)
+            if tangents.get("frac") is not None:
+                tangents["frac"] = np.asarray(tangents["frac"], float)[:, keep] @ np.linalg.inv(M)
+            if tangents.get("uiso") is not None:
+                tangents["uiso"] = np.asarray(tangents["uiso"], float)[:, keep]
+        batch = CrystalBatch.from_arrays([state["lattice"]], [state["frac"]], [state["numbers"]],
+                                         occupancies=[state["occupancy"]], uisos=[np.clip(state["uiso"], 0.0, None)],
+                                         dtype=torch.float64)
+        sp = float(state["spdiameter"])
+        used = ("lattice", "frac", "uiso", "scale", "delta1", "delta2", "qbroad", "qdamp")
+        used += ("spdiameter",) if sp > 0 else ()
+        tans = {k: torch.as_tensor(np.asarray(v, float)) for k, v in tangents.items() if v is not None and k in used}
+        with torch.no_grad():
+            y, dy = pdf_gr_jvp(
+                batch, np.asarray(x, float), tans, qmax=self._qmax, qmin=self._qmin,
+                qdamp=max(float(state["qdamp"]), 0.0), qbroad=max(float(state["qbroad"]), 0.0),
+                delta1=float(state["delta1"]), delta2=float(state["delta2"]), scale=float(state["scale"]),
+                spdiameter=sp if sp > 0 else None, radiation="neutron" if self._stype == "N" else "xray",
+            )
+        return y.numpy(), dy.numpy()
+
     def _physics(self, batch, x, pars):
         from ..physics.pdf import pdf_gr
 
@@ -472,6 +521,19 @@ def _primitive_reduction(state: dict[str, Any], tol: float = 1e-5):
     return M, orbits
 
 
+def _tangents_keep_reduction(tangents: dict[str, Any], red, tol: float = 1e-12) -> bool:
+    """True when every direction moves all atoms of each orbit of ``red`` alike (the centring stays)."""
+    for key in ("frac", "uiso"):
+        t = tangents.get(key)
+        if t is None:
+            continue
+        t = np.asarray(t, float)
+        for orb in red[1]:
+            if np.abs(t[:, orb] - t[:, orb[:1]]).max(initial=0.0) > tol:
+                return False
+    return True
+
+
 def _reduction_holds(state: dict[str, Any], red, tol: float = 1e-7) -> bool:
     """True when every orbit of ``red`` is still related by pure translations in ``state``."""
     frac = np.asarray(state["frac"], float)
@@ -519,6 +581,9 @@ class HookPDFGenerator(TorchPDFGenerator):
     :class:`diffpy.structure.Structure` and the srreal/PDFgui parameter names;
     the diffpy-diffusion-srreal plugin answers with srreal's PDFCalculator.
     """
+
+    #: the plugin's calculator has no derivatives: finite differences
+    exact_jacobian = False
 
     def __init__(self, calculator, name: str = "pdf"):
         TorchPDFGenerator.__init__(self, name)

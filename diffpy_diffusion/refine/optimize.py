@@ -61,9 +61,19 @@ class ResidualProblem:
     do not need every point of peaks that are many points wide.
     """
 
-    def __init__(self, bundle: RecipeBundle, stride: int = 1, xmax: float | None = None):
+    def __init__(self, bundle: RecipeBundle, stride: int = 1, xmax: float | None = None,
+                 jacobian: str | None = None):
+        from .jacobian import StateMap, jacobian_mode
+
         self.b = bundle
         self.nfev = 0
+        #: "exact" (derivatives of the physics, :mod:`.jacobian`) or "fd" (batched finite differences)
+        self.mode = jacobian_mode(jacobian)
+        # one map per bundle: the coarse and full-grid problems of a refinement share its probes
+        smap = getattr(bundle, "state_map", None)
+        if smap is None:
+            smap = bundle.state_map = StateMap(bundle, update_constraints)
+        self.smap = smap
         sl = slice(None, None, max(int(stride), 1))
         keep = np.ones(len(bundle.x), bool) if xmax is None else bundle.x <= xmax
         self.x = bundle.x[keep][sl]
@@ -84,6 +94,86 @@ class ResidualProblem:
         return b.recipe.residual(p)
 
     def jacobian(self, p) -> np.ndarray:
+        if self.mode == "exact" and self.b.fast:
+            J = self.jacobian_exact(p)
+            if J is not None:
+                return J
+        return self.jacobian_fd(p)
+
+    def jacobian_exact(self, p) -> np.ndarray | None:
+        """J from the generator's derivatives and the constraints' state map (:mod:`.jacobian`).
+
+        Every column exact for a generator with ``exact_jacobian`` (the torch PDF); otherwise
+        (PXRD) the linear columns (scale, background) exact and the others finite differences
+        of the state, in one batched physics call.  None when the state map moves something
+        the generator cannot differentiate (the caller then uses :meth:`jacobian_fd`).
+        """
+        b = self.b
+        gen = b.generator
+        p = np.asarray(p, float)
+        update_constraints(b.recipe, p)
+        T = self.smap.matrix(p, free_names(b.recipe))
+        tans = self.smap.tangents(p, None, T)
+        if tans is None:
+            return None
+        st = gen.state()
+        if getattr(gen, "exact_jacobian", False):
+            self.nfev += 1
+            _, dy = gen.jacobian(self.x, st, tans)
+            return (np.where(np.isfinite(dy), dy, 0.0) * self.w).T
+        if b.kind != "xrd":
+            return None
+        return self._jacobian_xrd(p, st, tans, T[:6])
+
+    def _jacobian_xrd(self, p, st, tans, t_lp) -> np.ndarray:
+        """PXRD: exact columns of the linear parameters, state differences for the rest."""
+        from .generators import chebyshev_background
+
+        gen = self.b.generator
+        D = len(p)
+        struct = ("lattice", "frac", "uiso")
+        linear = {"scale"} | {f"bkg_{k}" for k in range(gen.nbkg)}
+        scalars = [k for k in tans if k not in struct]
+        is_lin = np.array([not any(np.any(tans[k][d] != 0) for k in struct)
+                           and not any(tans[k][d] != 0 for k in scalars if k not in linear) for d in range(D)])
+        lo, hi = self.bounds()
+        steps = 1e-6 * np.maximum(np.abs(p), 1e-2)
+        steps = np.where(p + steps > hi, -steps, steps)
+        lp = np.asarray(gen.stru.lattice.abcABG(), float)
+        states = [st]
+        for d in np.flatnonzero(~is_lin):
+            h = steps[d]
+            s = dict(st)
+            if np.any(t_lp[:, d] != 0):
+                s["lattice"] = self.smap.lattice_rows(lp + h * t_lp[:, d])
+            s["frac"] = st["frac"] + h * tans["frac"][d]
+            s["uiso"] = st["uiso"] + h * tans["uiso"][d]
+            for k in scalars:
+                s[k] = st[k] + h * float(tans[k][d])
+            states.append(s)
+        lin_scale = is_lin.any() and any(tans["scale"][d] != 0 for d in np.flatnonzero(is_lin))
+        if lin_scale:  # the main phase at unit scale, without background and extra phases
+            s = dict(st, scale=1.0, **{f"bkg_{k}": 0.0 for k in range(gen.nbkg)})
+            s.update({f"scale_{n}": 0.0 for n in getattr(gen, "extra_phases", [])})
+            states.append(s)
+        Y = self.model_batch(states)
+        J = np.empty((len(self.x), D))
+        nl = np.flatnonzero(~is_lin)
+        J[:, nl] = ((Y[1 : 1 + len(nl)] - Y[0]) / steps[nl][:, None]).T
+        if is_lin.any():
+            V = np.stack([chebyshev_background(self.x, np.eye(gen.nbkg)[k], gen.bkg_domain)
+                          for k in range(gen.nbkg)], 1) if gen.nbkg else np.zeros((len(self.x), 0))
+            for d in np.flatnonzero(is_lin):
+                col = np.zeros(len(self.x))
+                if lin_scale and tans["scale"][d] != 0:
+                    col += float(tans["scale"][d]) * Y[-1]
+                for k in range(gen.nbkg):
+                    col += float(tans[f"bkg_{k}"][d]) * V[:, k]
+                J[:, d] = col
+        return J * self.w[:, None]
+
+    def jacobian_fd(self, p) -> np.ndarray:
+        """Batched forward differences: one physics call with every perturbed state."""
         b = self.b
         p = np.asarray(p, float)
         lo, hi = self.bounds()
