@@ -504,7 +504,7 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
                                      "spacegroup_number_refined": int(res.spacegroup_number),
                                      "refine_s": round(time.perf_counter() - t0, 3),
                                      "refine_converged": bool(res.converged), "refine_message": res.message,
-                                     "engine": res.engine, **sym_note})
+                                     "engine": res.engine, **sym_note, **_pxrd_provenance(res)})
             done.append((q, res))
         if adv:
             adv(1)
@@ -783,31 +783,86 @@ def propose(
     return result
 
 
+def read_observation_for_instrument(data, instrument_params, *, wavelength=None, **kwargs) -> Observation:
+    """:func:`~diffpy_diffusion.io.read_observation`, with the instrument file's wavelength where the pattern has none.
+
+    A wavelength the user gives or the file holds is kept (and checked against the instrument
+    file's by the refinement); a pattern that cannot be read without one (a 2θ file with no
+    wavelength, or columns that only a wavelength tells apart) is read with the instrument file's.
+    """
+    from .io import read_observation
+    from .io.units import Wavelength
+
+    if instrument_params is None or wavelength is not None:
+        return read_observation(data, wavelength=wavelength, **kwargs)
+    ip = instrument_params
+    lam = Wavelength(ip.wavelength, ip.wavelength2, ip.ka2_ratio, label="instrument file")
+    try:
+        obs = read_observation(data, **kwargs)
+    except DiffpyDiffusionError:
+        return read_observation(data, wavelength=lam, **kwargs)
+    if obs.kind == "xrd" and not obs.wavelength:
+        obs.wavelength, obs.wavelength2, obs.ka2_ratio = float(lam), lam.wavelength2, lam.ka2_ratio
+    return obs
+
+
+def _check_instrument_request(instrument_params, save_instrument, instrument: str, force: bool) -> None:
+    """Refuse, before any work, what ``--instrument``/``--save-instrument`` cannot do."""
+    if save_instrument is None:
+        return
+    if instrument_params is not None:
+        raise DiffpyDiffusionError("--save-instrument refines the instrument on a standard; it cannot be "
+                                   "combined with --instrument, which holds it fixed")
+    if instrument != "rietveld":
+        raise DiffpyDiffusionError("--save-instrument needs the Rietveld peak model (--peak-model rietveld)")
+    if Path(save_instrument).exists() and not force:
+        raise OutputExistsError(f"{save_instrument} exists; use --force to overwrite it")
+
+
 def refine_file(data, structure, *, composition=None, wavelength=None, radiation="xray", size_nm=None,
                 x_kind=None, engine: str = "srfit", output_dir=None, force: bool = False, as_json: bool = False,
-                quiet: bool = False, phases=(), instrument: str = "basic"):
+                quiet: bool = False, phases=(), instrument: str = "basic", instrument_file=None,
+                save_instrument=None):
     """``diffpy-diffuse refine DATA START``: refine a user's own starting structure, report like ``propose``.
 
     ``phases``: files of known extra (impurity) phases refined alongside (PXRD); ``instrument``: the PXRD
-    profile model of :func:`~diffpy_diffusion.refine.refine_structure` ("basic" or "rietveld").
+    profile model of :func:`~diffpy_diffusion.refine.refine_structure` ("basic" or "rietveld");
+    ``instrument_file``: an instrument parameter file (:mod:`diffpy_diffusion.io.instrument_params`)
+    whose profile is held fixed; ``save_instrument``: write the refined instrument profile to this
+    file (the pattern is a line-profile standard such as Si or LaB6, refined with
+    ``instrument="standard"``: its cell held at the structure file's, the Lorentzian X refined
+    instead of a crystallite size).
 
     Returns the :class:`~diffpy_diffusion.refine.RefinementResult`.
     """
     from . import __version__
-    from .io import read_observation, read_structure
+    from .io import read_structure
+    from .io.instrument_params import InstrumentParameters, read_instrument, write_instrument
     from .refine import refine_structure
-    from .report import candidate_record, observation_summary, package_versions, print_ranked_table
+    from .report import (
+        candidate_record,
+        observation_summary,
+        package_versions,
+        print_ranked_table,
+        print_unexplained_peaks,
+    )
 
+    ip = read_instrument(instrument_file) if instrument_file is not None else None
+    _check_instrument_request(ip, save_instrument, instrument, force)
     out = _check_output_dir(output_dir, force)
     start_s = read_structure(structure)
     if composition is None:
         composition = start_s.composition.reduced_formula
-    obs = read_observation(data, x_kind=x_kind, wavelength=wavelength, radiation=radiation,
-                           composition=composition, size_nm=size_nm)
+    obs = read_observation_for_instrument(data, ip, x_kind=x_kind, wavelength=wavelength, radiation=radiation,
+                                          composition=composition, size_nm=size_nm)
+    if obs.kind != "xrd" and (ip is not None or save_instrument is not None):
+        raise DiffpyDiffusionError("--instrument and --save-instrument apply to PXRD patterns, not to a PDF")
     extra = [read_structure(f) for f in phases or ()]
     t0 = time.perf_counter()
+    if save_instrument is not None:
+        instrument = "standard"  # the instrument's own widths, the standard's certified cell (build_recipe)
     res = refine_structure(obs, start_s, engine=engine, phases=extra,
-                           instrument=instrument if obs.kind == "xrd" else "basic")
+                           instrument=instrument if obs.kind == "xrd" else "basic", instrument_params=ip)
     _check_fit_determined(res, obs)
     p = Proposal(structure=res.structure, backend="user", scores={"rw": float(res.rw), "chi2": float(res.chi2)},
                  refined=dict(res.params),
@@ -816,10 +871,22 @@ def refine_file(data, structure, *, composition=None, wavelength=None, radiation
                              "refine_s": round(time.perf_counter() - t0, 3), "engine": res.engine,
                              "refine_converged": bool(res.converged), "refine_message": res.message,
                              "extra_phases": [{k: v for k, v in ph.items() if k != "structure"}
-                                              for ph in getattr(res, "extra_phases", [])]})
+                                              for ph in getattr(res, "extra_phases", [])],
+                             **_pxrd_provenance(res)})
     meta = {"program": "diffpy-diffusion", "version": __version__, "command": "refine",
             "input": observation_summary(obs), "start_structure": str(structure),
             "packages": package_versions(), "timings": {"refine_s": p.provenance["refine_s"]}}
+    if instrument_file is not None:
+        meta["instrument_file"] = str(instrument_file)
+    if save_instrument is not None:
+        saved = InstrumentParameters.from_refinement(res.instrument)
+        write_instrument(saved, save_instrument, force=force, comments=[
+            f"refined by diffpy-diffuse {__version__} refine on {Path(str(data)).name} with "
+            f"{Path(str(structure)).name} ({res.spacegroup}), Rwp {100 * res.rw:.2f} %, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            "cell held at the structure file's; X and Y are the instrument's Lorentzian widths "
+            "(the standard's size and strain broadening are counted as instrument)"])
+        meta["instrument_saved"] = str(save_instrument)
     if out is not None:
         records = write_outputs(out, obs, [(p, res)], meta)
     else:
@@ -842,4 +909,14 @@ def refine_file(data, structure, *, composition=None, wavelength=None, radiation
         for name, v in res.params.items():
             t.add_row(name, f"{v['value']:.6g}", "-" if v.get("esd") is None else f"{v['esd']:.2g}")
         Console().print(t)
+        print_unexplained_peaks(p.provenance.get("unexplained_peaks"))
+        if save_instrument is not None:
+            Console().print(f"instrument parameters written to {save_instrument}", markup=False, highlight=False)
     return res
+
+
+def _pxrd_provenance(res) -> dict:
+    """What a PXRD fit adds to a candidate's provenance: its profile and the peaks no phase explains."""
+    if getattr(res, "kind", None) != "xrd" or not getattr(res, "instrument", None):
+        return {}
+    return {"instrument": dict(res.instrument), "unexplained_peaks": list(res.unexplained_peaks)}

@@ -294,3 +294,35 @@ def print_ranked_table(candidates: list[dict], title: str = "Ranked candidates",
     from rich.console import Console
 
     (console or Console()).print(ranked_table(candidates, title))
+
+
+def unexplained_peaks_table(peaks: list[dict], title: str = "Peaks no phase explains"):
+    """A rich Table of :attr:`~diffpy_diffusion.refine.RefinementResult.unexplained_peaks` rows."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    q = bool(peaks) and "q_invA" in peaks[0]
+    for col in ("Q (1/Å)" if q else "2θ (deg)", "d (Å)", "intensity (% of strongest)", "significance (σ)"):
+        t.add_column(col, justify="right")
+    for r in peaks:
+        pos = r.get("q_invA") if q else r.get("two_theta_deg")
+        d = r.get("d_A")
+        t.add_row(f"{pos:.3f}", "-" if d is None else f"{d:.4f}", f"{100 * r['rel_intensity']:.1f}",
+                  f"{r['significance']:.0f}")
+    return t
+
+
+def print_unexplained_peaks(peaks: list[dict] | None, console=None) -> None:
+    """Print the peaks no phase explains (of the best candidate), or nothing for a PDF or when there are none."""
+    if peaks is None:
+        return
+    from rich.console import Console
+
+    con = console or Console()
+    if not peaks:
+        from .refine.peaks import MIN_REL_INTENSITY, MIN_SIGNIFICANCE
+
+        con.print(f"No unexplained peaks (none of {MIN_SIGNIFICANCE:g} σ and {100 * MIN_REL_INTENSITY:g} % of the "
+                  "strongest peak that the phases leave out).", markup=False, highlight=False)
+        return
+    con.print(unexplained_peaks_table(peaks, title="Peaks no phase explains (an impurity?)"))

@@ -22,6 +22,7 @@ from .options import (
     composition_option,
     debug_option,
     force_option,
+    instrument_option,
     json_option,
     merge_library,
     merge_pdf_condition,
@@ -325,25 +326,37 @@ def save_plot(obs, path: Path, force: bool) -> None:
 @click.option("--peak-model", type=click.Choice(["rietveld", "basic"]), default="rietveld", show_default=True,
               help="PXRD profile: rietveld (Thompson-Cox-Hastings, axial asymmetry, specimen displacement, "
                    "March-Dollase preferred orientation) or basic (pseudo-Voigt and Scherrer size).")
+@instrument_option
+@click.option("--save-instrument", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE",
+              help="DATA is a line-profile standard (Si, LaB6...) and STRUCTURE its certified cell, held "
+                   "fixed: refine the instrument profile (zero, U V W X Y, asymmetry) and write it with the "
+                   "wavelengths to FILE, for --instrument.")
 @output_option(None, "Folder for the refined CIF/.stru, results.json and plot.")
 @force_option
 @json_option
 @quiet_option
 @debug_option
-def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind, engine, phases, peak_model, output,
-           force, as_json, quiet):
+def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind, engine, phases, peak_model,
+           instrument, save_instrument, output, force, as_json, quiet):
     """Refine the structure in STRUCTURE against the pattern in DATA (srfit).
 
     \b
     Example:
       diffpy-diffuse refine ni.gr ni.cif -o ni_fit/
       diffpy-diffuse refine sample.xy main.cif --phase MgO.cif -o fit/
+      diffpy-diffuse refine LaB6.xy LaB6.cif --save-instrument lab.instr
+      diffpy-diffuse refine sample.xy main.cif --instrument lab.instr -o fit/
     """
     from ..pipeline import refine_file
 
+    if instrument is not None and peak_model == "basic":
+        raise click.UsageError("--instrument holds the Rietveld instrument profile; it cannot be used with "
+                               "--peak-model basic")
     refine_file(data, structure, composition=composition, wavelength=wavelength, radiation=radiation,
                 size_nm=size_nm, x_kind=x_kind, engine=engine, output_dir=output, force=force,
-                as_json=as_json, quiet=quiet, phases=list(phases), instrument=peak_model)
+                as_json=as_json, quiet=quiet, phases=list(phases), instrument=peak_model,
+                instrument_file=instrument, save_instrument=save_instrument)
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -16,7 +16,8 @@ import click
 from .group import debug_option
 
 __all__ = [
-    "OptionValueError", "debug_option", "quiet_option", "json_option", "composition_option", "wavelength_option",
+    "OptionValueError", "instrument_option", "debug_option", "quiet_option", "json_option", "composition_option",
+    "wavelength_option",
     "radiation_option", "size_option", "x_option", "backend_option", "backend_options_option", "n_option",
     "top_option", "seed_option", "output_option", "force_option", "parse_backend_options", "parse_size",
     "merge_library", "merge_pdf_condition", "no_condition_option", "pdf_options", "no_energy_option",
@@ -258,3 +259,14 @@ def relax_option(f):
                              "screening (diffpy-diffusion-chgnet: CHGNet FIRE, at most 300 steps, cell volume "
                              "within 20 %; slow on a CPU, seconds per proposal: use a small --n). Without such "
                              "a plugin: an error.")(f)
+
+
+def instrument_option(f):
+    """``--instrument FILE``: an instrument parameter file (value: its path, read by the command)."""
+    from pathlib import Path
+
+    return click.option("--instrument", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                        default=None, metavar="FILE",
+                        help="Instrument parameter file (key = value: wavelengths, U V W X Y, asymmetry, zero, "
+                             "polarisation), e.g. written by refine --save-instrument on Si or LaB6: the "
+                             "instrument profile is taken from it and held fixed (PXRD).")(f)

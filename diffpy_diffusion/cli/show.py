@@ -73,4 +73,8 @@ def print_proposals(results, obs, output, as_json: bool, seconds: float) -> None
         if note == "fit not converged":
             con.print(f"candidate {r['rank']}: {note} ({r.get('refine_message') or 'no message'}); "
                       "refined values kept, check its fit plot", markup=False, highlight=False)
+    if rows and obs.kind == "xrd":
+        from ..report import print_unexplained_peaks
+
+        print_unexplained_peaks((rows[0].get("provenance") or {}).get("unexplained_peaks"), console=con)
     con.print(f"{len(rows)} candidate(s) in {seconds:.1f} s; {where}")

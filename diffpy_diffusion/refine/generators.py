@@ -177,7 +177,8 @@ class XRDGenerator(TorchGenerator):
 
     Usable metadata
     ---------------
-    wavelength, wavelength2, ka2_ratio (Å), x_kind ("2theta" | "q"), radiation ("xray" | "neutron").
+    wavelength, wavelength2, ka2_ratio (Å), x_kind ("2theta" | "q"), radiation ("xray" | "neutron"),
+    monochromator_2theta_deg (polarisation; None: no monochromator).
     """
 
     def __init__(self, name: str = "xrd", nbkg: int = 6, peak_shape: str = "pv"):
@@ -205,6 +206,8 @@ class XRDGenerator(TorchGenerator):
         self.ka2_ratio = 0.5
         self.x_kind = "2theta"
         self.radiation = "xray"
+        #: 2θ of the monochromator crystal (degrees) for the polarisation factor; None: none
+        self.monochromator_2theta_deg: float | None = None
         if peak_shape not in ("pv", "tch"):
             raise ValueError(f"peak_shape must be 'pv' or 'tch', got {peak_shape!r}")
         #: "pv" (pseudo-Voigt of U, V, W and eta) or "tch" (Thompson-Cox-Hastings of U, V, W and X, Y)
@@ -273,7 +276,7 @@ class XRDGenerator(TorchGenerator):
         return y
 
     def _apply_metadata(self) -> None:
-        for key in ("wavelength", "wavelength2", "ka2_ratio", "x_kind", "radiation"):
+        for key in ("wavelength", "wavelength2", "ka2_ratio", "x_kind", "radiation", "monochromator_2theta_deg"):
             if key in self.meta and self.meta[key] is not None:
                 setattr(self, key, self.meta[key])
 
@@ -289,6 +292,8 @@ class XRDGenerator(TorchGenerator):
             # narrow instrument peaks and a small trial size makes huge (KBi3, 1,500 points: 5x slower at
             # 100 nm, far more below 10 nm)
             extra["method"] = "window"
+            # TCH: Gaussian U, V, W and Lorentzian X/cosθ + Y tanθ (eta is the "pv" shape's only)
+            extra.update(peak_shape="tch", X=_t(pars["X"]), Y=_t(pars["Y"]))
         for key in ("axial_deg", "displacement_deg"):
             if np.any(pars[key] != 0):
                 extra[key] = _t(pars[key])
@@ -311,6 +316,7 @@ class XRDGenerator(TorchGenerator):
             background=None,
             scale=_t(scale),
             radiation=self.radiation,
+            monochromator_2theta_deg=self.monochromator_2theta_deg,
             **extra,
         )
 

@@ -106,6 +106,7 @@ def build_recipe(
     default_uiso: float = 0.005,
     phases: list | None = None,
     instrument: str = "basic",
+    instrument_params=None,
 ) -> RecipeBundle:
     """An srfit FitRecipe for ``observation`` with ``structure`` constrained to its space group.
 
@@ -138,13 +139,29 @@ def build_recipe(
         scale (tag ``phase_scale``), a lattice constrained to its space group
         (``phase_lat``) and a crystallite size (``phase_size``); coordinates and Uiso stay
         as given.  Variables are named ``<phase>_<par>`` with ``<phase>`` = ``p<k>_<formula>``.
-    instrument : {"basic", "rietveld"}
+    instrument : {"basic", "rietveld", "standard"}
         PXRD profile.  "basic": pseudo-Voigt with U, V, W, eta (tag ``profile``), Scherrer
         size, zero shift.  "rietveld": Thompson–Cox–Hastings peaks (Gaussian U, V, W tagged
         ``profile``, Lorentzian strain Y tagged ``lorentz``; the Lorentzian X/cosθ is the
         Scherrer size), axial asymmetry (``asym``), specimen displacement
         (``displacement``) and March–Dollase preferred orientation of every phase (``po``),
         along the normal of the main phase's strongest low-angle reflection.
+        "standard": the "rietveld" profile fitted to a line-profile standard (Si, LaB6) to find the
+        instrument: the Lorentzian X/cosθ is refined itself (tag ``lorentz``, with Y) and the
+        crystallite size is switched off (:data:`STANDARD_SIZE_NM`); no specimen displacement or
+        preferred orientation (a standard is a flat, random powder).
+    instrument_params : InstrumentParameters, optional
+        A diffractometer's profile refined once on a standard
+        (:mod:`diffpy_diffusion.io.instrument_params`): implies ``instrument="rietveld"``; its
+        wavelengths, U, V, W, X, Y, asymmetry, zero shift and polarisation are set and not refined.
+        What stays free is the sample's: crystallite size (its Lorentzian adds to X), strain (Y may
+        only grow above the instrument's Y, tag ``lorentz``), displacement and preferred orientation.
+
+    Raises
+    ------
+    DiffpyDiffusionError
+        Unknown kind or model, extra phases on a PDF, 2θ data without a wavelength, or a pattern
+        whose wavelength differs from the instrument file's.
     """
     from diffpy.srfit.fitbase import FitContribution, FitRecipe, Profile
     from diffpy.srfit.structure import constrainAsSpaceGroup
@@ -153,7 +170,11 @@ def build_recipe(
 
     if observation.kind not in ("xrd", "pdf"):
         raise DiffpyDiffusionError(f"cannot refine observation kind {observation.kind!r}")
-    if instrument not in ("basic", "rietveld"):
+    if instrument_params is not None:
+        if observation.kind != "xrd":
+            raise DiffpyDiffusionError("an instrument file (--instrument) applies to PXRD patterns, not to a PDF")
+        instrument = "rietveld"
+    if instrument not in ("basic", "rietveld", "standard"):
         raise DiffpyDiffusionError(f"unknown instrument model {instrument!r}: use 'basic' or 'rietveld'")
     if phases and observation.kind != "xrd":
         raise DiffpyDiffusionError("extra phases (--phase) can only be refined against a PXRD pattern")
@@ -184,19 +205,22 @@ def build_recipe(
     kind = observation.kind
     fast = True
     if kind == "xrd":
-        if observation.x_kind == "2theta" and not observation.wavelength:
+        lines = _emission_lines(observation, instrument_params)
+        if observation.x_kind == "2theta" and not lines["wavelength"]:
             raise DiffpyDiffusionError("2θ data needs a wavelength to refine (e.g. --wavelength CuKa)")
-        gen = XRDGenerator("xrd", nbkg=nbkg, peak_shape="tch" if instrument == "rietveld" else "pv")
+        gen = XRDGenerator("xrd", nbkg=nbkg, peak_shape="pv" if instrument == "basic" else "tch")
         gen.bkg_domain = (float(x.min()), float(x.max()))
         profile.meta.update(
             {
-                "wavelength": observation.wavelength or 1.540598,
-                "wavelength2": observation.wavelength2,
-                "ka2_ratio": observation.ka2_ratio,
+                "wavelength": lines["wavelength"] or 1.540598,
+                "wavelength2": lines["wavelength2"],
+                "ka2_ratio": lines["ka2_ratio"],
                 "x_kind": observation.x_kind,
                 "radiation": observation.radiation,
             }
         )
+        if instrument_params is not None:
+            profile.meta["monochromator_2theta_deg"] = instrument_params.monochromator_2theta_deg
     else:
         gen = None
         if calculator == "pdffit2":
@@ -285,13 +309,20 @@ def build_recipe(
     extra = []
     if kind == "xrd":
         add(gen.size_nm, "size_nm", "size", 0.3, 1000.0)
-        add(gen.zero_deg, "zero_deg", "zero", -1.0, 1.0)
         for k in range(gen.nbkg):
             add(gen.get(f"bkg_{k}"), f"bkg_{k}", "bkg")
-        for n in ("U", "V", "W"):
-            add(gen.get(n), n, "profile", *(_RIETVELD_BOUNDS[n] if instrument == "rietveld" else (-np.inf, np.inf)))
-        if instrument == "rietveld":
-            _add_rietveld_vars(gen, add, x, observation.x_kind)
+        if instrument_params is not None:
+            _fix_instrument(gen, add, instrument_params, observation.x_kind)
+        else:
+            add(gen.zero_deg, "zero_deg", "zero", -1.0, 1.0)
+            for n in ("U", "V", "W"):
+                add(gen.get(n), n, "profile",
+                    *(_RIETVELD_BOUNDS[n] if instrument != "basic" else (-np.inf, np.inf)))
+        if instrument == "standard":
+            _add_standard_vars(gen, add, x, observation.x_kind)
+        elif instrument == "rietveld":
+            if instrument_params is None:
+                _add_rietveld_vars(gen, add, x, observation.x_kind)
             gen.po_hkl[""] = _po_direction(sym.structure, observation)
         else:
             add(gen.eta, "eta", "profile", 0.0, 1.0)
@@ -325,6 +356,57 @@ def _add_rietveld_vars(gen, add, x: np.ndarray, x_kind: str) -> None:
         add(gen.get("axial_deg"), "axial_deg", "asym", *_RIETVELD_BOUNDS["axial_deg"])
         add(gen.get("displacement_deg"), "displacement_deg", "displacement", *_RIETVELD_BOUNDS["displacement_deg"])
     add(gen.get("march_dollase"), "march_dollase", "po", *_RIETVELD_BOUNDS["march_dollase"])
+
+
+#: Largest difference (Å) between a pattern's wavelength and its instrument file's that is still the same
+#: emission line: tube tables differ in the 5th decimal (Cu Kα1 1.540562 vs 1.540598 Å), a wrong tube by > 0.1 Å.
+WAVELENGTH_MATCH_A = 1e-3
+
+
+def _emission_lines(observation, instrument_params) -> dict:
+    """Wavelength(s) and Kα2 ratio: the instrument file's when given (checked against the pattern's), else the
+    pattern's."""
+    if instrument_params is None:
+        return {"wavelength": observation.wavelength, "wavelength2": observation.wavelength2,
+                "ka2_ratio": observation.ka2_ratio}
+    ip = instrument_params
+    if observation.wavelength and abs(float(observation.wavelength) - ip.wavelength) > WAVELENGTH_MATCH_A:
+        raise DiffpyDiffusionError(
+            f"the pattern's wavelength {float(observation.wavelength):.5f} Å differs from the instrument "
+            f"file's {ip.wavelength:.5f} Å: use an instrument file refined with the same radiation")
+    return {"wavelength": ip.wavelength, "wavelength2": ip.wavelength2, "ka2_ratio": ip.ka2_ratio}
+
+
+def _fix_instrument(gen, add, ip, x_kind: str) -> None:
+    """Set the instrument file's profile on ``gen`` (not refined) and add the sample's own profile variables.
+
+    The sample's microstrain broadens like the instrument's Y tanθ term and adds to it (Lorentzian
+    widths add), so Y is refined from the instrument's value upwards; the size adds to X the same way
+    (the Scherrer term). Displacement and preferred orientation belong to the specimen.
+    """
+    for name, value in ip.profile_values().items():
+        gen.get(name).setValue(value)
+    add(gen.get("Y"), "Y", "lorentz", float(ip.Y), max(_RIETVELD_BOUNDS["Y"][1], float(ip.Y) + 1.0))
+    if x_kind == "2theta":
+        add(gen.get("displacement_deg"), "displacement_deg", "displacement", *_RIETVELD_BOUNDS["displacement_deg"])
+    add(gen.get("march_dollase"), "march_dollase", "po", *_RIETVELD_BOUNDS["march_dollase"])
+
+
+#: Crystallite size (nm) of a line-profile standard's fit: Scherrer width below 1e-4° 2θ (negligible; its
+#: Lorentzian width is refined as the instrument's X instead).  A size, not "none", because the size
+#: variable must exist for the linear start.
+STANDARD_SIZE_NM = 1e5
+
+
+def _add_standard_vars(gen, add, x: np.ndarray, x_kind: str) -> None:
+    """The variables of a line-profile standard's fit: X and Y (``lorentz``) and the asymmetry; no size."""
+    step = float(np.median(np.diff(x))) if len(x) > 1 else 0.01
+    gen.get("W").setValue((2.0 * step) ** 2 if x_kind == "2theta" else 0.0)  # see _add_rietveld_vars
+    gen.get("size_nm").setValue(STANDARD_SIZE_NM)
+    add(gen.get("X"), "X", "lorentz", *_RIETVELD_BOUNDS["Y"])
+    add(gen.get("Y"), "Y", "lorentz", *_RIETVELD_BOUNDS["Y"])
+    if x_kind == "2theta":
+        add(gen.get("axial_deg"), "axial_deg", "asym", *_RIETVELD_BOUNDS["axial_deg"])
 
 
 def _po_direction(structure, observation) -> tuple[int, int, int]:

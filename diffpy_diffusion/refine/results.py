@@ -101,6 +101,14 @@ class RefinementResult:
     extra_phases : list of dict
         Extra (impurity) phases refined alongside (PXRD): ``name`` (the variable prefix),
         ``formula``, ``spacegroup``, ``structure`` (refined, pymatgen), ``scale``, ``size_nm``.
+    instrument : dict
+        PXRD: the profile at the end of the fit, refined or fixed (U, V, W, X, Y, eta, axial_deg,
+        zero_deg, displacement_deg, size_nm, wavelengths, ``peak_shape``, ``instrument_file``: True
+        when an instrument file held it); empty for a PDF.
+    unexplained_peaks : list of dict
+        PXRD: the strongest peaks of the difference curve that no phase explains
+        (:func:`~diffpy_diffusion.refine.peaks.unexplained_peaks`): ``two_theta_deg`` (or ``q_invA``),
+        ``d_A``, ``rel_intensity`` (fraction of the strongest observed peak above background).
     """
 
     structure: Any
@@ -123,6 +131,8 @@ class RefinementResult:
     message: str = ""
     recipe: Any = None
     extra_phases: list[dict[str, Any]] = field(default_factory=list)
+    instrument: dict[str, Any] = field(default_factory=dict)
+    unexplained_peaks: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def rwp(self) -> float:
@@ -150,4 +160,6 @@ class RefinementResult:
             "message": self.message,
             "stages": self.stages,
             "extra_phases": [{k: v for k, v in ph.items() if k != "structure"} for ph in self.extra_phases],
+            "instrument": self.instrument,
+            "unexplained_peaks": self.unexplained_peaks,
         }

@@ -29,7 +29,7 @@ from .recipe import RecipeBundle, build_recipe
 from .results import RefinementResult, parameter_esds, rw_factor
 from .symmetry import to_pymatgen
 
-__all__ = ["refine_structure", "DEFAULT_STAGES", "RIETVELD_STAGES", "PDF_EARLY_RMAX"]
+__all__ = ["refine_structure", "DEFAULT_STAGES", "RIETVELD_STAGES", "STANDARD_STAGES", "PDF_EARLY_RMAX"]
 
 
 #: PDF fits over a longer r range first refine every stage up to this r (Å), then once more over
@@ -57,6 +57,17 @@ RIETVELD_STAGES: list[list[str]] = [
     ["asym", "displacement"],
 ]
 
+
+#: Stages of ``instrument="standard"`` (a line-profile standard refined to find the instrument): the cell is
+#: the standard's certified one and stays fixed, so the zero shift is found against it; then the Gaussian
+#: and Lorentzian widths together, the ADPs (peak intensities) and last the asymmetry.
+STANDARD_STAGES: list[list[str]] = [
+    ["scale", "bkg"],
+    ["zero"],
+    ["profile", "lorentz"],
+    ["adp"],
+    ["asym"],
+]
 
 
 def _final_stride(bundle: RecipeBundle, stride: int) -> int:
@@ -104,6 +115,7 @@ def refine_structure(
     solver: str = "auto",
     phases: Sequence | None = None,
     instrument: str = "basic",
+    instrument_params=None,
 ) -> RefinementResult:
     """Refine ``structure`` against ``observation`` with space-group constraints.
 
@@ -150,10 +162,16 @@ def refine_structure(
     phases : sequence of structures, optional
         Known extra phases (impurities) refined alongside, PXRD only: scale, cell and
         crystallite size of each (see :func:`~.recipe.build_recipe`).
-    instrument : {"basic", "rietveld"}
+    instrument : {"basic", "rietveld", "standard"}
         PXRD profile model.  "rietveld" (measured patterns): Thompson–Cox–Hastings
         peaks, axial asymmetry, specimen displacement and March–Dollase preferred
         orientation, refined in :data:`RIETVELD_STAGES` unless ``stages`` is given.
+        "standard": the same profile fitted to a line-profile standard to find the instrument
+        (:data:`STANDARD_STAGES`; see :func:`~.recipe.build_recipe`).
+    instrument_params : InstrumentParameters, optional
+        The diffractometer's profile from an instrument file
+        (:func:`diffpy_diffusion.io.instrument_params.read_instrument`), held fixed; implies
+        ``instrument="rietveld"`` (see :func:`~.recipe.build_recipe`).
 
     Returns
     -------
@@ -169,7 +187,7 @@ def refine_structure(
             observation, structure, engine=engine, stages=stages, spacegroup_tol=spacegroup_tol,
             use_symmetry=use_symmetry, nbkg=nbkg, calculator=calculator, xrange=xrange, max_nfev=max_nfev,
             start=start, keep_recipe=keep_recipe, max_points=max_points, max_coord_vars=max_coord_vars,
-            solver=solver, phases=phases, instrument=instrument,
+            solver=solver, phases=phases, instrument=instrument, instrument_params=instrument_params,
         )
 
 
@@ -231,7 +249,7 @@ def _rietveld_start_size(bundle: RecipeBundle, problem: ResidualProblem) -> None
 
 def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol, use_symmetry, nbkg, calculator,
                       xrange, max_nfev, start, keep_recipe, max_points, max_coord_vars,
-                      solver="auto", phases=None, instrument="basic") -> RefinementResult:
+                      solver="auto", phases=None, instrument="basic", instrument_params=None) -> RefinementResult:
     t0 = time.perf_counter()
     if engine == "pdffit2":
         if phases:
@@ -247,7 +265,10 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
     bundle = build_recipe(
         observation, structure, spacegroup_tol=spacegroup_tol, use_symmetry=use_symmetry, nbkg=nbkg,
         calculator=calculator, xrange=xrange, phases=list(phases or []), instrument=instrument,
+        instrument_params=instrument_params,
     )
+    if instrument_params is not None:
+        instrument = "rietveld"
     recipe = bundle.recipe
     for name in getattr(bundle.generator, "extra_phases", []):
         getattr(recipe, f"scale_{name}").setValue(0.0)  # linear_start solves the main phase alone first
@@ -273,6 +294,10 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
     n_early = int(np.sum(bundle.x <= early_xmax)) if early_xmax else len(bundle.x)
     stride = int(np.ceil(n_early / max_points)) if (max_points and bundle.fast) else 1
     coarse = ResidualProblem(bundle, stride, early_xmax) if (stride > 1 or early_xmax) else full
+    if instrument == "standard":
+        from .recipe import STANDARD_SIZE_NM
+
+        start["size_nm"] = STANDARD_SIZE_NM  # also what linear_start keeps
     if bundle.kind == "xrd" and instrument == "rietveld" and bundle.fast and "size_nm" not in start:
         _rietveld_start_size(bundle, coarse)
     linear_start(bundle, coarse)
@@ -281,6 +306,8 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
 
     if stages is None and bundle.kind == "xrd" and instrument == "rietveld":
         stages = [list(s) for s in RIETVELD_STAGES]
+    if stages is None and bundle.kind == "xrd" and instrument == "standard":
+        stages = [list(s) for s in STANDARD_STAGES]
     if stages is None:
         stages = [list(s) for s in DEFAULT_STAGES[bundle.kind]]
         if bundle.kind == "xrd" and bundle.generator.extra_phases:
@@ -397,6 +424,23 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
             "structure": to_pymatgen(parset.stru), "scale": float(gen.get(f"scale_{name}").getValue()),
             "size_nm": float(gen.get(f"size_nm_{name}").getValue()),
         })
+    instrument_state = {}
+    unexplained = []
+    if bundle.kind == "xrd":
+        from .generators import chebyshev_background
+        from .peaks import unexplained_peaks
+
+        gen = bundle.generator
+        instrument_state = {k: float(gen.get(k).getValue()) for k in _INSTRUMENT_STATE}
+        instrument_state.update(peak_shape=gen.peak_shape, x_kind=gen.x_kind, wavelength=float(gen.wavelength),
+                                wavelength2=None if gen.wavelength2 is None else float(gen.wavelength2),
+                                ka2_ratio=float(gen.ka2_ratio), radiation=gen.radiation,
+                                monochromator_2theta_deg=gen.monochromator_2theta_deg,
+                                instrument_file=instrument_params is not None, standard=instrument == "standard")
+        bkg = chebyshev_background(bundle.x, [float(gen.get(f"bkg_{k}").getValue()) for k in range(gen.nbkg)],
+                                   gen.bkg_domain) if gen.nbkg else np.zeros_like(bundle.x)
+        unexplained = unexplained_peaks(bundle.x, bundle.y, np.asarray(yc, float), bkg, x_kind=gen.x_kind,
+                                        wavelength=float(gen.wavelength), zero=instrument_state["zero_deg"])
     result = RefinementResult(
         structure=to_pymatgen(stru),
         diffpy_structure=copy.deepcopy(stru),
@@ -418,5 +462,12 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
         message=message,
         recipe=recipe if keep_recipe else None,
         extra_phases=extra_phases,
+        instrument=instrument_state,
+        unexplained_peaks=unexplained,
     )
     return result
+
+
+#: Profile values of the PXRD generator reported in :attr:`RefinementResult.instrument` (units: see
+#: :class:`~.generators.XRDGenerator`).
+_INSTRUMENT_STATE = ("U", "V", "W", "X", "Y", "eta", "axial_deg", "zero_deg", "displacement_deg", "size_nm")
