@@ -713,9 +713,9 @@ def _pair_moments_jvp(cols: dict, frac, lat, t_frac, t_lat, r_lo: float, col_cls
     dtype, device = col_amp.dtype, cnt.device
     G = t_frac.shape[0]
     m = torch.zeros(3, C * nbins, dtype=dtype, device=device)
-    t_m = torch.zeros(C * nbins, 2 * G, dtype=dtype, device=device)
+    t_m = torch.zeros(2 * G, C * nbins, dtype=dtype, device=device)
     if len(cnt) == 0:
-        return m, t_m.view(C * nbins, 2, G)
+        return m, t_m.T.reshape(C * nbins, 2, G)
     f = frac - torch.floor(frac)
     iu, ju, prow = cols["iu"], cols["ju"], cols["prow"]
     u_row = f[ju] - f[iu]  # (rows, 3)
@@ -755,9 +755,9 @@ def _pair_moments_jvp(cols: dict, frac, lat, t_frac, t_lat, r_lo: float, col_cls
             dd[:, lat_dirs] = vv @ quad
         if frac_dirs.numel():
             dd[:, frac_dirs] += ((v @ metric)[:, :, None] * tu_row.index_select(0, row)).sum(1)
-        wd = (w / dist)[:, None] * dd
-        t_m.index_add_(0, flat, torch.cat([wd, 2.0 * delta[:, None] * wd], 1))
-    return m, t_m.view(C * nbins, 2, G)
+        wd = dd.T * (w / dist)
+        t_m.index_add_(1, flat, torch.cat([wd, wd * (2.0 * delta)], 0))
+    return m, t_m.T.reshape(C * nbins, 2, G)
 
 
 def _moment_coefficients_jvp(m0, m1, m2h, s2, r_e, pars, t_m1, t_m2h, t_s2, t_pars):
@@ -848,10 +848,12 @@ def _gauss_from_moments_jvp(m, t_m, s2_c, pars, resp, rmin: float, dr: float, k_
     L = x.numel()
     n_ext = K + 4 * W + 1
     ext = torch.zeros(n_ext, dtype=dtype, device=device)
-    t_ext = torch.zeros(n_ext, Q, dtype=dtype, device=device)
+    t_ext = torch.zeros(Q, n_ext, dtype=dtype, device=device)
     s2_ext = torch.zeros(n_ext * C, dtype=dtype, device=device) if js2 is not None else None
     ar = torch.arange(L, device=device) + W
-    rows = max(1, 4 * _BLOCK_VALUES // (L * max(Q, 1)))
+    # blocks of 16·_BLOCK_VALUES values per column: fewest calls for the size of the temporaries
+    # (measured on SrFe2As2 to 100 Å: 0.53 s per Jacobian, 0.58 s with 4·, 0.73 s with 1·)
+    rows = max(1, 16 * _BLOCK_VALUES // (L * max(Q, 1)))
     for s in range(0, E, rows):
         sl = slice(s, s + rows)
         z = torch.outer(inv[sl], x)
@@ -864,11 +866,11 @@ def _gauss_from_moments_jvp(m, t_m, s2_c, pars, resp, rmin: float, dr: float, k_
             gzz = gz * z2
             basis = torch.stack([gz, gz * z, gzz, gzz * z, gzz * z2], 1)  # (e, 5, L)
             v = torch.bmm(b[sl].transpose(1, 2), basis)  # (e, Q, L)
-            t_ext.index_add_(0, idx, v.transpose(1, 2).reshape(-1, Q))
+            t_ext.index_add_(1, idx, v.transpose(0, 1).reshape(Q, -1))
             if js2 is not None:  # the σ'² response, kept apart per class
                 cidx = (idx * C).view(-1, L) + e_cls[sl, None]
                 s2_ext.index_add_(0, cidx.reshape(-1), v[:, js2, :].reshape(-1))
-    t = t_ext[2 * W : 2 * W + K].T
+    t = t_ext[:, 2 * W : 2 * W + K]
     F = {}
     for j, n in enumerate(resp):
         if n == "s2":
