@@ -806,6 +806,32 @@ def read_observation_for_instrument(data, instrument_params, *, wavelength=None,
     return obs
 
 
+def pxrd_refine_options(observation: Observation, phases=(), peak_model: str = "auto",
+                        instrument_params=None) -> dict | None:
+    """``refine_options`` of :func:`propose` for ``--phase``, ``--peak-model`` and ``--instrument``.
+
+    ``peak_model="auto"``: the Rietveld profile when an instrument file or extra phases say the
+    pattern is a measured one, else the basic profile (simulated and nanocrystal patterns, where
+    it was measured).  Raises DiffpyDiffusionError for extra phases or an instrument file on a PDF.
+    """
+    from .io import read_structure
+
+    if observation.kind != "xrd":
+        if phases or instrument_params is not None:
+            raise DiffpyDiffusionError("--phase and --instrument apply to PXRD patterns, not to a PDF")
+        return None
+    if peak_model == "auto":
+        peak_model = "rietveld" if (phases or instrument_params is not None) else "basic"
+    opts: dict[str, Any] = {}
+    if peak_model != "basic":
+        opts["instrument"] = peak_model
+    if instrument_params is not None:
+        opts["instrument_params"] = instrument_params
+    if phases:
+        opts["phases"] = [read_structure(f) for f in phases]
+    return opts or None
+
+
 def _check_instrument_request(instrument_params, save_instrument, instrument: str, force: bool) -> None:
     """Refuse, before any work, what ``--instrument``/``--save-instrument`` cannot do."""
     if save_instrument is None:
@@ -919,4 +945,7 @@ def _pxrd_provenance(res) -> dict:
     """What a PXRD fit adds to a candidate's provenance: its profile and the peaks no phase explains."""
     if getattr(res, "kind", None) != "xrd" or not getattr(res, "instrument", None):
         return {}
-    return {"instrument": dict(res.instrument), "unexplained_peaks": list(res.unexplained_peaks)}
+    out = {"instrument": dict(res.instrument), "unexplained_peaks": list(res.unexplained_peaks)}
+    if getattr(res, "extra_phases", None):
+        out["extra_phases"] = [{k: v for k, v in ph.items() if k != "structure"} for ph in res.extra_phases]
+    return out

@@ -238,3 +238,41 @@ def test_unexplained_peaks_show_the_missing_phase():
     both = refine_structure(obs, mgo, phases=[cu], instrument="rietveld", nbkg=3, stages=stages)
     assert both.unexplained_peaks == []
     assert both.to_dict()["unexplained_peaks"] == [] and alone.to_dict()["unexplained_peaks"] == peaks
+
+
+# --------------------------------------------------------------------------- propose's options
+
+
+def test_propose_refine_options(tmp_path):
+    """--phase/--instrument/--peak-model reach the refinement: auto is the Rietveld profile for a measured
+    pattern (an instrument file or impurity phases given), the basic one otherwise; a PDF refuses them."""
+    from diffpy_diffusion.errors import DiffpyDiffusionError
+    from diffpy_diffusion.pipeline import pxrd_refine_options
+    from diffpy_diffusion.types import Observation
+
+    x = np.arange(20.0, 60.0, 0.05)
+    xrd = Observation(kind="xrd", x=x, y=np.ones_like(x), x_kind="2theta", wavelength=CU1, composition="MgO")
+    cif = tmp_path / "cu.cif"
+    _cubic(3.6149, ["Cu"] * 4, _FCC).to(filename=str(cif))
+    assert pxrd_refine_options(xrd) is None
+    assert pxrd_refine_options(xrd, peak_model="rietveld") == {"instrument": "rietveld"}
+    opts = pxrd_refine_options(xrd, [cif])
+    assert opts["instrument"] == "rietveld" and opts["phases"][0].composition.reduced_formula == "Cu"
+    assert pxrd_refine_options(xrd, instrument_params=TRUE)["instrument_params"] is TRUE
+    pdf = Observation(kind="pdf", x=np.linspace(1, 20, 200), y=np.zeros(200), x_kind="r", composition="Ni")
+    assert pxrd_refine_options(pdf) is None
+    with pytest.raises(DiffpyDiffusionError, match="PXRD"):
+        pxrd_refine_options(pdf, [cif])
+
+
+def test_propose_bad_instrument_file_is_one_line_exit_2(tmp_path):
+    from diffpy_diffusion.cli import cli
+
+    x = np.arange(20.0, 60.0, 0.02)
+    data = tmp_path / "d.xy"
+    np.savetxt(data, np.column_stack([x, 100 + 0 * x]))
+    bad = tmp_path / "bad.instr"
+    bad.write_text("wavelength = 1.54\nzero = 0.1\n", encoding="utf-8")
+    res = CliRunner().invoke(cli, ["propose", str(data), "-c", "MgO", "--instrument", str(bad)])
+    assert res.exit_code == 2
+    assert "bad.instr:2: unknown key 'zero'" in res.output and "Traceback" not in res.output

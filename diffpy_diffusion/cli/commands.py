@@ -69,6 +69,14 @@ from .show import print_proposals
 @seed_option
 @click.option("--refine/--no-refine", "do_refine", default=True, show_default=True,
               help="Refine the screened candidates with srfit (--no-refine: screen only, much faster).")
+@click.option("--phase", "phases", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="FILE.cif", help="Known extra (impurity) phase refined alongside every candidate (PXRD): "
+                                       "scale, cell, size. Repeatable.")
+@click.option("--peak-model", type=click.Choice(["auto", "rietveld", "basic"]), default="auto", show_default=True,
+              help="PXRD profile of the refinement: rietveld (Thompson-Cox-Hastings, Kα2, axial asymmetry, "
+                   "displacement, preferred orientation), basic (pseudo-Voigt and Scherrer size), or auto: "
+                   "rietveld when --instrument or --phase is given, else basic.")
+@instrument_option
 @relax_option
 @no_energy_option
 @no_condition_option
@@ -78,7 +86,8 @@ from .show import print_proposals
 @quiet_option
 @debug_option
 def propose(data, composition, wavelength, radiation, size_nm, x_kind, qmax, qdamp, spacegroup, max_atoms, backend,
-            library, backend_options, n, top, seed, do_refine, relax, no_condition, output, force, as_json, quiet):
+            library, backend_options, n, top, seed, do_refine, phases, peak_model, instrument, relax, no_condition,
+            output, force, as_json, quiet):
     """Propose and refine crystal structures for the pattern in DATA.
 
     DATA is a powder pattern (.xy .xye .dat .csv .chi: 2θ or Q vs intensity)
@@ -92,16 +101,28 @@ def propose(data, composition, wavelength, radiation, size_nm, x_kind, qmax, qda
     Example:
       diffpy-diffuse propose cdse_3nm.xy -c CdSe -w CuKa --size 3nm -o results/
     """
-    from ..io import check_pdf_grid, read_observation
-    from ..pipeline import propose as pipeline_propose, relax_available
+    from ..io import check_pdf_grid
+    from ..pipeline import propose as pipeline_propose, pxrd_refine_options, read_observation_for_instrument
 
     if relax:
+        from ..pipeline import relax_available
+
         relax_available()  # before reading anything: exit 2 when no plugin can relax
+    if instrument is not None and peak_model == "basic":
+        raise click.UsageError("--instrument holds the Rietveld instrument profile; it cannot be used with "
+                               "--peak-model basic")
+    ip = None
+    if instrument is not None:
+        from ..io.instrument_params import read_instrument
+
+        ip = read_instrument(instrument)
     sg = int(spacegroup) if spacegroup and str(spacegroup).isdigit() else spacegroup
     pdf_fields = {k: v for k, v in (("qmax", qmax), ("qdamp", qdamp)) if v is not None}
-    obs = read_observation(data, x_kind=x_kind, wavelength=wavelength, radiation=radiation,
-                           composition=composition, size_nm=size_nm, spacegroup=sg, max_atoms=max_atoms, **pdf_fields)
+    obs = read_observation_for_instrument(data, ip, x_kind=x_kind, wavelength=wavelength, radiation=radiation,
+                                          composition=composition, size_nm=size_nm, spacegroup=sg,
+                                          max_atoms=max_atoms, **pdf_fields)
     check_pdf_grid(obs)  # a G(r) the proposers cannot use: one line naming the file, before any work
+    refine_options = pxrd_refine_options(obs, phases, peak_model, ip)
     backend = resolve_backend(backend, quiet or as_json)
     t0 = time.perf_counter()
     try:
@@ -109,7 +130,7 @@ def propose(data, composition, wavelength, radiation, size_nm, x_kind, qmax, qda
                                    progress=not (quiet or as_json),
                                    backend_options=merge_pdf_condition(merge_library(backend_options, library),
                                                                        no_condition), refine=do_refine,
-                                   relax=relax)
+                                   relax=relax, refine_options=refine_options)
     except KeyboardInterrupt:
         if output is not None and (Path(output) / "results.json").exists():
             raise KeyboardInterrupt(f"The candidates finished so far are in {output}/ "
