@@ -1,9 +1,12 @@
 """The least-squares driver of a staged refinement.
 
 :class:`ResidualProblem` is the weighted residual of a :class:`~.recipe.RecipeBundle`
-over its currently free variables, with a finite-difference Jacobian evaluated
-as *one batched* physics call (every perturbed parameter state is one crystal of
-a :class:`~diffpy_diffusion.physics.crystal.CrystalBatch`).  :func:`run_stage`
+over its currently free variables, with its Jacobian from the physics' own
+derivatives (:mod:`.jacobian`: exact for the torch PDF, exact linear columns for
+PXRD) or, with ``DIFFPY_DIFFUSION_JACOBIAN=fd`` and for generators without
+derivatives, by finite differences evaluated as *one batched* physics call
+(every perturbed parameter state is one crystal of a
+:class:`~diffpy_diffusion.physics.crystal.CrystalBatch`).  :func:`run_stage`
 minimises it with :func:`scipy.optimize.least_squares` (trust-region
 reflective) or :func:`broyden_lm` (Levenberg–Marquardt with Broyden updates,
 fewer physics calls for many variables); :func:`linear_start` solves the linear
@@ -54,7 +57,10 @@ def free_names(recipe) -> list[str]:
 
 
 class ResidualProblem:
-    """Residual and batched-FD Jacobian over the currently free variables of a bundle.
+    """Residual and Jacobian over the currently free variables of a bundle.
+
+    ``jacobian``: "exact" or "fd" (default: $DIFFPY_DIFFUSION_JACOBIAN, else "exact"; see
+    :mod:`.jacobian`).
 
     ``stride`` > 1 evaluates every stride-th point only (a uniform sub-grid, so
     the PDF band limit still applies): the early stages of a fit on a fine grid
