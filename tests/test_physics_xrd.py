@@ -252,3 +252,36 @@ def test_gradcheck_instrument_parameters():
         for v in ([0.05], [1.3], [[0.5, 0.2, 0.1]], [0.02], [0.03], [0.4], [6.0])
     )
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("size_nm, U, V, W, eta", [(10.0, 0.0, 0.0, 0.01, 0.5), (10.0, 0.01, -0.005, 0.01, 0.3),
+                                                    (50.0, 0.004, 0.0, 0.006, 0.7)])
+def test_fft_profile_matches_voigt_convolution_of_pymatgen_sticks(size_nm, U, V, W, eta):
+    """Size ⊗ Caglioti pseudo-Voigt on a 2θ grid vs pymatgen's sticks convolved with scipy's exact Voigt.
+
+    Reference, per stick at Q_p (no truncation): (1-η) Voigt(σ_p, Γ_s/2) + η Lorentzian(FWHM h_p + Γ_s)
+    in Q, with h_p the Caglioti FWHM converted to Q at the stick and Γ_s = 2πK/L, times dQ/d2θ.
+    """
+    from pymatgen.analysis.diffraction.xrd import XRDCalculator
+    from scipy.special import voigt_profile
+
+    structures = _structures_for_pymatgen()[:3]
+    x = np.arange(10.0, 90.0, 0.02)
+    calc = XRDCalculator(wavelength=CU)
+    for s in structures:
+        ref = calc.get_pattern(s, scaled=False, two_theta_range=(0, 120))
+        tt, inten = np.asarray(ref.x), np.asarray(ref.y)
+        th = np.radians(tt / 2)
+        q = 4 * np.pi * np.sin(th) / CU
+        refl = Reflections.from_lists([q], [inten], dtype=torch.float64)
+        ours = xrd_profile(refl, torch.tensor(x), wavelength=CU, size_nm=size_nm, U=U, V=V, W=W, eta=eta,
+                           lorentz_polarization=False, method="fft")[0].numpy()
+        tan = np.tan(th)
+        h_q = np.sqrt(np.clip(U * tan**2 + V * tan + W, 0, None)) * (2 * np.pi / CU) * np.cos(th) * np.pi / 180
+        g_s = 2 * np.pi * 0.9 / (10 * size_nm)  # Scherrer FWHM in Q
+        qx = 4 * np.pi * np.sin(np.radians(x) / 2) / CU
+        d = qx[:, None] - q[None, :]
+        lor = ((h_q + g_s) / (2 * np.pi)) / (d**2 + ((h_q + g_s) / 2) ** 2)
+        prof = (1 - eta) * voigt_profile(d, h_q / (2 * np.sqrt(2 * np.log(2))), g_s / 2) + eta * lor
+        expected = (prof @ inten) * (2 * np.pi / CU) * np.cos(np.radians(x) / 2) * np.pi / 180
+        assert np.abs(ours - expected).max() <= 1e-3 * expected.max(), s.formula
