@@ -712,10 +712,10 @@ def _pair_moments_jvp(cols: dict, frac, lat, t_frac, t_lat, r_lo: float, col_cls
     cnt = cols["cnt"]
     dtype, device = col_amp.dtype, cnt.device
     G = t_frac.shape[0]
-    m = torch.zeros(3, C * nbins, dtype=dtype, device=device)
-    t_m = torch.zeros(2 * G, C * nbins, dtype=dtype, device=device)
+    # rows: Σw, Σwδ, Σwδ², then Σw∂d and Σ2wδ∂d of every direction (one scatter per block)
+    acc = torch.zeros(3 + 2 * G, C * nbins, dtype=dtype, device=device)
     if len(cnt) == 0:
-        return m, t_m.T.reshape(C * nbins, 2, G)
+        return acc[:3], acc[3:].T.reshape(C * nbins, 2, G)
     f = frac - torch.floor(frac)
     iu, ju, prow = cols["iu"], cols["ju"], cols["prow"]
     u_row = f[ju] - f[iu]  # (rows, 3)
@@ -723,7 +723,7 @@ def _pair_moments_jvp(cols: dict, frac, lat, t_frac, t_lat, r_lo: float, col_cls
     frac_dirs = torch.nonzero(t_frac.reshape(G, -1).abs().amax(1) > 0).squeeze(-1)
     tu_row = (t_frac[frac_dirs][:, ju] - t_frac[frac_dirs][:, iu]).permute(1, 2, 0)  # (rows, 3, Gf)
     metric = lat @ lat.T
-    quad = (t_lat[lat_dirs] @ lat.T).reshape(-1, 9).T.contiguous()  # (9, Gl): v·(∂L Lᵀ)·v
+    quad = (t_lat[lat_dirs] @ lat.T).reshape(-1, 9)  # (Gl, 9): v·(∂L Lᵀ)·v
     cum = torch.cumsum(cnt, 0)
     total = int(cum[-1])
     marks = torch.tensor(list(range(_BLOCK_PAIRS, total, _BLOCK_PAIRS)), dtype=cum.dtype, device=device)
@@ -739,25 +739,26 @@ def _pair_moments_jvp(cols: dict, frac, lat, t_frac, t_lat, r_lo: float, col_cls
         if C > 1:
             flat = flat + col_cls[cs:ce].index_select(0, rep) * nbins
         w = col_amp[cs:ce].index_select(0, rep)
-        m[0].index_add_(0, flat, w)
-        m[1].index_add_(0, flat, w * delta)
-        m[2].index_add_(0, flat, w * delta * delta)
-        if G == 0:
-            continue
-        row = prow[cs:ce].index_select(0, rep)
-        v = u_row.index_select(0, row)
-        v = v + torch.stack([cols["c0"][cs:ce].index_select(0, rep).to(dtype),
-                             cols["c1"][cs:ce].index_select(0, rep).to(dtype), n2.to(dtype)], 1)
-        # d·∂d = v g ∂vᵀ + v (∂L Lᵀ) vᵀ, g = L Lᵀ: a quadratic form in v for the lattice directions
-        dd = v.new_zeros(v.shape[0], G)
-        if lat_dirs.numel():
-            vv = (v[:, :, None] * v[:, None, :]).reshape(-1, 9)
-            dd[:, lat_dirs] = vv @ quad
-        if frac_dirs.numel():
-            dd[:, frac_dirs] += ((v @ metric)[:, :, None] * tu_row.index_select(0, row)).sum(1)
-        wd = dd.T * (w / dist)
-        t_m.index_add_(1, flat, torch.cat([wd, wd * (2.0 * delta)], 0))
-    return m, t_m.T.reshape(C * nbins, 2, G)
+        src = w.new_empty(3 + 2 * G, w.numel())
+        src[0] = w
+        torch.mul(w, delta, out=src[1])
+        torch.mul(src[1], delta, out=src[2])
+        if G:
+            row = prow[cs:ce].index_select(0, rep)
+            v = u_row.index_select(0, row)
+            v = v + torch.stack([cols["c0"][cs:ce].index_select(0, rep).to(dtype),
+                                 cols["c1"][cs:ce].index_select(0, rep).to(dtype), n2.to(dtype)], 1)
+            # d·∂d = v g ∂vᵀ + v (∂L Lᵀ) vᵀ, g = L Lᵀ: a quadratic form in v for the lattice directions
+            dd = src[3 : 3 + G]
+            dd.zero_()
+            if lat_dirs.numel():
+                dd[lat_dirs] = quad @ (v[:, :, None] * v[:, None, :]).reshape(-1, 9).T
+            if frac_dirs.numel():
+                dd[frac_dirs] += ((v @ metric)[:, :, None] * tu_row.index_select(0, row)).sum(1).T
+            dd.mul_(w / dist)
+            torch.mul(dd, 2.0 * delta, out=src[3 + G :])
+        acc.index_add_(1, flat, src)
+    return acc[:3], acc[3:].T.reshape(C * nbins, 2, G)
 
 
 def _moment_coefficients_jvp(m0, m1, m2h, s2, r_e, pars, t_m1, t_m2h, t_s2, t_pars):
