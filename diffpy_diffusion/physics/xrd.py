@@ -322,7 +322,7 @@ def _intensity_padded(batch: CrystalBatch, q: torch.Tensor, hklf: torch.Tensor, 
     return torch.cat(out) if out else q.new_zeros(0)
 
 
-def _crystal_groups(dims: np.ndarray, budget: int, overhead: int = 1 << 20) -> list[np.ndarray]:
+def _crystal_groups(dims: np.ndarray, budget: int, overhead: int = 1 << 18) -> list[np.ndarray]:
     """Crystals in groups of similar array sizes, for padded (crystal, ...) arrays.
 
     ``dims``: (B, D) sizes of every crystal's D padded dimensions; a group's padded work is
@@ -394,7 +394,7 @@ def _intensity_columns(batch: CrystalBatch, q: torch.Tensor, crystal: torch.Tens
     """
     col, col_hk, col_crystal = columns
     B, dtype, device = batch.num_crystals, q.dtype, q.device
-    R, N = q.shape[0], batch.frac.shape[0]
+    N = batch.frac.shape[0]
     # scatterer types: unique (crystal, Z, Uiso), as int64 codes
     code = batch.batch * 256 + batch.numbers
     u_eff = batch.uiso.detach() if debye_waller else None
@@ -432,8 +432,6 @@ def _intensity_columns(batch: CrystalBatch, q: torch.Tensor, crystal: torch.Tens
     ftab = ftab.reshape(-1)
 
     # per crystal: reflections, (h, k) columns and l range
-    r_counts = torch.bincount(crystal, minlength=B)
-    r_first = torch.cumsum(r_counts, 0) - r_counts
     c_counts = torch.bincount(col_crystal, minlength=B)
     c_first = torch.cumsum(c_counts, 0) - c_counts
     l_lo = torch.full((B,), 1 << 30, dtype=torch.long, device=device).scatter_reduce(0, crystal, l, reduce="amin")
@@ -442,15 +440,26 @@ def _intensity_columns(batch: CrystalBatch, q: torch.Tensor, crystal: torch.Tens
     hk = col_hk.to(dtype)
     rel_col = col - c_first[crystal]  # column of a reflection within its crystal
     rel_l = l - l_lo[crystal]
-    n_refl, n_col, n_l = r_counts.cpu().numpy(), c_counts.cpu().numpy(), l_n.cpu().numpy()
+    n_col, n_l = c_counts.cpu().numpy(), l_n.cpu().numpy()
     t_big = torch.zeros(B, dtype=torch.long, device=device).scatter_reduce(0, t_crystal, t_size, reduce="amax")
     n_t_np, t_big_np = t_counts.cpu().numpy(), t_big.cpu().numpy()
-    out = q.new_zeros(R + 1)  # slot R: padding reflections
     # group work: (columns × l values) × (types × largest type) of every crystal
-    for g in _crystal_groups(np.stack([n_col, n_l, n_t_np, t_big_np], 1), max(chunk_elements, 1)):
+    groups = _crystal_groups(np.stack([n_col, n_l, n_t_np, t_big_np], 1), max(chunk_elements, 1))
+    # every crystal's place in the type sums of its group: offset of its (type 0, column 0, l 0)
+    # entry in one flat buffer, and the strides of its group
+    sizes = [len(g) * int(n_t_np[g].max()) * int(n_col[g].max()) * 2 * int(n_l[g].max()) for g in groups]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    c_off, c_tstride, c_nl = np.zeros(B, np.int64), np.zeros(B, np.int64), np.zeros(B, np.int64)
+    for g, off in zip(groups, offsets):
+        nc, nl, tg = int(n_col[g].max()), int(n_l[g].max()), int(n_t_np[g].max())
+        c_off[g] = off + np.arange(len(g)) * tg * nc * 2 * nl
+        c_tstride[g], c_nl[g] = nc * 2 * nl, nl
+    st_all = q.new_empty(int(offsets[-1]) + 1)  # every group fills its part; the last slot: zero
+    st_all[-1] = 0.0
+    for g, off, size in zip(groups, offsets, sizes):
         gt = torch.as_tensor(g, device=device)
         C = len(g)
-        nc, nl, rmax = int(n_col[g].max()), int(n_l[g].max()), int(n_refl[g].max())
+        nc, nl = int(n_col[g].max()), int(n_l[g].max())
         tg, ag = int(n_t_np[g].max()), int(t_big_np[g].max())
         fr = frac_all[gt, :tg, :ag]  # (C, T, A, 3)
         cols = (c_first[gt][:, None] + torch.arange(nc, device=device)).clamp_max(len(col_crystal) - 1)
@@ -462,30 +471,28 @@ def _intensity_columns(batch: CrystalBatch, q: torch.Tensor, crystal: torch.Tens
         occ = occ_all[gt, :tg, :ag, None]
         zr, zi = torch.cos(pz) * occ, torch.sin(pz) * occ
         zmat = torch.cat([torch.cat([zr, zi], -1), torch.cat([-zi, zr], -1)], -2).view(C * tg, 2 * ag, 2 * nl)
-        st = torch.bmm(hmat, zmat).view(-1)  # (C, T, Nc, [Re | Im] × L): the type sums S_t
-        # the reflections of the group, padded (C, Rmax)
-        ar = torch.arange(rmax, device=device)
-        ridx = torch.where(ar < r_counts[gt][:, None], r_first[gt][:, None] + ar, R)
-        rc = ridx.clamp_max(R - 1)
-        valid = ridx < R
-        pos = torch.where(valid, rel_col[rc] * (2 * nl) + rel_l[rc], 0)  # (C, Rmax)
-        tt = torch.arange(tg, device=device)
-        base_ct = (torch.arange(C, device=device)[:, None] * tg + tt) * (nc * 2 * nl)  # (C, T)
-        fidx = base_ct[:, None, :] + pos[:, :, None]  # (C, Rmax, T)
-        re, im = st[fidx], st[fidx + nl]
-        qq = q[rc]
-        t = qq * qq * (1.0 / (_FOUR_PI * _FOUR_PI * _FTAB_DS2))
-        i0 = t.long()
-        wt = (t - i0.to(dtype))[:, :, None]
-        fb = z_all[gt, None, :tg] * n_tab + i0[:, :, None]  # (C, Rmax, T)
-        f0 = ftab[fb]
-        w = f0 + (ftab[fb + 1] - f0) * wt
-        if use_dw:
-            w = w * torch.exp(-0.5 * u_all[gt, None, :tg] * (qq * qq)[:, :, None])
-        a = (w * re).sum(-1)
-        b = (w * im).sum(-1)
-        out[ridx] = 2.0 * (a * a + b * b)  # x2: the Friedel mate -h
-    return out[:R]
+        # (C, T, Nc, [Re | Im] × L): the type sums S_t
+        torch.bmm(hmat, zmat, out=st_all[int(off):int(off) + size].view(C * tg, nc, 2 * nl))
+    # every reflection and type: S_t from the buffer, weight from the form-factor table
+    cr_off = torch.as_tensor(c_off, device=device)[crystal] + rel_col * torch.as_tensor(2 * c_nl, device=device)[
+        crystal] + rel_l  # (R,)
+    tt = torch.arange(tmax, device=device)
+    fidx = (cr_off[:, None] + tt * torch.as_tensor(c_tstride, device=device)[crystal][:, None])  # (R, Tmax)
+    fidx = torch.where(tt < t_counts[crystal][:, None], fidx, int(offsets[-1]))  # absent types: the zero slot
+    nl_r = torch.as_tensor(c_nl, device=device)[crystal][:, None]
+    re = st_all[fidx]
+    im = st_all[torch.where(tt < t_counts[crystal][:, None], fidx + nl_r, fidx)]
+    t = q * q * (1.0 / (_FOUR_PI * _FOUR_PI * _FTAB_DS2))
+    i0 = t.long()
+    wt = (t - i0.to(dtype))[:, None]
+    fb = z_all[crystal] * n_tab + i0[:, None]  # (R, Tmax); padding types: row 0 (zeros)
+    f0 = ftab[fb]
+    w = f0 + (ftab[fb + 1] - f0) * wt
+    if use_dw:
+        w = w * torch.exp(-0.5 * u_all[crystal] * (q * q)[:, None])
+    a = (w * re).sum(-1)
+    b = (w * im).sum(-1)
+    return 2.0 * (a * a + b * b)  # x2: the Friedel mate -h
 
 
 def reflections(
