@@ -100,6 +100,17 @@ def test_fd_fallback_for_generators_without_derivatives(monkeypatch):
     from diffpy_diffusion.refine.jacobian import jacobian_mode
 
     assert TorchPDFGenerator.exact_jacobian and not HookPDFGenerator.exact_jacobian
+    from diffpy_diffusion.refine.optimize import ResidualProblem, update_constraints
+    from diffpy_diffusion.refine.recipe import build_recipe
+
+    make, _ = CASES[1]
+    b = build_recipe(_simulate_pdf(make(), np.arange(1.0, 6.0, 0.05)), make(), calculator="pdffit2")
+    b.recipe.free("scale", "a")
+    p = np.asarray(b.recipe.getValues(), float)
+    update_constraints(b.recipe, p)
+    prob = ResidualProblem(b, jacobian="exact")
+    assert prob.jacobian_exact(p) is None
+    assert np.allclose(prob.jacobian(p), prob.jacobian_fd(p))
     monkeypatch.setenv("DIFFPY_DIFFUSION_JACOBIAN", "fd")
     assert jacobian_mode() == "fd"
     assert jacobian_mode("exact") == "exact"

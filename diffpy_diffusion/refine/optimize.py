@@ -116,6 +116,9 @@ class ResidualProblem:
         """
         b = self.b
         gen = b.generator
+        exact = bool(getattr(gen, "exact_jacobian", False))
+        if not exact and b.kind != "xrd":
+            return None
         p = np.asarray(p, float)
         update_constraints(b.recipe, p)
         T = self.smap.matrix(p, free_names(b.recipe))
@@ -123,12 +126,10 @@ class ResidualProblem:
         if tans is None:
             return None
         st = gen.state()
-        if getattr(gen, "exact_jacobian", False):
+        if exact:
             self.nfev += 1
             _, dy = gen.jacobian(self.x, st, tans)
             return (np.where(np.isfinite(dy), dy, 0.0) * self.w).T
-        if b.kind != "xrd":
-            return None
         return self._jacobian_xrd(p, st, tans, T[:6])
 
     def _jacobian_xrd(self, p, st, tans, t_lp) -> np.ndarray:
