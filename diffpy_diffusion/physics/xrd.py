@@ -196,14 +196,12 @@ class Reflections:
                            i(self.multiplicity))
 
 
-def _enumerate_hkl(lattice: torch.Tensor, q_max: torch.Tensor, q_min: torch.Tensor, columns: bool = False):
+def _enumerate_hkl(lattice: torch.Tensor, q_max: torch.Tensor, q_min: torch.Tensor):
     """All reciprocal-lattice points of one Friedel half-space with q_min <= Q <= q_max.
 
     Enumerates (h, k) columns and solves the quadratic |G|² <= g_max² for the
     l range of each, so only points inside the sphere are generated.
-    Returns (hkl (R,3) long, crystal (R,) long), computed without autograd; with ``columns``
-    also (column (R,) long, col_hk (C,2) long, col_crystal (C,) long): the (h, k) column of every
-    point (columns sorted by crystal, then h, k; points by column, then l).
+    Returns (hkl (R,3) long, crystal (R,) long), computed without autograd.
     """
     device = lattice.device
     with torch.no_grad():
@@ -240,7 +238,6 @@ def _enumerate_hkl(lattice: torch.Tensor, q_max: torch.Tensor, q_min: torch.Tens
         ok = (disc >= 0) & ((h > 0) | (k >= 0)) & (lmax >= lmin)
         idx = torch.nonzero(ok).squeeze(-1)
         h, k, cb, lmin, lmax = (t.index_select(0, idx) for t in (h, k, cb, lmin, lmax))
-        hc, kc = h, k
         nl = lmax - lmin + 1
         rep = torch.repeat_interleave(torch.arange(len(nl), device=device), nl)
         off = torch.cumsum(nl, 0) - nl
@@ -253,12 +250,9 @@ def _enumerate_hkl(lattice: torch.Tensor, q_max: torch.Tensor, q_min: torch.Tens
             + hf * kf * cc[:, 3] + hf * lf * cc[:, 4] + kf * lf * cc[:, 5]
         )
         keep = (g2 <= (g_max**2 * (1 + 1e-12)).index_select(0, crystal)) & (g2 >= (g_min**2).index_select(0, crystal))
-        col = rep
         if not bool(keep.all()):
             idx = torch.nonzero(keep).squeeze(-1)
-            h, k, l, crystal, col = (t.index_select(0, idx) for t in (h, k, l, crystal, col))
-    if columns:
-        return torch.stack([h, k, l], -1), crystal, (col, torch.stack([hc, kc], -1), cb)
+            h, k, l, crystal = (t.index_select(0, idx) for t in (h, k, l, crystal))
     return torch.stack([h, k, l], -1), crystal
 
 
@@ -271,8 +265,14 @@ def _padded_atoms(batch: CrystalBatch):
 
 
 def _intensity_padded(batch: CrystalBatch, q: torch.Tensor, hklf: torch.Tensor, crystal: torch.Tensor,
-                      radiation: str, table: str, debye_waller: bool, chunk_elements: int) -> torch.Tensor:
-    """|F|² (Friedel mates included) with autograd: atoms padded to the largest cell, per reflection."""
+                      radiation: str, table: str, debye_waller: bool, chunk_elements: int,
+                      fast: bool = False) -> torch.Tensor:
+    """|F|² (Friedel mates included), atoms padded to the largest cell, per reflection.
+
+    ``fast`` (X-ray, no autograd): form factors from :func:`_form_factor_table` (linear
+    interpolation in s², relative error < 1e-5), padding atoms point to its zero row, and unit
+    occupancies are not multiplied.
+    """
     B, dtype, device = batch.num_crystals, q.dtype, q.device
     R = q.shape[0]
     # per-crystal species table: scattering factors once per (reflection, species)
@@ -298,20 +298,40 @@ def _intensity_padded(batch: CrystalBatch, q: torch.Tensor, hklf: torch.Tensor, 
     if radiation == "neutron":
         b_spec = neutron_length(spec_pad.reshape(-1), dtype=dtype).reshape(B, S)
 
+    if fast:
+        ftab = _form_factor_table(spec_numbers, float((q.detach().max() / _FOUR_PI) ** 2), table, dtype, device)
+        n_tab = ftab.shape[1]
+        ftab = ftab.reshape(-1)
+        gid_pad = torch.zeros(B, S + 1, dtype=torch.long, device=device)  # element; 0: padding (zero row)
+        gid_pad[spec_crystal, spec_slot] = spec_numbers
+        sslot_pad = torch.full((B, nmax), S, dtype=torch.long, device=device)
+        sslot_pad[batch.batch, slot] = atom_spec_slot
+        unit_occ = bool((batch.occupancy == 1).all())
+
     out = []
     rows = max(1, chunk_elements // max(nmax * max(S, 1), 1))
     for s in range(0, R, rows):
         sl = slice(s, s + rows)
         cr, qq = crystal[sl], q[sl]
         r = cr.shape[0]
-        if radiation == "xray":
+        if fast:
+            t = qq.detach() ** 2 * (1.0 / (_FOUR_PI * _FOUR_PI * _FTAB_DS2))
+            i0 = t.long()
+            wt = (t - i0.to(dtype))[:, None]
+            base = gid_pad.index_select(0, cr) * n_tab + i0[:, None]  # (r, S+1)
+            f0 = ftab[base]
+            f_spec = f0 + (ftab[base + 1] - f0) * wt
+            f_atom = torch.gather(f_spec, 1, sslot_pad.index_select(0, cr))  # (r, nmax)
+            w = f_atom if unit_occ else f_atom * occ_pad.index_select(0, cr)
+        elif radiation == "xray":
             f_spec = xray_form_factor(
                 spec_pad.index_select(0, cr).reshape(-1), qq.repeat_interleave(S)[:, None], table=table
             ).reshape(r, S)
         else:
             f_spec = b_spec.index_select(0, cr)
-        f_atom = torch.gather(f_spec, 1, sslot_pad.index_select(0, cr))  # (r, nmax)
-        w = f_atom * occ_pad.index_select(0, cr)
+        if not fast:
+            f_atom = torch.gather(f_spec, 1, sslot_pad.index_select(0, cr))  # (r, nmax)
+            w = f_atom * occ_pad.index_select(0, cr)
         if use_dw:
             w = w * torch.exp(-0.5 * u_pad.index_select(0, cr) * qq[:, None] ** 2)
         phase = torch.bmm(frac_pad.index_select(0, cr), hklf[sl, :, None]).squeeze(-1)  # (r, nmax)
@@ -320,35 +340,6 @@ def _intensity_padded(batch: CrystalBatch, q: torch.Tensor, hklf: torch.Tensor, 
         b = (w * torch.sin(phase)).sum(-1)
         out.append(2.0 * (a * a + b * b))  # x2: the Friedel mate -h
     return torch.cat(out) if out else q.new_zeros(0)
-
-
-def _crystal_groups(dims: np.ndarray, budget: int, overhead: int = 1 << 18) -> list[np.ndarray]:
-    """Crystals in groups of similar array sizes, for padded (crystal, ...) arrays.
-
-    ``dims``: (B, D) sizes of every crystal's D padded dimensions; a group's padded work is
-    its count times the product of its largest sizes.  Greedy over the crystals sorted by
-    work: a crystal joins the current group when that adds less padded work than its own
-    work plus ``overhead`` (the fixed cost of one more group, in the same units) and the group
-    stays within ``budget``; crystals with a zero size are left out.
-    """
-    dims = np.asarray(dims, dtype=np.int64)
-    work = dims.prod(1)
-    order = np.argsort(work, kind="stable")
-    groups, cur = [], []
-    mx = np.zeros(dims.shape[1], dtype=np.int64)
-    for b in order:
-        if work[b] == 0:
-            continue
-        m2 = np.maximum(mx, dims[b])
-        padded = (len(cur) + 1) * int(m2.prod())
-        if cur and (padded - len(cur) * int(mx.prod()) > work[b] + overhead or padded > budget):
-            groups.append(np.asarray(cur))
-            cur, m2 = [], dims[b].copy()
-        cur.append(b)
-        mx = m2
-    if cur:
-        groups.append(np.asarray(cur))
-    return groups
 
 
 # X-ray form factors of every element on a fixed grid in s² = (Q/4π)², per (table, dtype, device):
@@ -377,122 +368,6 @@ def _form_factor_table(numbers: torch.Tensor, s2_top: float, table: str, dtype, 
         done[need] = True
     _FTAB_CACHE[key] = (tab, done)
     return tab
-
-
-def _intensity_columns(batch: CrystalBatch, q: torch.Tensor, crystal: torch.Tensor, l: torch.Tensor, columns,
-                       table: str, debye_waller: bool, chunk_elements: int) -> torch.Tensor:
-    """|F|² (Friedel mates included) of X-ray reflections without autograd, by matrix products.
-
-    Atoms of a crystal with the same element and Uiso ("scatterer types") share a form factor
-    and a Debye–Waller factor, so F(hkl) = Σ_t w_t(Q) S_t(hkl) with the type sums
-    S_t = Σ_{j∈t} occ_j exp(2πi(h x_j + k y_j)) exp(2πi l z_j).  For every (h, k) column of a
-    crystal and every l of its range, S_t is one complex matrix product (columns × atoms) @
-    (atoms × l), batched over crystals and types: the phase factors need only
-    (columns + l values) × atoms sines and cosines instead of one per (reflection, atom).
-    Crystals are processed in groups of similar size (padded arrays).  Form factors come from
-    :func:`_form_factor_table`.
-    """
-    col, col_hk, col_crystal = columns
-    B, dtype, device = batch.num_crystals, q.dtype, q.device
-    N = batch.frac.shape[0]
-    # scatterer types: unique (crystal, Z, Uiso), as int64 codes
-    code = batch.batch * 256 + batch.numbers
-    u_eff = batch.uiso.detach() if debye_waller else None
-    if u_eff is not None and bool((u_eff != 0).any()):
-        u_val, u_code = torch.unique(u_eff, return_inverse=True)
-        _, code = torch.unique(code, return_inverse=True)
-        code = code * len(u_val) + u_code
-    t_code, atom_type = torch.unique(code, return_inverse=True)  # sorted: crystal first
-    n_t = len(t_code)
-    first_atom = torch.full((n_t,), N, dtype=torch.long, device=device).scatter_reduce(
-        0, atom_type, torch.arange(N, device=device), reduce="amin")
-    t_crystal = batch.batch[first_atom]
-    t_counts = torch.bincount(t_crystal, minlength=B)
-    t_slot = torch.arange(n_t, device=device) - (torch.cumsum(t_counts, 0) - t_counts)[t_crystal]
-    # every atom's place within its type
-    t_size = torch.bincount(atom_type, minlength=n_t)
-    order = torch.argsort(atom_type, stable=True)
-    in_type = torch.empty_like(order)
-    in_type[order] = torch.arange(N, device=device) - (torch.cumsum(t_size, 0) - t_size)[atom_type[order]]
-    tmax, amax = int(t_counts.max()), int(t_size.max())
-    # (crystal, type, atom) padded positions (2π-scaled) and occupancies; (crystal, type) element and Uiso
-    frac_all = q.new_zeros(B, tmax, amax, 3)
-    ct, cs = t_crystal[atom_type], t_slot[atom_type]
-    frac_all[ct, cs, in_type] = batch.frac.detach().to(dtype) * _TWO_PI
-    occ_all = q.new_zeros(B, tmax, amax)
-    occ_all[ct, cs, in_type] = batch.occupancy.detach().to(dtype)
-    z_all = torch.zeros(B, tmax, dtype=torch.long, device=device)
-    z_all[t_crystal, t_slot] = batch.numbers[first_atom]
-    use_dw = u_eff is not None and bool((u_eff != 0).any())
-    if use_dw:
-        u_all = q.new_zeros(B, tmax)
-        u_all[t_crystal, t_slot] = u_eff[first_atom].to(dtype)
-    ftab = _form_factor_table(batch.numbers, float((q.max() / _FOUR_PI) ** 2), table, dtype, device)
-    n_tab = ftab.shape[1]
-    ftab = ftab.reshape(-1)
-
-    # per crystal: reflections, (h, k) columns and l range
-    c_counts = torch.bincount(col_crystal, minlength=B)
-    c_first = torch.cumsum(c_counts, 0) - c_counts
-    l_lo = torch.full((B,), 1 << 30, dtype=torch.long, device=device).scatter_reduce(0, crystal, l, reduce="amin")
-    l_hi = torch.full((B,), -(1 << 30), dtype=torch.long, device=device).scatter_reduce(0, crystal, l, reduce="amax")
-    l_n = (l_hi - l_lo + 1).clamp_min(0)
-    hk = col_hk.to(dtype)
-    rel_col = col - c_first[crystal]  # column of a reflection within its crystal
-    rel_l = l - l_lo[crystal]
-    n_col, n_l = c_counts.cpu().numpy(), l_n.cpu().numpy()
-    t_big = torch.zeros(B, dtype=torch.long, device=device).scatter_reduce(0, t_crystal, t_size, reduce="amax")
-    n_t_np, t_big_np = t_counts.cpu().numpy(), t_big.cpu().numpy()
-    # group work: (columns × l values) × (types × largest type) of every crystal
-    groups = _crystal_groups(np.stack([n_col, n_l, n_t_np, t_big_np], 1), max(chunk_elements, 1))
-    # every crystal's place in the type sums of its group: offset of its (type 0, column 0, l 0)
-    # entry in one flat buffer, and the strides of its group
-    sizes = [len(g) * int(n_t_np[g].max()) * int(n_col[g].max()) * 2 * int(n_l[g].max()) for g in groups]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    c_off, c_tstride, c_nl = np.zeros(B, np.int64), np.zeros(B, np.int64), np.zeros(B, np.int64)
-    for g, off in zip(groups, offsets):
-        nc, nl, tg = int(n_col[g].max()), int(n_l[g].max()), int(n_t_np[g].max())
-        c_off[g] = off + np.arange(len(g)) * tg * nc * 2 * nl
-        c_tstride[g], c_nl[g] = nc * 2 * nl, nl
-    st_all = q.new_empty(int(offsets[-1]) + 1)  # every group fills its part; the last slot: zero
-    st_all[-1] = 0.0
-    for g, off, size in zip(groups, offsets, sizes):
-        gt = torch.as_tensor(g, device=device)
-        C = len(g)
-        nc, nl = int(n_col[g].max()), int(n_l[g].max())
-        tg, ag = int(n_t_np[g].max()), int(t_big_np[g].max())
-        fr = frac_all[gt, :tg, :ag]  # (C, T, A, 3)
-        cols = (c_first[gt][:, None] + torch.arange(nc, device=device)).clamp_max(len(col_crystal) - 1)
-        hg, kg = hk[cols].unbind(-1)  # (C, Nc)
-        ph = hg[:, None, :, None] * fr[:, :, None, :, 0] + kg[:, None, :, None] * fr[:, :, None, :, 1]
-        hmat = torch.cat([torch.cos(ph), torch.sin(ph)], -1).view(C * tg, nc, 2 * ag)  # (CT, Nc, 2A)
-        lg = (l_lo[gt][:, None] + torch.arange(nl, device=device)).to(dtype)  # (C, L)
-        pz = fr[..., 2, None] * lg[:, None, None, :]  # (C, T, A, L)
-        occ = occ_all[gt, :tg, :ag, None]
-        zr, zi = torch.cos(pz) * occ, torch.sin(pz) * occ
-        zmat = torch.cat([torch.cat([zr, zi], -1), torch.cat([-zi, zr], -1)], -2).view(C * tg, 2 * ag, 2 * nl)
-        # (C, T, Nc, [Re | Im] × L): the type sums S_t
-        torch.bmm(hmat, zmat, out=st_all[int(off):int(off) + size].view(C * tg, nc, 2 * nl))
-    # every reflection and type: S_t from the buffer, weight from the form-factor table
-    cr_off = torch.as_tensor(c_off, device=device)[crystal] + rel_col * torch.as_tensor(2 * c_nl, device=device)[
-        crystal] + rel_l  # (R,)
-    tt = torch.arange(tmax, device=device)
-    fidx = (cr_off[:, None] + tt * torch.as_tensor(c_tstride, device=device)[crystal][:, None])  # (R, Tmax)
-    fidx = torch.where(tt < t_counts[crystal][:, None], fidx, int(offsets[-1]))  # absent types: the zero slot
-    nl_r = torch.as_tensor(c_nl, device=device)[crystal][:, None]
-    re = st_all[fidx]
-    im = st_all[torch.where(tt < t_counts[crystal][:, None], fidx + nl_r, fidx)]
-    t = q * q * (1.0 / (_FOUR_PI * _FOUR_PI * _FTAB_DS2))
-    i0 = t.long()
-    wt = (t - i0.to(dtype))[:, None]
-    fb = z_all[crystal] * n_tab + i0[:, None]  # (R, Tmax); padding types: row 0 (zeros)
-    f0 = ftab[fb]
-    w = f0 + (ftab[fb + 1] - f0) * wt
-    if use_dw:
-        w = w * torch.exp(-0.5 * u_all[crystal] * (q * q)[:, None])
-    a = (w * re).sum(-1)
-    b = (w * im).sum(-1)
-    return 2.0 * (a * a + b * b)  # x2: the Friedel mate -h
 
 
 def reflections(
@@ -541,11 +416,7 @@ def reflections(
         batch.lattice.requires_grad or batch.frac.requires_grad or batch.uiso.requires_grad
         or batch.occupancy.requires_grad
     )
-    fast = radiation == "xray" and not need_grad
-    if fast:
-        hkl, crystal, columns = _enumerate_hkl(batch.lattice, q_max_t, q_min_t, columns=True)
-    else:
-        hkl, crystal = _enumerate_hkl(batch.lattice, q_max_t, q_min_t)
+    hkl, crystal = _enumerate_hkl(batch.lattice, q_max_t, q_min_t)
     R = hkl.shape[0]
     if merge is None:
         merge = not (
@@ -568,11 +439,8 @@ def reflections(
 
     if radiation == "xray":  # unknown elements fail here, even when no reflection is in range
         xray_form_factor(torch.unique(batch.numbers), q.new_zeros(1).detach(), table=table)
-    if fast and R > 0:
-        intensity = _intensity_columns(batch, q.detach(), crystal, hkl[:, 2], columns, table, debye_waller,
-                                       chunk_elements)
-    else:
-        intensity = _intensity_padded(batch, q, hklf, crystal, radiation, table, debye_waller, chunk_elements)
+    fast = radiation == "xray" and not need_grad and R > 0
+    intensity = _intensity_padded(batch, q, hklf, crystal, radiation, table, debye_waller, chunk_elements, fast)
     mult = torch.full((R,), 2, dtype=torch.long, device=device)
 
     if merge and R > 0:
