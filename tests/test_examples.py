@@ -111,8 +111,11 @@ def test_plots_png_and_svg(tmp_path):
 def test_make_demo_pattern_reproduces_bundled_file(tmp_path):
     """The demo's bundled pattern is the project's own simulation: the script remakes it.
 
-    Same seed, so the counts agree to within the Poisson draws that a last-digit change of the
-    forward model can shift by one count (the physics is still being tuned)."""
+    Same seed, but numpy's Poisson sampler consumes a variable number of random numbers per
+    draw at large means, so a last-digit change of the forward model redraws every later point:
+    the files are compared as two Poisson draws of one ideal pattern (the reduced χ² of their
+    difference, variance n_new + n_old, is ≈ 1; a uniform 3 % change of the ideal pattern would
+    raise it to about 1.3 at these counts, 5 % to 1.8)."""
     import numpy as np
 
     out = tmp_path / "demo.xy"
@@ -120,7 +123,9 @@ def test_make_demo_pattern_reproduces_bundled_file(tmp_path):
     bundled = REPO / "diffpy_diffusion" / "examples_data" / "nacl_3nm_cuka.xy"
     new, old = np.loadtxt(out), np.loadtxt(bundled)
     assert new.shape == old.shape and np.array_equal(new[:, 0], old[:, 0])
-    assert np.abs(new[:, 1] - old[:, 1]).max() <= 0.005 * old[:, 1].max()
+    d, var = new[:, 1] - old[:, 1], new[:, 1] + old[:, 1] + 1.0
+    assert np.mean(d**2 / var) <= 1.2, np.mean(d**2 / var)
+    assert np.abs(d / np.sqrt(var)).max() <= 5.5  # no single point off by more than Poisson allows
 
 
 @pytest.mark.slow
