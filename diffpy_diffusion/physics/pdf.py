@@ -205,6 +205,22 @@ def _qmax_cutoff(y: torch.Tensor, dr: float, qmax: float, qmin: float = 0.0) -> 
     return torch.fft.irfft(fy * mask, n=padlen)[..., :n]
 
 
+def _extended_grid(r: torch.Tensor, dr: float, qmax: float) -> tuple[torch.Tensor, float, float]:
+    """The r grid (Å) the pair sum is computed on, and the pair-distance window (r_lo, r_hi) in Å.
+
+    With a Qmax cut-off the grid runs 6 sinc ripples (6 · 2π/Qmax) past r[-1], as pdffit2 does,
+    so the termination convolution near rmax sees the peaks beyond it; the first points are r itself.
+    """
+    rmin, M = float(r[0]), r.numel()
+    if qmax > 0:
+        ncmax = int(round((float(r[-1]) + 6 * 2 * math.pi / qmax - rmin) / dr))
+        rc = rmin + dr * torch.arange(ncmax + 1, dtype=r.dtype, device=r.device)
+        rc[:M] = r
+    else:
+        rc = r
+    return rc, max(0.1, rmin - 1.0), float(rc[-1]) + 1.0
+
+
 def pdf_gr(
     batch: CrystalBatch,
     r,
@@ -289,18 +305,9 @@ def pdf_gr(
     if method not in ("binned", "exact"):
         raise ValueError(f"method: must be 'binned' or 'exact', got {method!r}")
 
-    # extended grid (pdffit2: 6 sinc ripples above rmax before the Qmax cut-off)
     rmin = float(r[0])
-    if qmax > 0:
-        rext = 6 * 2 * math.pi / qmax
-        ncmax = int(round((float(r[-1]) + rext - rmin) / dr))
-        rc = rmin + dr * torch.arange(ncmax + 1, dtype=dtype, device=device)
-        rc[:M] = r
-    else:
-        rc = r
+    rc, r_lo, r_hi = _extended_grid(r, dr, qmax)
     K = rc.numel()
-    r_lo = max(0.1, rmin - 1.0)
-    r_hi = float(rc[-1]) + 1.0
 
     weights = forward_weight(batch.numbers, radiation, dtype=dtype, device=device)
     counts = batch.counts()
@@ -627,15 +634,8 @@ def pdf_gr_jvp(
     if qmax > 0 and M > 1:
         dr = float((r[-1] - r[0]) / (M - 1))
     rmin = float(r[0])
-    if qmax > 0:
-        ncmax = int(round((float(r[-1]) + 6 * 2 * math.pi / qmax - rmin) / dr))
-        rc = rmin + dr * torch.arange(ncmax + 1, dtype=dtype, device=device)
-        rc[:M] = r
-    else:
-        rc = r
+    rc, r_lo, r_hi = _extended_grid(r, dr, qmax)
     K = rc.numel()
-    r_lo = max(0.1, rmin - 1.0)
-    r_hi = float(rc[-1]) + 1.0
 
     weights = forward_weight(batch.numbers, radiation, dtype=dtype, device=device)
     occ = batch.occupancy.detach()
