@@ -63,6 +63,29 @@ def test_summarize_counts():
     assert "| diffusion | 3 | 33.3 % | 66.7 % |" in md and "only the diffusion model" in md
 
 
+def test_summarize_gives_the_fit_only_figures_when_a_plugin_reordered():
+    """``ranks_matched_fit`` (the fit-only ranks) gives ``fit_top{k}`` and a line under the table."""
+    recs = [
+        # the rule moved target 0's answer from fit rank 2 to rank 1, target 1's from 1 to 3
+        {"index": 0, "backend": "b", "match_rank": 1, "ranks_matched": [1], "ranks_matched_fit": [2]},
+        {"index": 1, "backend": "b", "match_rank": 3, "ranks_matched": [3, 6], "ranks_matched_fit": [1, 6]},
+        {"index": 2, "backend": "b", "match_rank": None, "ranks_matched": [], "ranks_matched_fit": []},
+        {"index": 3, "backend": "b", "match_rank": 1, "ranks_matched": [1]},  # a record from before the field
+    ]
+    for r in recs:
+        r.update(rms=None, rw_top1=0.2, seconds=1.0, error=None)
+    s = P.summarize(recs, ["b"])["b"]
+    assert (s["top1"], s["fit_top1"]) == (0.5, 0.5)
+    assert (s["top5"], s["fit_top5"]) == (0.75, 0.75)
+    md = P.markdown_table({"b": s}, {"dataset": "x", "limit": 4, "size_nm": 1, "n": 5, "top": 10, "refine_top": 1})
+    assert "plugin reordered" not in md  # same figures: nothing to say
+    recs[1]["ranks_matched_fit"] = [2, 6]
+    s = P.summarize(recs, ["b"])["b"]
+    assert (s["top1"], s["fit_top1"]) == (0.5, 0.25)
+    md = P.markdown_table({"b": s}, {"dataset": "x", "limit": 4, "size_nm": 1, "n": 5, "top": 10, "refine_top": 1})
+    assert "ranked by the fit alone they give (top-1 / top-5 / top-10): b 25.0 % / 75.0 % / 75.0 %" in md
+
+
 def test_run_evaluation_on_a_small_csv(tmp_path):
     import pandas as pd
 

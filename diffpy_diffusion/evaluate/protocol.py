@@ -285,12 +285,12 @@ def summarize(records: list[dict], backends: list[str], ks=KS) -> dict[str, Any]
     for b, rs in by.items():
         n = len(rs)
         row: dict[str, Any] = {"targets": n, "errors": sum(1 for r in rs if r["error"])}
+        # fit_top{k}: the same lists ranked by the fit alone (they differ only where a
+        # rank_candidates plugin reordered them; records from before that field fall back to the rank)
+        fit_first = [min(f) if (f := r.get("ranks_matched_fit") or r.get("ranks_matched")) else None for r in rs]
         for k in ks:
             hits = sum(1 for r in rs if r["match_rank"] is not None and r["match_rank"] <= k)
             row[f"top{k}"] = hits / n if n else None
-        # the same list ranked by the fit alone (differs only where a rank_candidates plugin reordered it)
-        fit_first = [min(r.get("ranks_matched_fit") or r.get("ranks_matched") or [0]) or None for r in rs]
-        for k in ks:
             row[f"fit_top{k}"] = sum(1 for f in fit_first if f is not None and f <= k) / n if n else None
         rms = [r["rms"] for r in rs if r["rms"] is not None]
         rw = [r["rw_top1"] for r in rs if r["rw_top1"] is not None and math.isfinite(r["rw_top1"])]
