@@ -2,10 +2,13 @@
 
 On the starting points of the truth-recovery refinements of test_refine.py (lattice +3 %,
 coordinates moved), with every variable of the default stages free: the exact PDF Jacobian
-(:func:`~diffpy_diffusion.physics.pdf.pdf_gr_jvp` through the constraints' state map) agrees
-with central differences of the generator's own forward model to 1e-6 relative per column;
-for PXRD the linear columns (scale, background) do, and the other columns (forward
-differences of the state) to the forward-difference error.
+(:func:`~diffpy_diffusion.physics.pdf.pdf_gr_jvp` through the constraints' state map) and the
+exact PXRD Jacobian (:func:`~diffpy_diffusion.physics.xrd.xrd_pattern_jvp`, forward-mode AD;
+the basic pseudo-Voigt/FFT profile and the Rietveld TCH/window profile with Kα2, asymmetry,
+displacement and preferred orientation) agree with central differences of the generator's
+own forward model to 1e-6 relative per column.  The default ("auto") PXRD Jacobian has its
+linear columns (scale, background) exact and the others (forward differences of the state)
+to the forward-difference error.
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ _perturbed, _simulate_pdf, _simulate_xrd = _cases._perturbed, _cases._simulate_p
 CASES = [(_cases.wurtzite_cdse, _cases._shift_se), (_cases.rutile_tio2, _cases._shift_o)]
 
 
-def _problem(obs, structure, tags, start):
+def _problem(obs, structure, tags, start, mode="exact", **build):
     from diffpy_diffusion.refine.optimize import ResidualProblem, free_names, linear_start, update_constraints
     from diffpy_diffusion.refine.recipe import build_recipe
 
-    b = build_recipe(obs, structure, calculator="torch")
+    b = build_recipe(obs, structure, calculator="torch", **build)
     for k, v in start.items():
-        getattr(b.recipe, k).setValue(v)
-    prob = ResidualProblem(b, jacobian="exact")
+        b.generator.get(k).setValue(v)
+    prob = ResidualProblem(b, jacobian=mode)
     linear_start(b, prob)
     b.recipe.fix("all")
     b.recipe.free(*[n for t in tags for n in b.tags.get(t, [])])
@@ -77,12 +80,47 @@ def test_pdf_exact_jacobian_matches_central_differences(make, shift):
     assert err.max() < 1e-6, dict(zip(names, err))
 
 
+XRD_TAGS = ["scale", "bkg", "lat", "size", "zero", "xyz", "adp", "profile"]
+#: the Rietveld instrument's variables, started away from their neutral values (0 or 1) so that every
+#: term of the model moves: TCH widths, axial asymmetry, displacement, March–Dollase
+RIETVELD_TAGS = XRD_TAGS + ["lorentz", "asym", "displacement", "po"]
+RIETVELD_START = {"size_nm": 4.0, "U": 0.004, "V": -0.002, "W": 0.003, "Y": 0.03, "axial_deg": 0.15,
+                  "displacement_deg": 0.02, "march_dollase": 0.9, "zero_deg": 0.01}
+
+
+@pytest.mark.parametrize("instrument", ["basic", "rietveld"])
 @pytest.mark.parametrize("make,shift", CASES, ids=["wurtzite", "rutile"])
-def test_xrd_jacobian_linear_columns_exact(make, shift):
+def test_xrd_exact_jacobian_matches_central_differences(make, shift, instrument):
+    truth = make()
+    obs = _simulate_xrd(truth, np.arange(20.0, 90.0, 0.04))
+    if instrument == "rietveld":  # with the Kα2 doublet
+        obs.wavelength2, obs.ka2_ratio = 1.544426, 0.5
+        tags, start = RIETVELD_TAGS, RIETVELD_START
+    else:
+        tags, start = XRD_TAGS, {"size_nm": 4.0, "W": 0.003, "eta": 0.4, "zero_deg": 0.01}
+    b, prob, p, names = _problem(obs, _perturbed(truth, shift), tags, start, instrument=instrument)
+    assert b.generator.exact_jacobian
+    J = prob.jacobian_exact(p)
+    assert J is not None and J.shape == (len(prob.x), len(p))
+    # the smallest error over four step sizes: a long step can cross a choice of the model (the
+    # ±20 FWHM window edge, the FFT work-grid step, a width node) whose jump dominates it, and a
+    # short one loses digits to rounding in the small columns (U, V at these angles)
+    err = np.min([_column_errors(J, _central(b, prob, p, rel)) for rel in (1e-5, 1e-6, 1e-7, 1e-8)], axis=0)
+    want = {"scale", "a", "c", "size_nm", "zero_deg", "U", "V", "W", "bkg_0"}
+    want |= {"Y", "axial_deg", "displacement_deg", "march_dollase"} if instrument == "rietveld" else {"eta"}
+    assert set(names) >= want, names
+    assert any(n.startswith("Uiso_") for n in names) and any(n[:2] in ("x_", "z_") for n in names)
+    assert err.max() < 1e-6, dict(zip(names, err))
+    # the batched finite-difference path agrees to its step error
+    assert _column_errors(prob.jacobian_fd(p), J).max() < 1e-3
+
+
+@pytest.mark.parametrize("make,shift", CASES, ids=["wurtzite", "rutile"])
+def test_xrd_auto_jacobian_linear_columns_exact(make, shift):
     truth = make()
     obs = _simulate_xrd(truth, np.arange(20.0, 90.0, 0.04))
     b, prob, p, names = _problem(obs, _perturbed(truth, shift), ["scale", "bkg", "lat", "size", "zero", "xyz", "adp"],
-                                 {"size_nm": 4.0})
+                                 {"size_nm": 4.0}, mode="auto")
     J = prob.jacobian_exact(p)
     err = _column_errors(J, _central(b, prob, p, 1e-6))
     linear = [i for i, n in enumerate(names) if n == "scale" or n.startswith("bkg_")]

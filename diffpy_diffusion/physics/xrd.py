@@ -48,6 +48,7 @@ thickness L, ``sinc²(L ΔQ/2)`` (FWHM_Q = 4·1.39156/L) -- see
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Sequence
@@ -55,6 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwad
 
 from .crystal import CrystalBatch
 from .scattering import MAX_Z, neutron_length, xray_form_factor
@@ -119,15 +121,20 @@ def _as_param(value, batch_size: int, dtype, device, name: str) -> torch.Tensor:
     return t
 
 
+def _tracked(v) -> bool:
+    """True when ``v`` is a tensor whose derivative is wanted: autograd, or a forward-mode tangent."""
+    return isinstance(v, torch.Tensor) and (v.requires_grad or fwad.unpack_dual(v).tangent is not None)
+
+
 def _is_zero(v) -> bool:
     if isinstance(v, torch.Tensor):
-        return (not v.requires_grad) and bool((v == 0).all())
+        return (not _tracked(v)) and bool((v == 0).all())
     return float(v) == 0.0
 
 
 def _is_one(v) -> bool:
     if isinstance(v, torch.Tensor):
-        return (not v.requires_grad) and bool((v == 1).all())
+        return (not _tracked(v)) and bool((v == 1).all())
     return bool(np.all(np.asarray(v, dtype=float) == 1.0))
 
 
@@ -317,7 +324,7 @@ def _intensity_padded(batch: CrystalBatch, q: torch.Tensor, hklf: torch.Tensor, 
     u_pad = batch.uiso.new_zeros(B, nmax).index_put((batch.batch, slot), batch.uiso)
     sslot_pad = torch.zeros(B, nmax, dtype=torch.long, device=device)
     sslot_pad[batch.batch, slot] = atom_spec_slot
-    use_dw = debye_waller and (batch.uiso.requires_grad or bool((batch.uiso != 0).any()))
+    use_dw = debye_waller and (_tracked(batch.uiso) or bool((batch.uiso != 0).any()))
     if radiation == "neutron":
         b_spec = neutron_length(spec_pad.reshape(-1), dtype=dtype).reshape(B, S)
 
@@ -486,13 +493,23 @@ def reflections(
 
 
 def _merge(refl: Reflections) -> Reflections:
-    """Sum the points of each crystal that share Q (rounded to 1e-7 Å⁻¹) into one peak at their mean Q."""
+    """Sum the points of each crystal that share Q (rounded to 1e-7 Å⁻¹) into one peak at their mean Q.
+
+    With forward-mode tangents on Q (:func:`xrd_pattern_jvp`), points that share Q but move
+    apart along a tangent (an accidental overlap) are not merged: ``refl`` is returned as is.
+    """
     q, intensity, crystal, hkl = refl.q, refl.intensity, refl.crystal, refl.hkl
     R, device = q.shape[0], q.device
     qkey = torch.round(q.detach().to(torch.float64) * 1e7).long()
     gkey = crystal * (1 << 40) + qkey
     ukey, inv = torch.unique(gkey, return_inverse=True)
     U = len(ukey)
+    dq = fwad.unpack_dual(q).tangent
+    if dq is not None and R > 0:
+        lo = dq.new_full((U,), math.inf).scatter_reduce(0, inv, dq, reduce="amin")
+        hi = dq.new_full((U,), -math.inf).scatter_reduce(0, inv, dq, reduce="amax")
+        if bool((hi - lo > 1e-9 * (dq.abs().max() + 1e-300)).any()):
+            return refl
     cnt = torch.zeros(U, dtype=q.dtype, device=device).index_add_(0, inv, torch.ones_like(q))
     q = torch.zeros(U, dtype=q.dtype, device=device).index_add(0, inv, q) / cnt
     intensity = torch.zeros(U, dtype=intensity.dtype, device=device).index_add(0, inv, intensity)
@@ -1086,13 +1103,13 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
             spec = (spec[:, :J] * gauss).sum(1) + (spec[:, J:] * lor).sum(1)
         else:
             e = eta_crystal.detach()
-            if not eta_crystal.requires_grad and bool((e == e[0]).all()):  # one mixed table
+            if not _tracked(eta_crystal) and bool((e == e[0]).all()):  # one mixed table
                 spec = (spec * (gauss + e[0] * (lor - gauss))).sum(1)
             else:
                 spec = (spec * gauss).sum(1) + eta_crystal[:, None] * (spec * (lor - gauss)).sum(1)
     else:
         spec = spec[:, 0]
-    same_size = bool((fw_d == fw_d[0]).all()) and not fw.requires_grad
+    same_size = bool((fw_d == fw_d[0]).all()) and not _tracked(fw)
     f = fw[:1] if same_size else fw
     if size_kernel == "scherrer":
         kern = torch.exp(-0.5 * f[:, None] * k[None, :])  # FT of a unit-area Lorentzian of FWHM fw
@@ -1118,7 +1135,18 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         read = torch.sparse_csr_tensor(torch.arange(0, 4 * M + 1, 4, device=device), jx.reshape(-1),
                                        wx.reshape(-1), (M, nfft))
-        return (read @ prof.t()).t()
+        return _apply_linear(read, prof)
+
+
+def _apply_linear(op: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``(op @ v.T).T`` for a sparse ``op``; with a forward-mode (dual) ``v`` the primal and the
+    tangent are multiplied separately (sparse CSR products have no forward-mode derivative)."""
+    import torch.autograd.forward_ad as fwad
+
+    primal, tangent = fwad.unpack_dual(v)
+    if tangent is None:
+        return (op @ v.t()).t()
+    return fwad.make_dual((op @ primal.t()).t(), (op @ tangent.t()).t())
 
 
 def _add_peaks(out, x, c, pos, inten, h_inst, h_size, eta, no_inst, kernel, min_fwhm, window, M, chunk_elements):
@@ -1319,6 +1347,89 @@ def xrd_pattern(
         monochromator_2theta_deg=monochromator_2theta_deg, peak_window=peak_window, method=method,
         peak_shape=peak_shape, X=X, Y=Y, axial_deg=axial_deg, displacement_deg=displacement_deg,
     )
+
+
+#: Scalar parameters of :func:`xrd_pattern` that :func:`xrd_pattern_jvp` differentiates.
+JVP_PARAMETERS = ("scale", "size_nm", "U", "V", "W", "eta", "X", "Y", "zero_deg", "axial_deg", "displacement_deg",
+                  "march_dollase")
+
+
+def xrd_pattern_jvp(batch: CrystalBatch, x, tangents: dict[str, torch.Tensor], **kwargs
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pattern of one crystal and its exact derivatives along D directions (forward-mode AD).
+
+    The crystal is repeated D times in one batch; copy d carries the forward-mode tangent of
+    direction d (:mod:`torch.autograd.forward_ad`), so one batched pass gives every directional
+    derivative of the same forward model as :func:`xrd_pattern` (reflections, Lorentz-polarisation,
+    Kα2, profile, size kernel, asymmetry, preferred orientation), without finite-difference steps.
+    Reflection positions, work grids and windows are chosen from the primal values (so the
+    derivative is that of the model at fixed choices, as central differences see it between
+    two such choices).
+
+    Parameters
+    ----------
+    batch : CrystalBatch
+        One crystal, float64.
+    x : array-like, shape (M,)
+        Grid, as for :func:`xrd_pattern`.
+    tangents : dict
+        Directions, each with a leading dimension D: ``"lattice"`` (D, 3, 3) of the lattice rows
+        (Å), ``"frac"`` (D, N, 3), ``"uiso"`` (D, N) in Å², and (D,) for any of
+        :data:`JVP_PARAMETERS` given as a number in ``kwargs`` (or at its default).  Missing
+        keys do not move.
+    **kwargs
+        Keyword arguments of :func:`xrd_pattern` (scalars).
+
+    Returns
+    -------
+    y : torch.Tensor, shape (M,)
+        The pattern, equal to ``xrd_pattern(batch, x, **kwargs)[0]`` up to rounding.
+    dy : torch.Tensor, shape (D, M)
+        Its derivatives along the D directions.
+    """
+    _check_batch(batch)
+    if batch.num_crystals != 1:
+        raise ValueError(f"batch: need one crystal, got {batch.num_crystals}")
+    unknown = set(tangents) - {"lattice", "frac", "uiso", *JVP_PARAMETERS}
+    if unknown:
+        raise ValueError(f"tangents: cannot differentiate {sorted(unknown)}")
+    sizes = {int(torch.as_tensor(t).shape[0]) for t in tangents.values()}
+    if len(sizes) > 1:
+        raise ValueError(f"tangents: need one leading dimension D, got {sorted(sizes)}")
+    D = sizes.pop() if sizes else 0
+    if D == 0:
+        with torch.no_grad():
+            y = xrd_pattern(batch, x, **kwargs)[0]
+        return y, y.new_zeros(0, y.shape[-1])
+    if "size_nm" in tangents and kwargs.get("size_nm") is None:
+        raise ValueError("tangents: size_nm moves but the pattern has no size broadening (size_nm=None)")
+    dtype, device = batch.dtype, batch.device
+    n = batch.frac.shape[0]
+
+    def tan(key, shape):
+        t = tangents.get(key)
+        if t is None:
+            return torch.zeros(shape, dtype=dtype, device=device)
+        return torch.as_tensor(t, dtype=dtype, device=device).reshape(shape)
+
+    defaults = {k: v.default for k, v in inspect.signature(xrd_pattern).parameters.items() if k in JVP_PARAMETERS}
+    with torch.no_grad(), fwad.dual_level():
+        rep = CrystalBatch(
+            fwad.make_dual(batch.lattice.expand(D, 3, 3).contiguous(), tan("lattice", (D, 3, 3))),
+            fwad.make_dual(batch.frac.repeat(D, 1), tan("frac", (D * n, 3))),
+            batch.numbers.repeat(D),
+            torch.arange(D, device=device).repeat_interleave(n),
+            batch.occupancy.repeat(D),
+            fwad.make_dual(batch.uiso.repeat(D), tan("uiso", (D * n,))),
+        )
+        kw = dict(kwargs)
+        for key in JVP_PARAMETERS:
+            if key in tangents:
+                value = float(kw.get(key, defaults[key]))
+                kw[key] = fwad.make_dual(torch.full((D,), value, dtype=dtype, device=device), tan(key, (D,)))
+        out = fwad.unpack_dual(xrd_pattern(rep, x, **kw))
+    dy = out.tangent if out.tangent is not None else torch.zeros_like(out.primal)
+    return out.primal[0], dy
 
 
 def march_dollase_factor(cos_alpha: torch.Tensor, r) -> torch.Tensor:

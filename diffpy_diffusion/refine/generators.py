@@ -320,6 +320,101 @@ class XRDGenerator(TorchGenerator):
             **extra,
         )
 
+    #: :meth:`jacobian` gives exact derivatives of this generator's own model (main phase only)
+    exact_jacobian = True
+    #: ... but DIFFPY_DIFFUSION_JACOBIAN=auto uses differences of the state for the non-linear
+    #: columns: forward-mode AD costs ~4x more here (:mod:`.jacobian`)
+    exact_in_auto = False
+
+    def jacobian(self, x: np.ndarray, state: dict[str, Any], tangents: dict[str, np.ndarray]):
+        """Pattern of ``state`` and its exact derivatives along D state directions.
+
+        ``tangents`` maps state keys to arrays with a leading dimension D: "lattice" (D, 3, 3)
+        (rows, Å), "frac" (D, N, 3), "uiso" (D, N) Å² and the profile parameters (D,).
+        Scale and Chebyshev background are linear (their columns are the unit-scale pattern
+        and the basis); every other direction goes through
+        :func:`~diffpy_diffusion.physics.xrd.xrd_pattern_jvp` (forward-mode derivatives of the
+        same model, one batched pass).  Where the model clips a value (Uiso < 0, η outside
+        [0, 1], size ≤ 0: no size broadening) its derivative is zero, as for the model itself.
+        Extra phases are not differentiated (``ValueError``; the state map sends them to
+        finite differences).  Returns (y (M,), dy (D, M)).
+        """
+        import torch
+
+        from ..physics.crystal import CrystalBatch
+        from ..physics.xrd import JVP_PARAMETERS, xrd_pattern_jvp
+
+        if state.get("phases"):
+            raise ValueError("jacobian: extra phases are not differentiated")
+        x = np.asarray(x, float)
+        tans = {k: np.asarray(v, float) for k, v in tangents.items() if v is not None}
+        D = len(next(iter(tans.values()))) if tans else 0
+        bkg_keys = [f"bkg_{k}" for k in range(self.nbkg)]
+        linear = {"scale", *bkg_keys}
+        moving = {k: np.flatnonzero(np.any(v.reshape(D, -1) != 0, axis=1)) for k, v in tans.items()}
+        nl = np.array(sorted({int(d) for k, ds in moving.items() if k not in linear for d in ds}), dtype=int)
+        # what the model clips does not move (zero derivative, as in the model)
+        uiso = np.asarray(state["uiso"], float)
+        size = float(state["size_nm"])
+        eta = float(state["eta"])
+        clip = {"uiso": uiso < 0, "size_nm": size <= 0, "eta": not 0.0 <= eta <= 1.0,
+                "march_dollase": float(state["march_dollase"]) < 1e-3}
+        kw = self._jvp_kwargs(state)
+        jt = {}
+        for k, v in tans.items():
+            if k not in ("lattice", "frac", "uiso") and (k not in JVP_PARAMETERS or k not in kw):
+                continue  # a parameter the current peak shape ignores (eta of TCH, X/Y of "pv")
+            if not len(moving.get(k, ())) or not len(nl) or clip.get(k) is True:
+                continue
+            t = v[nl].copy()
+            if k == "uiso":
+                t[:, clip["uiso"]] = 0.0
+            jt[k] = torch.as_tensor(t)
+        batch = CrystalBatch.from_arrays([state["lattice"]], [state["frac"]], [state["numbers"]],
+                                         occupancies=[state["occupancy"]], uisos=[np.clip(uiso, 0.0, None)],
+                                         dtype=torch.float64)
+        if len(nl) and not jt:  # directions that move only what the model ignores
+            jt = {"scale": torch.zeros(len(nl), dtype=torch.float64)}
+        y_t, dy_t = xrd_pattern_jvp(batch, x, jt if len(nl) else {}, **kw)
+        y_main = y_t.numpy()
+        y_main = np.where(np.isfinite(y_main), y_main, 0.0)
+        dy = np.zeros((D, len(x)))
+        if len(nl):
+            dy[nl] = dy_t.numpy()
+        lin = np.setdiff1d(np.arange(D), nl)
+        if len(lin) and "scale" in tans and np.any(tans["scale"][lin] != 0):
+            scale = float(state["scale"])
+            if scale != 0:
+                unit = y_main / scale
+            else:
+                unit = xrd_pattern_jvp(batch, x, {}, **dict(kw, scale=1.0))[0].numpy()
+            dy[lin] += tans["scale"][lin, None] * unit[None]
+        y = y_main
+        if self.nbkg:
+            V = np.stack([chebyshev_background(x, np.eye(self.nbkg)[k], self.bkg_domain) for k in range(self.nbkg)])
+            y = y + np.array([float(state[k]) for k in bkg_keys]) @ V
+            tb = np.stack([tans[k] if k in tans else np.zeros(D) for k in bkg_keys], 1)  # (D, K)
+            dy += tb @ V
+        return y, np.where(np.isfinite(dy), dy, 0.0)
+
+    def _jvp_kwargs(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of :meth:`_pattern` for one state, as numbers (for the derivatives)."""
+        size = float(state["size_nm"])
+        po = float(state["march_dollase"])
+        kw: dict[str, Any] = dict(
+            x_kind=self.x_kind, wavelength=self.wavelength, wavelength2=self.wavelength2, ka2_ratio=self.ka2_ratio,
+            size_nm=size if size > 0 else None, U=float(state["U"]), V=float(state["V"]), W=float(state["W"]),
+            zero_deg=float(state["zero_deg"]), scale=float(state["scale"]), radiation=self.radiation,
+            monochromator_2theta_deg=self.monochromator_2theta_deg,
+            axial_deg=float(state["axial_deg"]), displacement_deg=float(state["displacement_deg"]),
+            march_dollase=max(po, 1e-3), po_hkl=self.po_hkl[""],
+        )
+        if self.peak_shape == "tch":  # as _pattern: the window method, TCH widths, no eta
+            kw.update(method="window", peak_shape="tch", X=float(state["X"]), Y=float(state["Y"]))
+        else:
+            kw["eta"] = float(np.clip(state["eta"], 0.0, 1.0))
+        return kw
+
     def _physics(self, batch, x, pars):
         y = self._pattern(batch, x, pars, pars["scale"], pars["size_nm"], pars["march_dollase"], self.po_hkl[""])
         bkg = np.stack([pars[f"bkg_{k}"] for k in range(self.nbkg)], axis=1) if self.nbkg else None

@@ -15,11 +15,21 @@ rows follow from (a, b, c, α, β, γ) by diffpy's own :class:`~diffpy.structure
 
 ∂y/∂state comes from the generator: :class:`~.generators.TorchPDFGenerator`
 gives every column exactly (:func:`~diffpy_diffusion.physics.pdf.pdf_gr_jvp`,
-one shared pair sum); for PXRD the linear columns (scale, Chebyshev background)
-are exact and the others are differences of the state (one batched physics call,
-no srfit call per variable).  ``DIFFPY_DIFFUSION_JACOBIAN=fd`` restores the
-batched finite-difference Jacobian of :class:`~.optimize.ResidualProblem`, which
-is also used for any generator without derivatives (plugin calculators).
+one shared pair sum); :class:`~.generators.XRDGenerator` gives every column exactly
+by forward-mode automatic differentiation of the same model
+(:func:`~diffpy_diffusion.physics.xrd.xrd_pattern_jvp`).
+
+``DIFFPY_DIFFUSION_JACOBIAN`` (:data:`JACOBIAN_MODES`):
+
+* ``auto`` (default): exact where exact is cheaper.  PDF: exact.  PXRD: the linear
+  columns (scale, Chebyshev background) exact, the others differences of the state in
+  one batched physics call (no srfit call per variable), because forward-mode AD in
+  torch 2.13 costs a fixed ~0.4 ms for every operation that mixes a dual and a plain
+  tensor (its zero-tangent fallback), about 4x the batched differences of a
+  10-variable PXRD Jacobian (``benchmarks/refine_jacobian.md``).
+* ``exact``: every column exact, PXRD included.
+* ``fd``: the batched finite-difference Jacobian of :class:`~.optimize.ResidualProblem`,
+  also used for any generator without derivatives (plugin calculators).
 """
 
 from __future__ import annotations
@@ -33,17 +43,17 @@ from ..errors import DiffpyDiffusionError
 
 __all__ = ["JACOBIAN_ENV", "JACOBIAN_MODES", "jacobian_mode", "StateMap"]
 
-#: Environment variable choosing the Jacobian of refinements: "exact" (default) or "fd".
+#: Environment variable choosing the Jacobian of refinements: "auto" (default), "exact" or "fd".
 JACOBIAN_ENV = "DIFFPY_DIFFUSION_JACOBIAN"
-JACOBIAN_MODES = ("exact", "fd")
+JACOBIAN_MODES = ("auto", "exact", "fd")
 
 #: State keys the structural part of a state tangent has (besides the scalar profile parameters).
 _STRUCTURE_KEYS = ("lattice", "frac", "numbers", "occupancy", "uiso", "phases")
 
 
 def jacobian_mode(mode: str | None = None) -> str:
-    """``mode``, else $DIFFPY_DIFFUSION_JACOBIAN, else "exact"; one of :data:`JACOBIAN_MODES`."""
-    m = (mode or os.environ.get(JACOBIAN_ENV, "") or "exact").strip().lower()
+    """``mode``, else $DIFFPY_DIFFUSION_JACOBIAN, else "auto"; one of :data:`JACOBIAN_MODES`."""
+    m = (mode or os.environ.get(JACOBIAN_ENV, "") or "auto").strip().lower()
     if m not in JACOBIAN_MODES:
         raise DiffpyDiffusionError(f"{JACOBIAN_ENV}={m!r}: use one of {', '.join(JACOBIAN_MODES)}")
     return m

@@ -2,10 +2,10 @@
 
 :class:`ResidualProblem` is the weighted residual of a :class:`~.recipe.RecipeBundle`
 over its currently free variables, with its Jacobian from the physics' own
-derivatives (:mod:`.jacobian`: exact for the torch PDF, exact linear columns for
-PXRD) or, with ``DIFFPY_DIFFUSION_JACOBIAN=fd`` and for generators without
-derivatives, by finite differences evaluated as *one batched* physics call
-(every perturbed parameter state is one crystal of a
+derivatives (:mod:`.jacobian`: exact for the torch PDF; for PXRD exact linear columns,
+or every column with ``DIFFPY_DIFFUSION_JACOBIAN=exact``) or, with
+``DIFFPY_DIFFUSION_JACOBIAN=fd`` and for generators without derivatives, by finite
+differences evaluated as *one batched* physics call (every perturbed parameter state is one crystal of a
 :class:`~diffpy_diffusion.physics.crystal.CrystalBatch`).  :func:`run_stage`
 minimises it with :func:`scipy.optimize.least_squares` (trust-region
 reflective) or :func:`broyden_lm` (Levenberg–Marquardt with Broyden updates,
@@ -59,8 +59,8 @@ def free_names(recipe) -> list[str]:
 class ResidualProblem:
     """Residual and Jacobian over the currently free variables of a bundle.
 
-    ``jacobian``: "exact" or "fd" (default: $DIFFPY_DIFFUSION_JACOBIAN, else "exact"; see
-    :mod:`.jacobian`).
+    ``jacobian``: "auto", "exact" or "fd" (default: $DIFFPY_DIFFUSION_JACOBIAN, else "auto";
+    see :mod:`.jacobian`).
 
     ``stride`` > 1 evaluates every stride-th point only (a uniform sub-grid, so
     the PDF band limit still applies): the early stages of a fit on a fine grid
@@ -73,7 +73,7 @@ class ResidualProblem:
 
         self.b = bundle
         self.nfev = 0
-        #: "exact" (derivatives of the physics, :mod:`.jacobian`) or "fd" (batched finite differences)
+        #: "auto", "exact" (derivatives of the physics, :mod:`.jacobian`) or "fd" (batched finite differences)
         self.mode = jacobian_mode(jacobian)
         # one map per bundle: the coarse and full-grid problems of a refinement share its probes
         smap = getattr(bundle, "state_map", None)
@@ -100,7 +100,7 @@ class ResidualProblem:
         return b.recipe.residual(p)
 
     def jacobian(self, p) -> np.ndarray:
-        if self.mode == "exact" and self.b.fast:
+        if self.mode != "fd" and self.b.fast:
             J = self.jacobian_exact(p)
             if J is not None:
                 return J
@@ -109,14 +109,16 @@ class ResidualProblem:
     def jacobian_exact(self, p) -> np.ndarray | None:
         """J from the generator's derivatives and the constraints' state map (:mod:`.jacobian`).
 
-        Every column exact for a generator with ``exact_jacobian`` (the torch PDF); otherwise
-        (PXRD) the linear columns (scale, background) exact and the others finite differences
-        of the state, in one batched physics call.  None when the state map moves something
-        the generator cannot differentiate (the caller then uses :meth:`jacobian_fd`).
+        Every column exact for a generator with ``exact_jacobian`` (unless mode "auto" and its
+        ``exact_in_auto`` is False: PXRD); otherwise (PXRD) the linear columns (scale,
+        background) exact and the others finite differences of the state, in one batched
+        physics call.  None when the state map moves something the generator cannot
+        differentiate (the caller then uses :meth:`jacobian_fd`).
         """
         b = self.b
         gen = b.generator
         exact = bool(getattr(gen, "exact_jacobian", False))
+        exact = exact and (self.mode != "auto" or bool(getattr(gen, "exact_in_auto", True)))
         if not exact and b.kind != "xrd":
             return None
         p = np.asarray(p, float)
