@@ -7,7 +7,10 @@ sample is matched to the truth (pymatgen ``StructureMatcher``, the evaluation's 
 
 * ``uncond``: ``pdf_condition=False`` (the "no pattern" embedding; the behaviour before),
 * ``cond``: conditioned on the implied powder pattern, Z from the prior alone (``adapt_z=0``),
-* ``cond+adapt_z``: the default (conditioned, and the pilot screened on the implied pattern).
+* ``cond+adapt_z``: conditioned, and the pilot screened on the implied pattern (the default of the
+  shipped weights without a PDF encoder),
+* ``pdf_encoder``: with ``--checkpoint`` (weights with a fine-tuned PDF encoder,
+  ``backends/diffusion/pdf_adapter.py``), the same as ``cond+adapt_z`` through that encoder.
 
 Prints one JSON line per target and a summary; ``--out FILE.md`` writes the table.
 
@@ -30,6 +33,9 @@ def main() -> None:
     ap.add_argument("--size", type=float, default=5.0, help="particle diameter, nm")
     ap.add_argument("--n", type=int, default=32, help="samples per target and variant")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--checkpoint", default=None, help="weights with a PDF encoder: adds the pdf_encoder variant")
+    ap.add_argument("--variants", default=None, help="comma-separated subset of the variants to run")
+    ap.add_argument("--start", type=int, default=0, help="skip the first START validation structures")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     import torch
@@ -40,10 +46,17 @@ def main() -> None:
     from diffpy_diffusion.evaluate.targets import simulate_pdf_target
 
     torch.set_num_threads(1)
-    backends = {k: DiffusionBackend(**opts) for k, opts in VARIANTS.items()}
+    variants = dict(VARIANTS)
+    if args.checkpoint:
+        variants["pdf_encoder"] = {"checkpoint": args.checkpoint}
+    if args.variants:
+        variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
+    backends = {k: DiffusionBackend(**opts) for k, opts in variants.items()}
     sm = StructureMatcher(**MATCH)
     rows = []
-    for i, e in enumerate(pool_validation_entries(args.limit)):
+    for i, e in enumerate(pool_validation_entries(args.start + args.limit)):
+        if i < args.start:
+            continue
         truth = e.structure()
         if len(truth) > 20:
             continue
@@ -58,7 +71,7 @@ def main() -> None:
     n = len(rows)
     lines = [f"{n} targets (pool validation split), {args.size:g} nm particles, n = {args.n} samples each", "",
              "| variant | targets with a raw match | matching samples |", "|---|---|---|"]
-    for name in VARIANTS:
+    for name in variants:
         hit = sum(r[name] > 0 for r in rows)
         lines.append(f"| {name} | {hit}/{n} ({100 * hit / max(n, 1):.0f} %) | {sum(r[name] for r in rows)} |")
     print("\n".join(lines))

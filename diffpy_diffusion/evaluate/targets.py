@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from ..physics.pdf import band_limit
 from ..types import Observation
 from .conventions import N_Q, NOISE, Q_MAX_GRID, TWO_THETA_MAX, UISO, WAVELENGTH
 
@@ -39,35 +40,6 @@ PDF_NOISE = 5e-3
 PDF_DEFAULT_SIZE_NM = 5.0
 #: Scherrer constant of the independent PXRD simulator (spherical crystallites, FWHM definition).
 SCHERRER_K = 0.9
-
-
-def band_limit(g: np.ndarray, dr: float, qmax: float) -> np.ndarray:
-    """Band-limit ``g`` (on ``r = 0, dr, 2dr, ...``) to ``|Q| < qmax``, as the sine transform of a measured F(Q).
-
-    ``g`` is extended to an odd function of period ``2·len(g)·dr`` (G(r) is odd in r); its
-    Fourier components above ``qmax`` are zeroed.  This is the convolution with
-    ``sin(qmax r)/(π r)``: the termination ripples of a PDF transformed from F(Q) on
-    ``[0, qmax]``.  ``g`` must have decayed to ~0 at the end of its grid.
-
-    Parameters
-    ----------
-    g : numpy.ndarray, shape (M,)
-        Values on a uniform grid starting at r = 0 (Å).
-    dr : float
-        Grid step, Å.
-    qmax : float
-        Band limit, Å⁻¹.
-
-    Returns
-    -------
-    numpy.ndarray, shape (M,)
-    """
-    n = len(g)
-    odd = np.concatenate([g, [0.0], -g[:0:-1]])  # period 2n: g(r), then -g(2n·dr - r)
-    spec = np.fft.rfft(odd)
-    q = 2 * math.pi * np.fft.rfftfreq(len(odd), d=dr)
-    spec[q >= qmax] = 0.0
-    return np.fft.irfft(spec, n=len(odd))[:n]
 
 
 def simulate_pdf_target(structure, size_nm: float = PDF_DEFAULT_SIZE_NM, *, seed: int = 0, qmax: float = PDF_QMAX,

@@ -22,11 +22,41 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .crystal import CrystalBatch
 from .scattering import forward_weight
 from .xrd import _as_param, _check_batch, _check_grid
+
+
+def band_limit(g: np.ndarray, dr: float, qmax: float) -> np.ndarray:
+    """Band-limit ``g`` (on ``r = 0, dr, 2dr, ...``) to ``|Q| < qmax``, as the sine transform of a measured F(Q).
+
+    ``g`` is extended to an odd function of period ``2·len(g)·dr`` (G(r) is odd in r); its
+    Fourier components above ``qmax`` are zeroed.  This is the convolution with
+    ``sin(qmax r)/(π r)``: the termination ripples of a PDF transformed from F(Q) on
+    ``[0, qmax]``.  ``g`` must have decayed to ~0 at the end of its grid.
+
+    Parameters
+    ----------
+    g : numpy.ndarray, shape (M,)
+        Values on a uniform grid starting at r = 0 (Å).
+    dr : float
+        Grid step, Å.
+    qmax : float
+        Band limit, Å⁻¹.
+
+    Returns
+    -------
+    numpy.ndarray, shape (M,)
+    """
+    n = len(g)
+    odd = np.concatenate([g, [0.0], -g[:0:-1]])  # period 2n: g(r), then -g(2n·dr - r)
+    spec = np.fft.rfft(odd)
+    q = 2 * math.pi * np.fft.rfftfreq(len(odd), d=dr)
+    spec[q >= qmax] = 0.0
+    return np.fft.irfft(spec, n=len(odd))[:n]
 
 
 def sphere_envelope(r: torch.Tensor, diameter) -> torch.Tensor:

@@ -244,7 +244,7 @@ class DiffusionBackend:
             guide = PhysicsGuide(pattern[0, 0].numpy(), list(numbers_fu.values()), size_nm=observation.size_nm,
                                  wavelength=observation.wavelength, q_range=canonical_q_range(observation))
         with torch.no_grad():
-            c_cond = self._model.encode(pattern, torch.tensor([not use_pattern]))
+            c_cond = self._model.encode(pattern, torch.tensor([not use_pattern]), kind=observation.kind)
             c_null = self._model.encode(pattern, torch.tensor([True]))
         out: list[Proposal] = []
         per_fu = sum(counts.values())

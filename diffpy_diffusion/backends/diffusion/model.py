@@ -40,6 +40,7 @@ class ModelConfig:
     time_dim: int = 128  # sinusoidal time embedding width
     cond_dim: int = 224  # condition vector width (pattern + composition)
     max_z: int = 100  # atomic numbers 1..max_z-1
+    pdf_encoder: bool = False  # a second pattern encoder for PDFs (pdf_adapter.py); PXRD never uses it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,9 +130,21 @@ class CrystalDiffusionModel(nn.Module):
 
         self.cfg = cfg
         self.encoder = PatternEncoder(cfg.cond_dim, encoder_width)
+        # fine-tuned on the implied powder patterns of PDFs; None in checkpoints trained on PXRD only
+        self.pdf_encoder = PatternEncoder(cfg.cond_dim, encoder_width) if cfg.pdf_encoder else None
         self.denoiser = Denoiser(cfg)
 
-    def encode(self, pattern, drop=None):
+    def encode(self, pattern, drop=None, kind: str = "xrd"):
+        """The condition vector of ``pattern``; ``kind="pdf"`` uses the PDF encoder when the model has one.
+
+        Dropped rows (``drop``) always get the PXRD encoder's "no pattern" embedding, the one
+        classifier-free guidance was trained against.
+        """
+        if kind == "pdf" and self.pdf_encoder is not None:
+            c = self.pdf_encoder(pattern)
+            if drop is not None:
+                c = torch.where(drop[:, None], self.encoder.null.to(c.dtype).expand_as(c), c)
+            return c
         return self.encoder(pattern, drop)
 
     def forward(self, numbers, frac, lattice, t, mask, pattern=None, drop=None, cond=None):
