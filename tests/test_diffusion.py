@@ -149,6 +149,30 @@ def test_checkpoint_round_trip_resumes_at_same_step(tiny_pool, tmp_path):
     assert ck2["step"] == 5
 
 
+def test_resume_keeps_a_fine_tuned_pdf_encoder_frozen(tiny_pool, tmp_path):
+    """train --resume of weights that carry a PDF encoder (pdf_adapter.py) trains the rest and keeps it."""
+    from diffpy_diffusion.backends.diffusion.model import CrystalDiffusionModel, ModelConfig
+    from diffpy_diffusion.backends.diffusion.train import main
+
+    kw = dict(TINY, data=str(tiny_pool), out=str(tmp_path / "run"), seed=1)
+    main(steps=2, **kw)
+    last = tmp_path / "run" / "last.pt"
+    ck = ckpt.load_checkpoint(last, with_training_state=True)
+    torch.manual_seed(5)
+    pdf = CrystalDiffusionModel(ModelConfig(hidden=32, layers=1, n_freq=4, cond_dim=32, pdf_encoder=True)).pdf_encoder
+    enc = {f"pdf_encoder.{k}": v for k, v in pdf.state_dict().items()}
+    cfg = ck["config"]
+    cfg["model"]["pdf_encoder"] = True
+    ckpt.save_checkpoint(last, config=cfg, step=ck["step"], epoch=ck["epoch"], ema={**ck["ema"], **enc},
+                         model=ck["model"], optim=ck["optim"], rng=ck["rng"], meta=ck["meta"])
+    main(steps=4, resume=True, **kw)
+    out = ckpt.load_checkpoint(last)
+    assert out["step"] == 4 and out["config"]["model"]["pdf_encoder"] is True
+    for k, v in enc.items():
+        assert torch.equal(out["ema"][k], v), k
+    assert not torch.equal(out["ema"]["denoiser.inp.weight"], ck["ema"]["denoiser.inp.weight"])
+
+
 def test_resume_without_checkpoint_is_clear(tmp_path, tiny_pool):
     from diffpy_diffusion.backends.diffusion.train import main
 

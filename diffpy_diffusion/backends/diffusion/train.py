@@ -233,6 +233,7 @@ class EMA:
 
         self.decay = decay
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        self.frozen: set[str] = set()  # keys kept as they are (x·d + x·(1 − d) is not x in floating point)
         self._torch = torch
 
     @property
@@ -243,6 +244,8 @@ class EMA:
         d = min(self.decay, (1 + step) / (10 + step))  # short warm-up of the average
         with self._torch.no_grad():
             for k, v in model.state_dict().items():
+                if k in self.frozen:
+                    continue
                 if v.is_floating_point():
                     self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
                 else:
@@ -323,7 +326,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             raise CheckpointError(f"{last}: nothing to resume from (no checkpoint in {out})")
         ck = ckpt.load_checkpoint(last, with_training_state=True)
         model.load_state_dict(ck["model"])
+        if ck["config"]["model"].get("pdf_encoder"):
+            # a PDF encoder fine-tuned by pdf_adapter.py: carried along frozen (its weights are in the
+            # EMA only); it was fitted to the denoiser it started from, so re-run pdf_adapter afterwards
+            from .conditioning import PatternEncoder
+
+            mcfg.pdf_encoder = True
+            model.pdf_encoder = PatternEncoder(mcfg.cond_dim).to(device)
+            model.pdf_encoder.load_state_dict({k[len("pdf_encoder."):]: v for k, v in ck["ema"].items()
+                                               if k.startswith("pdf_encoder.")})
+            model.pdf_encoder.requires_grad_(False)
+            if rank == 0:
+                print("note: the checkpoint's PDF encoder is kept frozen; fine-tune it again after this run "
+                      "(python -m diffpy_diffusion.backends.diffusion.pdf_adapter train ...)", flush=True)
         ema.shadow = {k: v.to(device).float() for k, v in ck["ema"].items()}
+        ema.frozen = {k for k in ema.shadow if k.startswith("pdf_encoder.")}
         if ck["optim"] is not None:
             opt.load_state_dict(ck["optim"])
         step, epoch = int(ck["step"]), int(ck["epoch"])
