@@ -88,7 +88,7 @@ RIETVELD_START = {"size_nm": 4.0, "U": 0.004, "V": -0.002, "W": 0.003, "Y": 0.03
                   "displacement_deg": 0.02, "march_dollase": 0.9, "zero_deg": 0.01}
 
 
-@pytest.mark.parametrize("instrument", ["basic", "rietveld"])
+@pytest.mark.parametrize("instrument", ["basic", pytest.param("rietveld", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("make,shift", CASES, ids=["wurtzite", "rutile"])
 def test_xrd_exact_jacobian_matches_central_differences(make, shift, instrument):
     truth = make()
@@ -102,10 +102,10 @@ def test_xrd_exact_jacobian_matches_central_differences(make, shift, instrument)
     assert b.generator.exact_jacobian
     J = prob.jacobian_exact(p)
     assert J is not None and J.shape == (len(prob.x), len(p))
-    # the smallest error over four step sizes: a long step can cross a choice of the model (the
+    # the smallest error over three step sizes: a long step can cross a choice of the model (the
     # ±20 FWHM window edge, the FFT work-grid step, a width node) whose jump dominates it, and a
     # short one loses digits to rounding in the small columns (U, V at these angles)
-    err = np.min([_column_errors(J, _central(b, prob, p, rel)) for rel in (1e-5, 1e-6, 1e-7, 1e-8)], axis=0)
+    err = np.min([_column_errors(J, _central(b, prob, p, rel)) for rel in (1e-5, 1e-6, 1e-7)], axis=0)
     want = {"scale", "a", "c", "size_nm", "zero_deg", "U", "V", "W", "bkg_0"}
     want |= {"Y", "axial_deg", "displacement_deg", "march_dollase"} if instrument == "rietveld" else {"eta"}
     assert set(names) >= want, names
@@ -155,3 +155,35 @@ def test_fd_fallback_for_generators_without_derivatives(monkeypatch):
     monkeypatch.setenv("DIFFPY_DIFFUSION_JACOBIAN", "autograd")
     with pytest.raises(DiffpyDiffusionError, match="DIFFPY_DIFFUSION_JACOBIAN"):
         jacobian_mode()
+
+
+def test_xrd_pattern_jvp_zero_shift_is_a_rigid_translation():
+    """An analytic case: on the window profile a zero shift moves the whole 2θ pattern, so
+    ∂y/∂zero = −dy/d(2θ), checked against the slope of the pattern itself on a fine grid
+    (central differences in 2θ with a step of 1/100 FWHM, error ~2e-4 of the largest slope;
+    Gaussian TCH peaks, because a Lorentzian's cut at ±20 FWHM is a jump the slope would see).
+    The FFT profile works in Q, where a shift in 2θ also changes the width in 2θ, so there only
+    the linear column (scale) is checked; ``y`` equals
+    :func:`~diffpy_diffusion.physics.xrd.xrd_pattern`'s on both.
+    """
+    import torch
+    from pymatgen.core import Lattice, Structure
+
+    from diffpy_diffusion.physics.crystal import CrystalBatch
+    from diffpy_diffusion.physics.xrd import xrd_pattern, xrd_pattern_jvp
+
+    s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.08), ["Au"], [[0, 0, 0]])
+    batch = CrystalBatch.from_structures([s]).to(dtype=torch.float64)
+    x = np.arange(30.0, 50.0, 0.001)
+    tangents = {"zero_deg": torch.tensor([1.0, 0.0]), "scale": torch.tensor([0.0, 1.0])}  # two directions
+    for kw in ({"peak_shape": "tch", "method": "window", "U": 0.004, "W": 0.01},
+               {"size_nm": 20.0, "W": 0.01, "eta": 0.3}):
+        kw = dict(kw, zero_deg=0.05, scale=2.0)
+        y, dy = xrd_pattern_jvp(batch, x, tangents, **kw)
+        ref = xrd_pattern(batch, torch.as_tensor(x), **kw)[0]
+        tol = 1e-12 * float(ref.abs().max())
+        assert torch.allclose(y, ref, rtol=1e-12, atol=tol)
+        assert torch.allclose(dy[1], y / 2.0, rtol=1e-12, atol=tol)
+        if kw.get("method") == "window":
+            slope = np.gradient(y.numpy(), x)
+            assert np.abs(dy[0].numpy() + slope).max() < 1e-3 * np.abs(slope).max()
