@@ -333,7 +333,7 @@ def _rank_key(p: Proposal, position: int):
     return (0, rw) if refined else (1, position)
 
 
-def rank_refined(done: list) -> list:
+def rank_refined(done: list, match_cache: dict | None = None) -> list:
     """Sort (proposal, result) pairs by Rw, fewer parameters first unless the data decide; drop duplicates.
 
     A refined candidate moves ahead of a better-fitting one with more refined parameters
@@ -344,7 +344,8 @@ def rank_refined(done: list) -> list:
     and at small crystallite sizes, where few points are independent, parsimony decides.
     Refined structures that ``StructureMatcher`` finds equal to a better-ranked one (a supercell
     or a distorted variant that refined back into the same structure) are dropped.  Unrefined
-    candidates follow in the order given.
+    candidates follow in the order given.  ``match_cache``: see :func:`~diffpy_diffusion.screen.dedupe`
+    (the same order either way).
     """
     from .screen import dedupe
 
@@ -369,7 +370,7 @@ def rank_refined(done: list) -> list:
             pos -= 1
         out.insert(pos, pr)
     props = [pr[0] for pr in out]
-    kept, _ = dedupe(props)
+    kept, _ = dedupe(props, match_cache=match_cache)
     keep_ids = {id(p) for p in kept}
     return [pr for pr in out if id(pr[0]) in keep_ids]
 
@@ -463,11 +464,27 @@ def symmetrize_unrefined(p: Proposal, max_tol: float = UNREFINED_SYMPREC) -> Pro
     return q
 
 
+#: PXRD patterns with more points than this are long step scans (measured lab and synchrotron
+#: patterns: 5,000-9,000 points for issue 15's), where the last refinement stage runs on every
+#: point and costs most; the evaluation's simulated patterns have 1,024 points
+#: (:data:`diffpy_diffusion.evaluate.conventions.N_Q`) and never count as long.
+LONG_PATTERN_POINTS = 2000
+#: On a long pattern, a candidate whose Rw before the last stage is above this many times the best
+#: final Rw among the candidates refined before it skips the last stage
+#: (``refine_structure(skip_final_above=...)``): the last stage frees what changes Rw least (the
+#: ADPs; in the Rietveld stages the asymmetry and displacement) and starts from the earlier
+#: stages' optimum, so it does not take a candidate from 1.5 times the leader's Rw to the lead.
+#: Not tuned on the benchmark patterns; a skipped candidate stays in the list (below the leader).
+BEHIND_FACTOR = 1.5
+
+
 def refine_candidates(observation: Observation, candidates: list[Proposal], *, engine: str = "srfit",
                       on_done=None, progress: _Progress | None = None, refine_options: dict | None = None):
     """Refine each candidate (H3's :func:`refine.refine_structure`); failures keep the screened candidate.
 
     ``on_done(list_of_(proposal, result))`` is called after each candidate (for incremental output).
+    On a PXRD pattern of more than :data:`LONG_PATTERN_POINTS` points, a candidate still far behind
+    (:data:`BEHIND_FACTOR`) the best refined before it does not run its last, all-points stage.
     Returns the list of (proposal, RefinementResult or None).
     """
 
@@ -477,8 +494,13 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
     refine_options = {**defaults, **(refine_options or {})}
     done: list[tuple[Proposal, Any]] = []
     adv = progress.task("refining", len(candidates)) if progress else None
+    long_scan = observation.kind == "xrd" and len(observation.x) > LONG_PATTERN_POINTS
     for p in candidates:
         t0 = time.perf_counter()
+        opts = dict(refine_options)
+        rws = [float(r.rw) for _, r in done if r is not None and np.isfinite(r.rw)]
+        if long_scan and rws and "skip_final_above" not in opts:
+            opts["skip_final_above"] = BEHIND_FACTOR * min(rws)
         start = {}
         scr = p.provenance.get("screen", {})
         if observation.kind == "xrd" and scr.get("size_nm"):
@@ -486,7 +508,7 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                res, sym_note = _refine_with_symmetry(observation, p.structure, engine, start, refine_options)
+                res, sym_note = _refine_with_symmetry(observation, p.structure, engine, start, opts)
             _check_fit_determined(res, observation)
         except KeyboardInterrupt:
             raise
@@ -514,19 +536,19 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
 
 
 def write_outputs(out: Path, observation: Observation, done, meta: dict, *, interrupted: bool = False,
-                  already_ranked: bool = False) -> list[dict]:
+                  already_ranked: bool = False, match_cache: dict | None = None) -> list[dict]:
     """(Re)write rankNN.* and results.json for the candidates finished so far; returns the records.
 
     While refinement is still running (``interrupted``) only the structure files and
     results.json are written: figures and PDFgui files follow once, at the end, because ranks
     still change and re-plotting every candidate after each fit cost more than the fits.
     ``already_ranked``: ``done`` is the final order already (:func:`final_ranking`), written as given;
-    otherwise it is ranked by the fit (:func:`rank_refined`).
+    otherwise it is ranked by the fit (:func:`rank_refined`, with ``match_cache``).
     """
     from . import report
     from .io import write_json
 
-    ranked = list(done) if already_ranked else rank_refined(done)
+    ranked = list(done) if already_ranked else rank_refined(done, match_cache)
     records = []
     for rank, (p, res) in enumerate(ranked, 1):
         files = report.write_candidate_files(p, rank, out, observation, res, force=True, full=not interrupted)
@@ -583,7 +605,8 @@ def relax_raw(observation: Observation, raw: list[Proposal], meta: dict | None =
     return got[1]
 
 
-def final_ranking(observation: Observation, done: list, meta: dict | None = None) -> list:
+def final_ranking(observation: Observation, done: list, meta: dict | None = None,
+                  match_cache: dict | None = None) -> list:
     """The final order of (proposal, result) pairs: the fit order, then the plugins' say.
 
     :func:`rank_refined` ranks by the fit; the ``rerank`` hooks then add their scores to every
@@ -591,11 +614,11 @@ def final_ranking(observation: Observation, done: list, meta: dict | None = None
     ``rank_candidates`` answer reorders it (an invalid one is warned about and the fit order
     kept; :func:`diffpy_diffusion.plugins.call_rank_candidates`).  ``meta`` (optional) gets
     ``"ranked_by": plugin`` when a plugin answered, and each candidate then keeps its rank by the
-    fit alone in ``provenance["fit_rank"]`` (1-based).
+    fit alone in ``provenance["fit_rank"]`` (1-based).  ``match_cache``: see :func:`rank_refined`.
     """
     from . import plugins
 
-    ranked = rank_refined(done)
+    ranked = rank_refined(done, match_cache)
     props = [p for p, _ in ranked]
     plugins.call_rerank(observation, props)
     got = plugins.call_rank_candidates(observation, props)
@@ -707,6 +730,10 @@ def propose(
     }
     done: list = []
     partial: list = []  # the latest checkpoint, rewritten on Ctrl-C
+    # StructureMatcher verdicts kept between the checkpoints' and the final ranking's dedupes
+    # (each re-ranks a list that grew by one refined candidate; measured under cProfile: 600
+    # matcher fits, 79 of the 142 s of refinement, for ten 10-20-atom candidates of Ca2MnTeO6)
+    match_cache: dict = {}
     with _Progress(progress) as prog, _remove_if_empty(out, created):
         backends = get_backends(backend, backend_options)
         meta["backends"] = {be.name: {"version": getattr(be, "version", None)} for be in backends}
@@ -736,7 +763,7 @@ def propose(
             partial[:] = d
             if out is not None:
                 timings["total_s"] = round(time.perf_counter() - t_start, 3)
-                write_outputs(out, observation, d, meta, interrupted=True)
+                write_outputs(out, observation, d, meta, interrupted=True, match_cache=match_cache)
 
         t0 = time.perf_counter()
         try:
@@ -757,7 +784,7 @@ def propose(
         except KeyboardInterrupt:
             timings["refine_s"] = round(time.perf_counter() - t0, 3)
             if out is not None and (done or partial):
-                write_outputs(out, observation, done or partial, meta, interrupted=True)
+                write_outputs(out, observation, done or partial, meta, interrupted=True, match_cache=match_cache)
             raise
         timings["refine_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
@@ -767,10 +794,10 @@ def propose(
         t0 = time.perf_counter()
         try:
             # after refinement: plugin scores and order are those of the structures we report
-            ranked = final_ranking(observation, done, meta)
+            ranked = final_ranking(observation, done, meta, match_cache)
         except KeyboardInterrupt:
             if out is not None:
-                write_outputs(out, observation, done, meta, interrupted=True)
+                write_outputs(out, observation, done, meta, interrupted=True, match_cache=match_cache)
             raise
         timings["rank_s"] = round(time.perf_counter() - t0, 3)
     timings["total_s"] = round(time.perf_counter() - t_start, 3)

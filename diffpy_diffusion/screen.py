@@ -746,12 +746,27 @@ def fuse_by_backend(ranked: list[Proposal]) -> list[Proposal]:
     return [lst[i] for i in range(max(map(len, lists))) for lst in lists if i < len(lst)]
 
 
+def structure_key(structure) -> bytes:
+    """A hashable fingerprint of a structure as stored (cell, coordinates, species): equal keys, equal structures.
+
+    Used to remember :func:`dedupe`'s ``StructureMatcher`` verdicts between calls on the same
+    structures (``match_cache``); 1e-8 Å / 1e-10 (fractional) roundings only absorb float noise.
+    """
+    lat = np.round(np.asarray(structure.lattice.matrix, float), 8)
+    frac = np.round(np.asarray(structure.frac_coords, float), 10)
+    z = np.array([sp.Z for sp in structure.species], np.int16)
+    return lat.tobytes() + frac.tobytes() + z.tobytes()
+
+
 def dedupe(proposals, k: int | None = None, *, ltol: float = 0.2, stol: float = 0.3, angle_tol: float = 5.0,
-           max_compare: int = 50, own_backend_only: set[int] | None = None):
+           max_compare: int = 50, own_backend_only: set[int] | None = None, match_cache: dict | None = None):
     """Drop proposals that pymatgen's ``StructureMatcher`` finds equal to a better one (list order = rank).
 
     ``own_backend_only`` holds ``id()`` s of proposals that are compared only with better ones
     of their own backend (see :func:`screen`'s ``backend_leaders``).
+    ``match_cache`` (optional, owned by the caller): the matcher's verdict per pair of
+    :func:`structure_key` s with these tolerances, so a caller that dedupes a growing list again
+    (``propose`` after each refined candidate) compares each pair once.  Same result either way.
     Returns (kept, number dropped).  Stops after ``k`` kept when ``k`` is given.
     """
     from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -767,14 +782,25 @@ def dedupe(proposals, k: int | None = None, *, ltol: float = 0.2, stol: float = 
                 continue
             if id(p) in own and q.backend != p.backend:
                 continue
+            key = None
+            if match_cache is not None:
+                key = (structure_key(p.structure), structure_key(q.structure), ltol, stol, angle_tol)
+                if key in match_cache:
+                    if match_cache[key]:
+                        dup = True
+                        break
+                    continue
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    if sm.fit(p.structure, q.structure):
-                        dup = True
-                        break
+                    same = bool(sm.fit(p.structure, q.structure))
             except Exception:  # noqa: BLE001 - matcher failures: treat as distinct
-                continue
+                same = False
+            if key is not None:
+                match_cache[key] = same
+            if same:
+                dup = True
+                break
         if dup:
             dropped += 1
             continue

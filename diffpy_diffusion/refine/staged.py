@@ -116,6 +116,7 @@ def refine_structure(
     phases: Sequence | None = None,
     instrument: str = "basic",
     instrument_params=None,
+    skip_final_above: float | None = None,
 ) -> RefinementResult:
     """Refine ``structure`` against ``observation`` with space-group constraints.
 
@@ -172,6 +173,13 @@ def refine_structure(
         The diffractometer's profile from an instrument file
         (:func:`diffpy_diffusion.io.instrument_params.read_instrument`), held fixed; implies
         ``instrument="rietveld"`` (see :func:`~.recipe.build_recipe`).
+    skip_final_above : float, optional
+        Rw (fraction) above which the last stage is not run when it would run on a finer grid
+        than the stages before it (a long measured scan): a candidate that after every earlier
+        stage still fits this badly is reported as it stands, its Rw and ``y_calc`` on all points
+        but without parameter esds, and ``message`` says so.  The caller sets it from the
+        candidates already refined (:func:`diffpy_diffusion.pipeline.refine_candidates`).
+        None (default): every stage runs.
 
     Returns
     -------
@@ -188,6 +196,7 @@ def refine_structure(
             use_symmetry=use_symmetry, nbkg=nbkg, calculator=calculator, xrange=xrange, max_nfev=max_nfev,
             start=start, keep_recipe=keep_recipe, max_points=max_points, max_coord_vars=max_coord_vars,
             solver=solver, phases=phases, instrument=instrument, instrument_params=instrument_params,
+            skip_final_above=skip_final_above,
         )
 
 
@@ -249,7 +258,8 @@ def _rietveld_start_size(bundle: RecipeBundle, problem: ResidualProblem) -> None
 
 def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol, use_symmetry, nbkg, calculator,
                       xrange, max_nfev, start, keep_recipe, max_points, max_coord_vars,
-                      solver="auto", phases=None, instrument="basic", instrument_params=None) -> RefinementResult:
+                      solver="auto", phases=None, instrument="basic", instrument_params=None,
+                      skip_final_above=None) -> RefinementResult:
     t0 = time.perf_counter()
     if engine == "pdffit2":
         if phases:
@@ -329,6 +339,8 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
         message = f"coordinates not refined: {n_xyz} free coordinates > max_coord_vars={max_coord_vars}"
     best_snap = None
     last_ok = False
+    skipped_final = False
+    prev_rw = None  # Rw of the last stage run (on its grid)
     # Drop stages that free nothing new (e.g. coordinates in Fm-3m).
     effective, seen = [], []
     for st in stages:
@@ -345,6 +357,7 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
         # every stage on r <= PDF_EARLY_RMAX, then all of them once more over the whole range
         effective.append([])
     for k, st in enumerate(effective):
+        freed_before = freed
         freed = freed + [t for t in st if t not in freed]
         last = k == len(effective) - 1
         if k == 0 and not last and bundle.fast and set(freed) <= linear_tags:
@@ -352,12 +365,21 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
             stage_log.append({"tags": list(st), "rw": None, "nfev": 0, "linear": True})
             continue
         snap = snapshot(recipe)
+        t_stage = time.perf_counter()
         prob = coarse
         if last:
             prob = full
             fs = _final_stride(bundle, stride)
             if fs > 1:
                 prob = coarse if fs == stride else ResidualProblem(bundle, fs)
+            if (skip_final_above is not None and prob is not coarse and prev_rw is not None
+                    and prev_rw > skip_final_above):
+                skipped_final, converged = True, False
+                freed = freed_before  # the parameters reported as refined are those that were
+                message = (f"last stage {st} not run: Rw {prev_rw:.4f} after stage {k} is above "
+                           f"{skip_final_above:.4f} (far behind the candidates refined before it)")
+                stage_log.append({"tags": list(st), "rw": None, "skipped": True})
+                break
         try:
             r = run_stage(bundle, prob, freed, max_nfev, final=last, solver=solver)
         except (ValueError, np.linalg.LinAlgError, FloatingPointError) as exc:  # non-converging stage
@@ -376,8 +398,10 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
             continue
         best_snap = snapshot(recipe)
         res = r
+        prev_rw = rw
         last_ok = last
-        stage_log.append({"tags": list(st), "rw": rw, "nfev": int(r.nfev), "status": int(r.status)})
+        stage_log.append({"tags": list(st), "rw": rw, "nfev": int(r.nfev), "status": int(r.status),
+                          "points": len(prob.x), "s": round(time.perf_counter() - t_stage, 3)})
         if r.status == 0:
             converged = False
             message = f"stage {st} hit max_nfev={max_nfev}"
@@ -407,7 +431,7 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
     dof = max(len(r) - len(p), 1)
     red = chi2 / dof
     esd = np.full(len(p), np.nan)
-    if len(p):
+    if len(p) and not skipped_final:  # a Jacobian on every point costs as much as the stage not run
         try:
             esd = parameter_esds(res.jac if reuse else full.jacobian(p), red)
         except Exception:  # esds are a courtesy; never fail a fit on them

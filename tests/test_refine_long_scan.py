@@ -1,0 +1,103 @@
+"""Long measured-style scans: the last refinement stage is skipped for candidates far behind, and
+``propose`` dedupes each pair of candidates once (issue 15's CPU budget)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from diffpy_diffusion.testing import noisy_pxrd
+from diffpy_diffusion.types import Proposal
+
+
+def _nacl(a=5.64):
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+@pytest.fixture(scope="module")
+def long_scan():
+    # 50 nm crystallites on a 0.01° step: the last stage needs every point (6,500 of them)
+    return noisy_pxrd(_nacl(), size_nm=50.0, two_theta_deg=(20.0, 85.0, 0.01), ka2=False, size_hint=True)
+
+
+@pytest.mark.slow
+def test_skip_final_above_reports_the_fit_before_the_last_stage(long_scan):
+    from diffpy_diffusion.refine import refine_structure
+
+    start = _nacl(5.66)
+    res = refine_structure(long_scan, start, skip_final_above=0.0)
+    assert res.stages[-1].get("skipped") and "not run" in res.message and not res.converged
+    # the last basic stage frees the ADPs: they were not refined, so they are not reported as refined
+    assert not any(n.startswith("U") or "uiso" in n.lower() for n in res.params), list(res.params)
+    assert all(np.isnan(v["esd"]) for v in res.params.values())
+    # Rw and y_calc on every point, Rw by its definition (unit weights here)
+    assert len(res.y_calc) == len(long_scan.x)
+    rw = np.sqrt(np.sum((res.y_obs - res.y_calc) ** 2) / np.sum(res.y_obs**2))
+    assert res.rw == pytest.approx(rw, rel=1e-9)
+    assert abs(res.structure.lattice.a - 5.64) < 0.01  # the earlier stages did fit the cell
+
+
+@pytest.mark.slow
+def test_skip_final_above_is_inactive_below_the_threshold(long_scan):
+    from diffpy_diffusion.refine import refine_structure
+
+    res = refine_structure(long_scan, _nacl(5.66), skip_final_above=10.0)
+    assert not any(s.get("skipped") for s in res.stages)
+    run = [s for s in res.stages if s.get("points")]
+    assert run[-1]["points"] > run[0]["points"]  # the last stage ran, on its finer grid
+
+
+@pytest.mark.parametrize("n_points,expect", [(6500, True), (1024, False)])
+def test_refine_candidates_sets_the_threshold_only_on_long_scans(monkeypatch, n_points, expect):
+    from diffpy_diffusion import pipeline
+
+    x = np.linspace(20.0, 85.0, n_points)
+    obs = noisy_pxrd(_nacl(), two_theta_deg=(20.0, 85.0, (85.0 - 20.0) / n_points), ka2=False)
+    assert abs(len(obs.x) - len(x)) <= 1
+    seen = []
+
+    class Fake:
+        def __init__(self, rw):
+            self.rw, self.chi2, self.params, self.structure = rw, 1.0, {}, _nacl()
+            self.spacegroup, self.spacegroup_number, self.converged, self.message = "Fm-3m", 225, True, ""
+            self.engine, self.kind, self.x = "srfit", "xrd", obs.x
+
+    def fake(observation, structure, engine, start, opts):
+        seen.append(opts.get("skip_final_above"))
+        return Fake(0.1 * (len(seen))), {}
+
+    monkeypatch.setattr(pipeline, "_refine_with_symmetry", fake)
+    pipeline.refine_candidates(obs, [Proposal(_nacl(), "t") for _ in range(3)])
+    assert seen[0] is None
+    if expect:
+        assert seen[1:] == pytest.approx([pipeline.BEHIND_FACTOR * 0.1] * 2)
+    else:
+        assert seen[1:] == [None, None]
+
+
+def test_dedupe_match_cache_gives_the_same_answer_with_fewer_matcher_calls(monkeypatch):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from diffpy_diffusion import screen as S
+
+    calls = []
+    orig = StructureMatcher.fit
+
+    def counting(self, a, b, *args, **kwargs):
+        calls.append(1)
+        return orig(self, a, b, *args, **kwargs)
+
+    monkeypatch.setattr(StructureMatcher, "fit", counting)
+    sup = _nacl()
+    sup.make_supercell([2, 1, 1])
+    cscl = Structure(Lattice.cubic(3.5), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    props = [Proposal(_nacl(), "t"), Proposal(sup, "t"), Proposal(cscl, "t")]
+    plain = S.dedupe(props)
+    n_plain = len(calls)
+    cache: dict = {}
+    first = S.dedupe(props, match_cache=cache)
+    again = S.dedupe([Proposal(p.structure.copy(), "t") for p in props], match_cache=cache)
+    assert [id(p) for p in first[0]] == [id(p) for p in plain[0]] and first[1] == plain[1] == 1
+    assert [p.structure for p in again[0]] == [p.structure for p in plain[0]] and again[1] == 1
+    assert len(calls) == 2 * n_plain  # the second, cached dedupe asked the matcher nothing
