@@ -351,7 +351,7 @@ class XRDGenerator(TorchGenerator):
         D = len(next(iter(tans.values()))) if tans else 0
         bkg_keys = [f"bkg_{k}" for k in range(self.nbkg)]
         linear = {"scale", *bkg_keys}
-        moving = {k: np.flatnonzero(np.any(v.reshape(D, -1) != 0, axis=1)) for k, v in tans.items()}
+        moving = {k: np.flatnonzero(np.any(v.reshape(D, -1) != 0, axis=1)) for k, v in tans.items()} if D else {}
         nl = np.array(sorted({int(d) for k, ds in moving.items() if k not in linear for d in ds}), dtype=int)
         # what the model clips does not move (zero derivative, as in the model)
         uiso = np.asarray(state["uiso"], float)
