@@ -67,6 +67,7 @@ def _propose(data: Path, formula: str, wavelength: str, out: Path, extra: list[s
         return {"error": (res.stderr or res.stdout).strip().splitlines()[-1:], "cpu_s": cpu}, sec, cmd
     doc, _ = json.JSONDecoder().raw_decode(res.stdout)
     doc["cpu_s"] = cpu
+    doc["phase_wall_s"] = {k: doc.get("timings", {}).get(k) for k in ("sample_s", "screen_s", "refine_s", "rank_s")}
     return doc, sec, cmd
 
 
@@ -100,6 +101,7 @@ def run_crystalyze(root: Path, names: list[str], work: Path) -> list[dict]:
         out = work / name
         doc, sec, cmd = _propose(data, truth.composition.reduced_formula, _wavelength_arg(model), out, extra)
         row = {"sample": name, "formula": truth.composition.reduced_formula, "seconds": sec, "cpu_s": doc["cpu_s"],
+               "phase_wall_s": doc.get("phase_wall_s"), "ranked_by": doc.get("ranked_by"),
                "command": _short(cmd), "phases": 1 + len(model.phases[1:])}
         if "error" in doc:
             row.update(rank=None, error=" ".join(doc["error"]))
@@ -159,8 +161,8 @@ def run_autoanalyzer(root: Path, names: list[str] | None, work: Path) -> list[di
         best[formula] = right
         out = work / formula
         doc, sec, cmd = _propose(data, formula, "CuKa", out, [])
-        row = {"sample": formula, "seconds": sec, "cpu_s": doc["cpu_s"], "command": _short(cmd),
-               "right_polymorph": right, "reference_rwp": rwp}
+        row = {"sample": formula, "seconds": sec, "cpu_s": doc["cpu_s"], "phase_wall_s": doc.get("phase_wall_s"),
+               "command": _short(cmd), "right_polymorph": right, "reference_rwp": rwp}
         if "error" in doc:
             row["error"] = " ".join(doc["error"])
         else:
