@@ -748,6 +748,9 @@ def propose(
             timings["relax_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
         sopts = dict(screen_options or {})
+        if observation.kind == "xrd" and (refine_options or {}).get("phases"):
+            # known extra phases (--phase): screen the candidates against what they leave of the pattern
+            sopts.setdefault("known_phases", list(refine_options["phases"]))
         if refine_top is not None:
             # merged backends: the candidates each backend refines stay in, as if it had run alone
             sopts.setdefault("backend_leaders", max(1, int(refine_top)))

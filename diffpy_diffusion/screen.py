@@ -160,7 +160,7 @@ def _scaled_structure(structure, s: float):
 class _XRDScreen:
     """Stage A and B of the PXRD screen for one observation."""
 
-    def __init__(self, obs: Observation, max_points: int = 1000):
+    def __init__(self, obs: Observation, max_points: int = 1000, known_phases=()):
         from .physics.xrd import size_fwhm_q
 
         self.obs = obs
@@ -190,6 +190,60 @@ class _XRDScreen:
             self.qmax_model = min(self.qmax_model * self.lam2 / self.lam, 4 * math.pi / self.lam2 * (1 - 1e-9))
         pad = 3.0
         self.nq = int(2 ** math.ceil(math.log2((self.qmax_model + pad) / self.dq)))
+        #: profiles of the known extra phases on ``self.q`` (rows), part of every linear fit's basis
+        self.known = self._known_profiles(list(known_phases or []))
+        if len(self.known):
+            self.bkg = np.concatenate([self.bkg, self.known], 0)
+
+    def _known_profiles(self, structures) -> np.ndarray:
+        """Profiles (rows, max 1) of known extra phases (``--phase``), each at its own best lattice
+        scale (±2 %) and size from a stage-A fit of that phase alone to the pattern.
+
+        They join the background in every closed-form fit of the screen, so a candidate is judged
+        on what the known phases leave of the pattern (an impurity's strong peaks otherwise decide
+        the ranking of a mixture's main-phase candidates).
+        """
+        if not structures:
+            return np.zeros((0, len(self.q)))
+        peaks = self.peaks(structures)
+        best = _refine_scales(lambda sc: self.stage_a(peaks, sc), len(peaks), coarse=np.linspace(0.98, 1.02, 9))
+        rows = []
+        for (qb, ib, _), b in zip(peaks, best, strict=True):
+            if not np.isfinite(b[0]) or len(qb) == 0:
+                continue
+            row = self.profile(qb, ib, b[1], b[2], b[4])
+            top = float(np.max(np.abs(row)))
+            if top > 0:
+                rows.append(row / top)
+        return np.array(rows).reshape(-1, len(self.q))
+
+    def profile(self, qb, ib, s: float, size_nm: float, kernel: str = "scherrer") -> np.ndarray:
+        """The stage-A model (Kα1 [+ Kα2] sticks with LP, size kernel) of one peak list at lattice scale
+        ``s`` and one size, on ``self.q``."""
+        kern = self._kernels([size_nm])[0 if kernel == "scherrer" else 1]
+        hist = np.zeros(self.nq)
+        sticks = [(qb, ib, 1.0)]
+        if self.ka2:
+            sticks.append((qb * self.lam2 / self.lam, ib * self.ka2, self.lam2 / self.lam))
+        for qq, ii, ratio in sticks:
+            pos = qq / s
+            w = ii * self.lp_stick(pos / ratio, ratio)
+            idx = np.rint(pos / self.dq).astype(int)
+            ok = (idx >= 0) & (idx < self.nq) & np.isfinite(w)
+            np.add.at(hist, idx[ok], w[ok])
+        prof = np.fft.irfft(np.fft.rfft(hist) * kern, n=self.nq)
+        grid_idx = self.q / self.dq
+        i0 = np.floor(grid_idx).astype(int)
+        frac = grid_idx - i0
+        return prof[i0] * (1 - frac) + prof[np.minimum(i0 + 1, self.nq - 1)] * frac
+
+    def basis_on(self, max_points: int) -> np.ndarray:
+        """Background (and known-phase) basis rows on the ``_downsample(self.q, ., max_points)`` grid."""
+        qg, _ = _downsample(self.q, self.y, max_points)
+        rows = [_cheb_basis(qg, N_BKG)]
+        if len(self.known):
+            rows.append(np.stack([_downsample(self.q, r, max_points)[1] for r in self.known]))
+        return np.concatenate(rows, 0)
 
     def _lp(self, q):
         import torch
@@ -336,7 +390,7 @@ class _XRDScreen:
         # strongest peaks by LP-weighted intensity were chosen above; LP is applied per step
         x = torch.tensor(qg, dtype=dt)
         y = torch.tensor(yg, dtype=dt)
-        bkg = torch.tensor(_cheb_basis(qg, N_BKG), dtype=dt)
+        bkg = torch.tensor(self.basis_on(max_points), dtype=dt)
         eps = torch.zeros(B, 3, 3, dtype=torch.float64, requires_grad=True)
         log_size = torch.tensor(np.log(size0), dtype=dt, requires_grad=True)
         shift = torch.zeros(B, dtype=dt, requires_grad=True)
@@ -410,7 +464,7 @@ class _XRDScreen:
         qg, yg = _downsample(self.q, self.y, max_points)
         x = torch.tensor(qg, dtype=dt)
         y = torch.tensor(yg, dtype=dt)
-        bkg = torch.tensor(_cheb_basis(qg, N_BKG), dtype=dt)
+        bkg = torch.tensor(self.basis_on(max_points), dtype=dt)
         base = CrystalBatch.from_structures(structures, uiso=SCREEN_UISO, dtype=dt)
         lat0 = base.lattice.detach()
         G0 = lat0 @ lat0.transpose(1, 2)
@@ -853,7 +907,8 @@ def _single_torch_thread(fn):
 def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, gradient_steps: int = 40,
            gradient_top: int | None = None, do_dedupe: bool = True,
            axial_ratios: tuple[float, ...] = (0.85, 0.92, 1.08, 1.15), fuse_backends: bool = True,
-           backend_leaders: int = 1, coordinate_steps: int = 0, coordinate_top: int | None = None) -> ScreenResult:
+           backend_leaders: int = 1, coordinate_steps: int = 0, coordinate_top: int | None = None,
+           known_phases=()) -> ScreenResult:
     """Pre-fit all proposals against ``observation``, rank by screening Rwp, dedupe, keep the best ``k``.
 
     Parameters
@@ -889,6 +944,10 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
     coordinate_top : int, optional
         How many candidates (of each backend when ``fuse_backends``), best first after stage B,
         enter stage C; default all.
+    known_phases : sequence of pymatgen Structure
+        Known extra phases of a PXRD pattern (``propose --phase``): their profiles, fitted once,
+        join the background in every linear fit, so candidates are screened against what the
+        known phases leave of the pattern.  Ignored for a PDF.
 
     Returns
     -------
@@ -902,7 +961,7 @@ def screen(observation: Observation, proposals: list[Proposal], k: int = 5, *, g
     structs = [p.structure for p in props]
     failed = len(proposals) - len(props)
     if observation.kind == "xrd":
-        scr = _XRDScreen(observation)
+        scr = _XRDScreen(observation, known_phases=known_phases)
         peaks = scr.peaks(structs)
         timings["peaks"] = time.perf_counter() - t0
         # uniaxial cells (tetragonal/hexagonal): also try other axial ratios (c/a of a template

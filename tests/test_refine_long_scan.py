@@ -101,3 +101,26 @@ def test_dedupe_match_cache_gives_the_same_answer_with_fewer_matcher_calls(monke
     assert [id(p) for p in first[0]] == [id(p) for p in plain[0]] and first[1] == plain[1] == 1
     assert [p.structure for p in again[0]] == [p.structure for p in plain[0]] and again[1] == 1
     assert len(calls) == 2 * n_plain  # the second, cached dedupe asked the matcher nothing
+
+
+def test_screen_with_known_phase_ranks_the_main_phase_of_a_mixture_first():
+    """A mixture (NaCl + a strong CsCl-type impurity): given the impurity, the screen judges the
+    candidates on what it leaves, and the true main phase ranks first with a low screening Rwp."""
+    from diffpy_diffusion import screen as S
+    from diffpy_diffusion.types import Observation
+
+    imp = Structure(Lattice.cubic(4.11), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    a = noisy_pxrd(_nacl(), size_nm=20.0, noise=0.002, ka2=False)
+    b = noisy_pxrd(imp, size_nm=20.0, noise=0.002, ka2=False, seed=1)
+    obs = Observation("xrd", a.x, a.y + 1.5 * b.y, "2theta", composition="NaCl", wavelength=a.wavelength)
+    decoys = [Structure(Lattice.cubic(3.5), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+              Structure.from_spacegroup("F-43m", Lattice.cubic(6.0), ["Na", "Cl"], [[0, 0, 0], [0.25] * 3])]
+    props = [Proposal(s, "t") for s in [*decoys, _nacl(5.60)]]
+    plain = S.screen(obs, [p.copy() for p in props], 3, do_dedupe=False)
+    known = S.screen(obs, [p.copy() for p in props], 3, do_dedupe=False, known_phases=[imp])
+    truth_rwp = {r: next(p.scores["screen_rwp"] for p in res.ranked if abs(p.structure.lattice.a - 5.64) < 0.1
+                         and len(p.structure) == 8)
+                 for r, res in (("plain", plain), ("known", known))}
+    assert known.ranked[0].structure.composition.reduced_formula == "NaCl"
+    assert abs(known.ranked[0].structure.lattice.a - 5.64) < 0.05
+    assert truth_rwp["known"] < 0.5 * truth_rwp["plain"], truth_rwp
