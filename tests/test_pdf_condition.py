@@ -219,3 +219,27 @@ def test_finetune_trains_only_the_pdf_encoder_and_the_checkpoint_loads_safely(tm
                           pa.random_pdf_settings(rng), rng)
     props = DiffusionBackend(checkpoint=str(out), steps=3, corrector_steps=0, adapt_z=0).sample(obs, 2, seed=0)
     assert len(props) == 2 and all(p.structure.composition.reduced_formula == "NaCl" for p in props)
+
+
+def test_fine_tuning_set_holds_canonical_cells_and_no_validation_or_evaluation_ids(shared_data, tmp_path):
+    """The set's cells are in the frozen denoiser's training representation (Niggli, canonical orientation).
+
+    A raw CIF cell there made the fine-tuned encoder learn to undo the representation: better on its
+    own validation loss, worse on the evaluation's PDFs (benchmarks/pdf_condition.md).
+    """
+    from diffpy_diffusion.backends.diffusion.data import canonical_arrays
+    from diffpy_diffusion.backends.diffusion.pdf_adapter import build_training_set
+    from diffpy_diffusion.datasets import eval_material_ids, iter_training_pool, split_ids
+
+    out = build_training_set(tmp_path / "set.npz", n_structures=4, per_structure=1, n_val=2, data=shared_data,
+                             progress=False)
+    z = dict(np.load(out))
+    assert z["pattern"].shape[:2] == (len(z["ids"]), 1) and z["val_pattern"].shape[:2] == (2, 1)
+    assert not split_ids(z["ids"]).any() and split_ids(z["val_ids"]).all()
+    assert not set(z["ids"]) & eval_material_ids(data=shared_data)
+    pool = {e.material_id: e for e in iter_training_pool(data=shared_data)}
+    for i, mid in enumerate(z["ids"]):
+        lat, frac, nums = canonical_arrays(pool[str(mid)].structure())
+        np.testing.assert_allclose(z["lattice"][i], lat, atol=1e-5)
+        n = int(z["natoms"][i])
+        np.testing.assert_array_equal(z["numbers"][i, :n], nums)

@@ -148,6 +148,7 @@ def build_training_set(out: str | os.PathLike, *, n_structures: int = 8000, per_
     """
     from ...datasets import iter_training_pool, split_ids
     from .conditioning import canonical_pattern
+    from .data import canonical_arrays
 
     rng = np.random.default_rng(seed)
     pool = [e for e in iter_training_pool(data=data)]
@@ -168,7 +169,9 @@ def build_training_set(out: str | os.PathLike, *, n_structures: int = 8000, per_
         t0 = time.time()
         for i, e in enumerate(entries):
             try:
-                la, f, z = e.arrays()
+                # the frozen denoiser was trained on Niggli-reduced cells in one canonical orientation
+                # (data.canonical_arrays); a raw CIF cell here teaches the encoder to undo that instead
+                la, f, z = canonical_arrays(e.structure())
                 if len(z) > MAX_ATOMS:
                     continue
                 for j in range(k):
