@@ -12,8 +12,9 @@ Two sets (issue 15's acceptance):
 - ``autoanalyzer``: the lab patterns of ``measured_xrd/li_mn_ti_o_f_xrd_autoanalyzer/spectra`` (Cu Kα),
   composition from the file name.  The right polymorph is not stated upstream (SOURCE.txt): it is
   taken as the reference CIF (``reference_cifs/``) of that composition that fits the pattern best
-  when refined.  Single-phase goal: it is at rank 1 for >= 4 of 5.  Mixtures ``A+B[+C]``: A is left
-  to propose, the others are given as ``--phase``.
+  when refined.  Single-phase goal: it is at rank 1 for >= 4 of 5.  Mixtures ``A+B[+C]``: the first
+  named phase whose polymorph has at most 20 atoms (the default --max-atoms) is left to propose, the
+  others are given as ``--phase``.
 
 A candidate matches a reference by :func:`diffpy_diffusion.evaluate.protocol.match` (pymatgen
 StructureMatcher with the evaluation's tolerances).  Each propose runs as its own process (the
@@ -41,6 +42,8 @@ from diffpy_diffusion.evaluate.protocol import match
 from diffpy_diffusion.io import read_structure
 from diffpy_diffusion.io.topas import read_topas
 
+#: ``propose``'s default --max-atoms (:class:`diffpy_diffusion.types.Observation`).
+DEFAULT_MAX_ATOMS = 20
 #: Issue 15's goals for the crystalyze set.
 TOP_N, GOAL_TOP, GOAL_RANK1, GOAL_SECONDS = 10, 6, 4, 120.0
 
@@ -67,7 +70,8 @@ def _propose(data: Path, formula: str, wavelength: str, out: Path, extra: list[s
         return {"error": (res.stderr or res.stdout).strip().splitlines()[-1:], "cpu_s": cpu}, sec, cmd
     doc, _ = json.JSONDecoder().raw_decode(res.stdout)
     doc["cpu_s"] = cpu
-    doc["phase_wall_s"] = {k: doc.get("timings", {}).get(k) for k in ("sample_s", "screen_s", "refine_s", "rank_s")}
+    timings = json.loads((out / "results.json").read_text(encoding="utf-8")).get("timings", {})
+    doc["phase_wall_s"] = {k: timings.get(k) for k in ("sample_s", "screen_s", "refine_s", "rank_s")}
     return doc, sec, cmd
 
 
@@ -142,8 +146,9 @@ def _cu_ka():
 
 def run_autoanalyzer(root: Path, names: list[str] | None, work: Path) -> list[dict]:
     """Single-phase patterns: propose, and the right polymorph (:func:`_best_reference`) at rank 1?
-    Mixtures (file name ``A+B[+C]``): the first phase left to propose, the others given as ``--phase``
-    (their best-fitting reference polymorph from the single-phase patterns, else the only reference)."""
+    Mixtures (file name ``A+B[+C]``): the first phase whose polymorph fits within the default
+    --max-atoms left to propose, the others given as ``--phase`` (their best-fitting reference
+    polymorph from their single-phase pattern, else the first reference of that formula)."""
     folder = root / "li_mn_ti_o_f_xrd_autoanalyzer"
     refs_all = {p.stem: read_structure(p) for p in sorted((folder / "reference_cifs").glob("*.cif"))}
 
@@ -176,7 +181,16 @@ def run_autoanalyzer(root: Path, names: list[str] | None, work: Path) -> list[di
     for data in spectra:
         if "+" not in data.stem or (names and data.stem not in names):
             continue
-        first, *others = data.stem.split("+")
+        names_in = data.stem.split("+")
+        for f in names_in:  # the right polymorph of each phase, from its single-phase pattern when there is one
+            single = folder / "spectra" / f"{f}.xy"
+            if f not in best and single.is_file():
+                best[f] = _best_reference(single, refs_of(f))[0]
+        # the phase left to propose: the first named whose polymorph fits within propose's default
+        # --max-atoms (a phase no backend may build cannot be left to propose)
+        first = next((f for f in names_in if best.get(f) is None
+                      or len(refs_all[best[f]].get_primitive_structure()) <= DEFAULT_MAX_ATOMS), names_in[0])
+        others = [f for f in names_in if f != first]
         extra, given = [], []
         for f in others:
             ref = best.get(f) or next(iter(refs_of(f)), None)
