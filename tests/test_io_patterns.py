@@ -337,3 +337,20 @@ def test_pyfai_q_nm_header(tmp_path):
 def test_pyfai_2th_deg_header(tmp_path):
     text = "# pyFAI\n#  2th_deg             I \n" + _rows()
     assert read_observation(_write(tmp_path / "a.xy", text)).x_kind == "2theta"
+
+
+def test_read_observation_takes_wavelength_text_like_the_cli(tmp_path):
+    """``wavelength="CuKa"`` in the API means what ``--wavelength CuKa`` means (Kα1 + Kα2 from the tube table)."""
+    import pytest
+
+    from diffpy_diffusion.io import read_observation
+
+    f = tmp_path / "p.xy"
+    f.write_text("".join(f"{20 + 0.1 * i:.2f} {1 + (i % 7)}\n" for i in range(50)))
+    obs = read_observation(f, wavelength="CuKa")
+    assert obs.wavelength == pytest.approx(1.5406, abs=1e-4) and obs.wavelength2 == pytest.approx(1.5444, abs=1e-4)
+    mono = read_observation(f, wavelength="CuKa1")
+    assert mono.wavelength == pytest.approx(1.5406, abs=1e-4) and mono.wavelength2 is None
+    assert read_observation(f, wavelength="0.7093").wavelength == pytest.approx(0.7093)
+    with pytest.raises(ValueError, match="unknown wavelength 'Kryptonite'.*CuKa"):
+        read_observation(f, wavelength="Kryptonite")

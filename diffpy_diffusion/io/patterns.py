@@ -426,9 +426,10 @@ def read_observation(path, *, kind=None, x_kind=None, wavelength=None, radiation
         Override the kind guessed from the extension.
     x_kind : {"2theta", "q", "r"}, optional
         What column 1 is (the CLI's ``--x``); detected from the file when not given.
-    wavelength : float, optional
-        Å; overrides the header.  A :class:`~diffpy_diffusion.io.units.Wavelength`
-        (what ``--wavelength CuKa`` gives) also carries Kα2.
+    wavelength : float or str, optional
+        Å; overrides the header.  Text is parsed like the CLI's ``--wavelength``
+        (:func:`~diffpy_diffusion.io.units.parse_wavelength`: ``"1.5406"``, ``"CuKa"``
+        with Kα2, ``"CuKa1"``); a :class:`~diffpy_diffusion.io.units.Wavelength` also carries Kα2.
     radiation : {"xray", "neutron"}, optional
         Overrides the header; default x-ray.
     composition : str or dict, optional
@@ -444,8 +445,14 @@ def read_observation(path, *, kind=None, x_kind=None, wavelength=None, radiation
         One line naming the file, the line and what was expected.
     CompositionError
         Bad ``composition``.
+    ValueError
+        ``wavelength`` text that is neither a number nor a known tube (the message lists the tubes).
     """
     from .. import plugins
+    from .units import parse_wavelength
+
+    if isinstance(wavelength, str):
+        wavelength = parse_wavelength(wavelength)
 
     p = Path(path)
     suffix = p.suffix.lower()
