@@ -219,19 +219,11 @@ def _batch(z, idx, k=None):
                 pattern=_inputs(z["pattern"][idx, j]))
 
 
-def _loss(model, process, b, cond, generator, amp=False):
-    import torch
+def _loss(model, process, b, cond, generator):
+    """The training loss (:func:`train.compute_loss`) with ``cond`` as the condition, in fp32."""
+    from .train import TrainConfig, compute_loss
 
-    from .process import normalise_lattice
-
-    B = b["lattice"].shape[0]
-    with torch.no_grad():
-        t = torch.rand(B, generator=generator).clamp(min=1e-3)
-        lat_n = normalise_lattice(b["lattice"], b["natoms"])
-        lat_t, frac_t, eps_l, target_f = process.noise(lat_n, b["frac"], b["mask"], t, generator)
-    with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=amp):
-        pred_l, pred_f = model(b["numbers"], frac_t, lat_t, t, b["mask"], cond=cond)
-    l_lat, l_f = process.loss(pred_l.float(), pred_f.float(), eps_l, target_f, b["mask"])
+    l_lat, l_f = compute_loss(model, process, b, TrainConfig(amp=False), generator, cond=cond)
     return l_lat + l_f
 
 
@@ -294,6 +286,7 @@ def finetune(set_path, out, *, base=None, minutes: float = 30.0, batch_size: int
     from .checkpoint import load_checkpoint, save_checkpoint
     from .model import CrystalDiffusionModel, ModelConfig
     from .process import Process, ProcessConfig
+    from .train import EMA, epoch_batches
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -321,10 +314,10 @@ def finetune(set_path, out, *, base=None, minutes: float = 30.0, batch_size: int
     meta = dict(ck.get("meta") or {})
     spent = float(meta.get("pdf_encoder_cpu_s", 0.0)) if resume and had_pdf else 0.0
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    ema = {k: v.detach().clone() for k, v in model.pdf_encoder.state_dict().items()}
+    ema = EMA(model.pdf_encoder, ema_decay)
     g = torch.Generator().manual_seed(seed + int(spent))
     rng = np.random.default_rng(seed + int(spent))
-    S, K = train["pattern"].shape[:2]
+    K = train["pattern"].shape[1]
     nat = train["natoms"].numpy()
     base_losses = validation_losses(model, process, val)
     print("validation loss at start:", {k: round(v, 4) for k, v in base_losses.items()}, flush=True)
@@ -343,48 +336,41 @@ def finetune(set_path, out, *, base=None, minutes: float = 30.0, batch_size: int
     t_start, c_start, last_val, step = time.time(), time.process_time(), time.time(), 0
     budget = 60.0 * minutes
     history = []
-    while time.time() - t_start < budget:
-        order = rng.permutation(S)  # batches of similar atom counts (the cost grows as atoms²)
-        chunks = [order[s : s + 16 * batch_size] for s in range(0, S, 16 * batch_size)]
-        for ch in chunks:
-            ch = ch[np.argsort(nat[ch], kind="stable")]
-            for s in range(0, len(ch), batch_size):
-                idx = torch.as_tensor(ch[s : s + batch_size])
-                b = _batch(train, idx, torch.as_tensor(rng.integers(0, K, len(idx))))
-                frac_done = min(1.0, (time.time() - t_start) / budget)
-                for grp in opt.param_groups:  # warm-up, then cosine to 5 %
-                    grp["lr"] = lr * min(1.0, (step + 1) / 100) * (0.05 + 0.475 * (1 + math.cos(math.pi * frac_done)))
-                cond = model.pdf_encoder(b["pattern"])
-                loss = _loss(model, process, b, cond, g)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                step += 1
-                with torch.no_grad():
-                    d = min(ema_decay, (1 + step) / (10 + step))
-                    for k, v in model.pdf_encoder.state_dict().items():
-                        ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
-                if step % 50 == 0:
-                    print(f"step {step} loss {float(loss.detach()):.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                          f"{time.time() - t_start:.0f}s", flush=True)
-                now = time.time()
-                if now - last_val >= val_every or now - t_start >= budget:
-                    last_val = now
-                    live = {k: v.detach().clone() for k, v in model.pdf_encoder.state_dict().items()}
-                    model.pdf_encoder.load_state_dict(ema)
-                    vl = validation_losses(model, process, val)
-                    cpu = spent + time.process_time() - c_start
-                    history.append({"step": step, "cpu_s": round(cpu, 1), **{k: round(v, 5) for k, v in vl.items()}})
-                    print("validation:", history[-1], flush=True)
-                    if vl["pdf"] < best:
-                        best = vl["pdf"]
-                        save(step, history[-1], cpu)
-                        print(f"saved {out} (validation loss {best:.4f})", flush=True)
-                    model.pdf_encoder.load_state_dict(live)
-                if now - t_start >= budget:
-                    break
-            if time.time() - t_start >= budget:
+    done = False
+    while not done:
+        # shuffled batches of similar atom counts (the cost grows as atoms²), as train.py draws them
+        for bi in epoch_batches(nat, batch_size, rng, chunk=16):
+            idx = torch.as_tensor(bi)
+            b = _batch(train, idx, torch.as_tensor(rng.integers(0, K, len(idx))))
+            frac_done = min(1.0, (time.time() - t_start) / budget)
+            for grp in opt.param_groups:  # warm-up, then cosine to 5 %
+                grp["lr"] = lr * min(1.0, (step + 1) / 100) * (0.05 + 0.475 * (1 + math.cos(math.pi * frac_done)))
+            loss = _loss(model, process, b, model.pdf_encoder(b["pattern"]), g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            ema.update(model.pdf_encoder, step)
+            step += 1
+            if step % 50 == 0:
+                print(f"step {step} loss {float(loss.detach()):.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                      f"{time.time() - t_start:.0f}s", flush=True)
+            now = time.time()
+            done = now - t_start >= budget
+            if now - last_val >= val_every or done:
+                last_val = now
+                live = {k: v.detach().clone() for k, v in model.pdf_encoder.state_dict().items()}
+                model.pdf_encoder.load_state_dict(ema.state)
+                vl = validation_losses(model, process, val)
+                cpu = spent + time.process_time() - c_start
+                history.append({"step": step, "cpu_s": round(cpu, 1), **{k: round(v, 5) for k, v in vl.items()}})
+                print("validation:", history[-1], flush=True)
+                if vl["pdf"] < best:
+                    best = vl["pdf"]
+                    save(step, history[-1], cpu)
+                    print(f"saved {out} (validation loss {best:.4f})", flush=True)
+                model.pdf_encoder.load_state_dict(live)
+            if done:
                 break
     return {"steps": step, "best_val": best, "start_val": base_losses, "history": history,
             "cpu_s": spent + time.process_time() - c_start}

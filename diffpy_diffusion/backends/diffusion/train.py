@@ -203,8 +203,13 @@ def _lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
     return cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
 
 
-def compute_loss(model, process, b, cfg, generator=None, t=None, drop=None):
-    """The DiffCSP loss of one batch; patterns are simulated here from reflections."""
+def compute_loss(model, process, b, cfg, generator=None, t=None, drop=None, cond=None):
+    """The DiffCSP loss of one batch.
+
+    The condition is ``cond`` when given (an encoded condition vector, e.g. the PDF encoder's in
+    ``pdf_adapter.py``); otherwise patterns are simulated here from the batch's reflections and
+    dropped with probability ``cfg.p_uncond`` (or where ``drop`` says).
+    """
     import torch
 
     from .conditioning import simulate_training_patterns
@@ -212,17 +217,19 @@ def compute_loss(model, process, b, cfg, generator=None, t=None, drop=None):
 
     B = b["lattice"].shape[0]
     dev = b["lattice"].device
+    pattern = None
     with torch.no_grad():
-        pattern = simulate_training_patterns(b["refl_q"], b["refl_i"], b["refl_mask"], generator)
+        if cond is None:
+            pattern = simulate_training_patterns(b["refl_q"], b["refl_i"], b["refl_mask"], generator)
         if t is None:
             t = torch.rand(B, device=dev, generator=generator).clamp(min=1e-3)
-        if drop is None:
+        if drop is None and cond is None:
             drop = torch.rand(B, device=dev, generator=generator) < cfg.p_uncond
         lat_n = normalise_lattice(b["lattice"], b["natoms"])
         lat_t, frac_t, eps_l, target_f = process.noise(lat_n, b["frac"], b["mask"], t, generator)
     amp = cfg.amp
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-        pred_l, pred_f = model(b["numbers"], frac_t, lat_t, t, b["mask"], pattern=pattern, drop=drop)
+        pred_l, pred_f = model(b["numbers"], frac_t, lat_t, t, b["mask"], pattern=pattern, drop=drop, cond=cond)
     l_lat, l_f = process.loss(pred_l, pred_f, eps_l, target_f, b["mask"])
     return l_lat, l_f
 
