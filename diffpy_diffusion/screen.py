@@ -221,21 +221,33 @@ class _XRDScreen:
         """The stage-A model (Kα1 [+ Kα2] sticks with LP, size kernel) of one peak list at lattice scale
         ``s`` and one size, on ``self.q``."""
         kern = self._kernels([size_nm])[0 if kernel == "scherrer" else 1]
-        hist = np.zeros(self.nq)
+        hist = self._stick_histogram(qb, ib, np.array([s]))[0]
+        return self._on_q(np.fft.irfft(np.fft.rfft(hist) * kern, n=self.nq))
+
+    def _stick_histogram(self, qb, ib, scales: np.ndarray) -> np.ndarray:
+        """Kα1 [+ Kα2] sticks of one peak list with LP, at each lattice scale of ``scales`` (S,),
+        binned on the FFT grid: (S, nq)."""
+        S = len(scales)
         sticks = [(qb, ib, 1.0)]
         if self.ka2:
             sticks.append((qb * self.lam2 / self.lam, ib * self.ka2, self.lam2 / self.lam))
+        hist = np.zeros((S, self.nq))
         for qq, ii, ratio in sticks:
-            pos = qq / s
-            w = ii * self.lp_stick(pos / ratio, ratio)
+            pos = qq[None, :] / scales[:, None]  # (S, R)
+            # Lorentz-polarisation at each reflection's own angle (not on the grid: LP diverges at Q -> 0)
+            w = ii[None, :] * self.lp_stick(pos / ratio, ratio)
             idx = np.rint(pos / self.dq).astype(int)
             ok = (idx >= 0) & (idx < self.nq) & np.isfinite(w)
-            np.add.at(hist, idx[ok], w[ok])
-        prof = np.fft.irfft(np.fft.rfft(hist) * kern, n=self.nq)
+            rows = np.broadcast_to(np.arange(S)[:, None], idx.shape)
+            np.add.at(hist, (rows[ok], idx[ok]), w[ok])
+        return hist
+
+    def _on_q(self, prof: np.ndarray) -> np.ndarray:
+        """Profiles on the FFT grid (..., nq), linearly interpolated onto the data's ``self.q``."""
         grid_idx = self.q / self.dq
         i0 = np.floor(grid_idx).astype(int)
         frac = grid_idx - i0
-        return prof[i0] * (1 - frac) + prof[np.minimum(i0 + 1, self.nq - 1)] * frac
+        return prof[..., i0] * (1 - frac) + prof[..., np.minimum(i0 + 1, self.nq - 1)] * frac
 
     def basis_on(self, max_points: int) -> np.ndarray:
         """Background (and known-phase) basis rows on the ``_downsample(self.q, ., max_points)`` grid."""
@@ -309,31 +321,17 @@ class _XRDScreen:
         """
         B, S = scales_per_cand.shape
         kern = self._kernels(self.sizes)  # (Z, F)
-        grid_idx = self.q / self.dq
-        i0 = np.floor(grid_idx).astype(int)
-        frac = grid_idx - i0
         best = []
         for b in range(B):
             qb, ib, _ = peaks[b]
             if len(qb) == 0:
                 best.append((np.inf, 1.0, self.sizes[0], None, "scherrer"))
                 continue
-            sticks = [(qb, ib, 1.0)]
-            if self.ka2:
-                sticks.append((qb * self.lam2 / self.lam, ib * self.ka2, self.lam2 / self.lam))
-            hist = np.zeros((S, self.nq))
-            for qq, ii, ratio in sticks:
-                pos = qq[None, :] / scales_per_cand[b][:, None]  # (S, R)
-                # Lorentz-polarisation at each reflection's own angle (not on the grid: LP diverges at Q -> 0)
-                w = ii[None, :] * self.lp_stick(pos / ratio, ratio)
-                idx = np.rint(pos / self.dq).astype(int)
-                ok = (idx >= 0) & (idx < self.nq) & np.isfinite(w)
-                rows = np.broadcast_to(np.arange(S)[:, None], idx.shape)
-                np.add.at(hist, (rows[ok], idx[ok]), w[ok])
+            hist = self._stick_histogram(qb, ib, scales_per_cand[b])
             # intensity per unit cell volume² is irrelevant: the scale is fitted
             spec = np.fft.rfft(hist, axis=-1)  # (S, F)
             prof = np.fft.irfft(spec[:, None, :] * kern[None], n=self.nq, axis=-1)  # (S, Z, nq)
-            model = prof[..., i0] * (1 - frac) + prof[..., np.minimum(i0 + 1, self.nq - 1)] * frac
+            model = self._on_q(prof)
             coef, rwp = _linear_fit(model, self.y, self.bkg)
             j = np.unravel_index(np.nanargmin(np.where(coef[..., 0] > 0, rwp, np.inf)), rwp.shape)
             if not np.isfinite(rwp[j]) or coef[j][0] <= 0:
