@@ -1141,8 +1141,6 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
 def _apply_linear(op: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``(op @ v.T).T`` for a sparse ``op``; with a forward-mode (dual) ``v`` the primal and the
     tangent are multiplied separately (sparse CSR products have no forward-mode derivative)."""
-    import torch.autograd.forward_ad as fwad
-
     primal, tangent = fwad.unpack_dual(v)
     if tangent is None:
         return (op @ v.t()).t()
