@@ -220,7 +220,7 @@ class _XRDScreen:
     def profile(self, qb, ib, s: float, size_nm: float, kernel: str = "scherrer") -> np.ndarray:
         """The stage-A model (Kα1 [+ Kα2] sticks with LP, size kernel) of one peak list at lattice scale
         ``s`` and one size, on ``self.q``."""
-        kern = self._kernels([size_nm])[0 if kernel == "scherrer" else 1]
+        kern = self._kernels([size_nm])[SCREEN_KERNELS.index(kernel)]
         hist = self._stick_histogram(qb, ib, np.array([s]))[0]
         return self._on_q(np.fft.irfft(np.fft.rfft(hist) * kern, n=self.nq))
 
@@ -300,19 +300,23 @@ class _XRDScreen:
         return out
 
     def _kernels(self, sizes):
-        """rFFT of unit-area size kernels, shape (2 Z, nq//2+1): Scherrer Lorentzians, then sinc².
+        """rFFT of unit-area size kernels, shape (3 Z, nq//2+1): Scherrer Lorentzians, sinc², Gaussians.
 
-        Lorentzian of the Scherrer FWHM (``physics.xrd.size_fwhm_q``): FT ``exp(-2π γ |k|)`` (γ the
-        HWHM).  Laue function ``sinc²(L ΔQ/2)`` (PXRDnet's kernel): FT ``max(0, 1 − 2π|k|/L)`` (a triangle).
+        In the order of :data:`SCREEN_KERNELS`.  Lorentzian of the Scherrer FWHM
+        (``physics.xrd.size_fwhm_q``): FT ``exp(-2π γ |k|)`` (γ the HWHM).  Laue function
+        ``sinc²(L ΔQ/2)`` (PXRDnet's kernel): FT ``max(0, 1 − 2π|k|/L)`` (a triangle).  Gaussian of the
+        Scherrer FWHM (pymatgen-style Scherrer broadening): FT ``exp(−2π² σ² k²)``.
         """
         from .physics.xrd import size_fwhm_q
 
         k = np.fft.rfftfreq(self.nq, d=self.dq)  # cycles per Å⁻¹
         L = 10.0 * np.asarray(sizes)  # Å
-        gam = size_fwhm_q(np.asarray(sizes, dtype=float)).numpy() / 2  # HWHM, Å⁻¹
-        lor = np.exp(-2 * math.pi * gam[:, None] * k[None, :])
+        fw = size_fwhm_q(np.asarray(sizes, dtype=float)).numpy()  # Scherrer FWHM, Å⁻¹
+        lor = np.exp(-2 * math.pi * (fw / 2)[:, None] * k[None, :])
         tri = np.clip(1 - 2 * math.pi * k[None, :] / L[:, None], 0, None)
-        return np.concatenate([lor, tri], 0)
+        sig = fw / (2 * math.sqrt(2 * math.log(2)))
+        gau = np.exp(-2 * math.pi**2 * (sig[:, None] * k[None, :]) ** 2)
+        return np.concatenate([lor, tri, gau], 0)
 
     def stage_a(self, peaks, scales_per_cand):
         """Rwp over (scale, size) grids; returns best (rwp, s, size, coef) per candidate.
@@ -339,7 +343,7 @@ class _XRDScreen:
                 continue
             nz = len(self.sizes)
             best.append((float(rwp[j]), float(scales_per_cand[b][j[0]]), float(self.sizes[j[1] % nz]), coef[j],
-                         "sinc2" if j[1] >= nz else "scherrer"))
+                         SCREEN_KERNELS[j[1] // nz]))
         return best
 
     def lp_torch(self, q1, ratio: float = 1.0):
@@ -396,7 +400,7 @@ class _XRDScreen:
         mom = [(torch.zeros_like(p), torch.zeros_like(p)) for p, _ in params]
         G0 = lat0 @ lat0.transpose(1, 2)
         ratio2 = (self.lam2 / self.lam) if self.ka2 else None
-        use_sinc = torch.tensor([k == "sinc2" for k in (kernels or ["scherrer"] * B)])
+        kind = _kernel_codes(kernels, B)
         lp_t = self.lp_torch
 
         def model():
@@ -409,7 +413,7 @@ class _XRDScreen:
             gam = size_fwhm_q(size_nm) / 2  # Scherrer HWHM, Å⁻¹
 
             def shape(dx):
-                return _size_shape(dx, gam, L, use_sinc[:, None, None])
+                return _size_shape(dx, gam, L, kind[:, None, None])
 
             w1 = inten * lp_t(qv, 1.0)
             prof = (w1[..., None] * shape(x - qv[..., None])).sum(1)
@@ -477,7 +481,7 @@ class _XRDScreen:
         q_hi = float(qg[-1]) + 0.3  # reflections just beyond the grid still have tails on it
         step = float(np.min(np.diff(qg))) if len(qg) > 1 else 1.0
         ratio2 = (self.lam2 / self.lam) if self.ka2 else None
-        use_sinc = torch.tensor([k == "sinc2" for k in (kernels or ["scherrer"] * B)])
+        kind = _kernel_codes(kernels, B)
         lp_t = self.lp_torch
 
         def model():
@@ -489,7 +493,7 @@ class _XRDScreen:
             size_nm = torch.exp(log_size).clamp(0.5, 200.0)[refl.crystal]
             gam = size_fwhm_q(size_nm) / 2  # Scherrer HWHM, Å⁻¹
             length = 10.0 * size_nm  # Å
-            sinc = use_sinc[refl.crystal]
+            kind_r = kind[refl.crystal]
 
             # each reflection touches the K grid points nearest to it (± STAGE_C_WINDOW FWHM of the
             # broadest peak): R × K work instead of R × M
@@ -500,7 +504,7 @@ class _XRDScreen:
             def add(qpos, w):
                 start = (torch.searchsorted(x, qpos.detach()) - K // 2).clamp(0, M - K)
                 idx = start[:, None] + cols  # (R, K)
-                shape = _size_shape(x[idx] - qpos[:, None], gam[:, None], length[:, None], sinc[:, None])
+                shape = _size_shape(x[idx] - qpos[:, None], gam[:, None], length[:, None], kind_r[:, None])
                 flat = (refl.crystal[:, None] * M + idx).reshape(-1)
                 return torch.zeros(B * M, dtype=dt).index_add(0, flat, (w[:, None] * shape).reshape(-1)).view(B, M)
 
@@ -547,22 +551,40 @@ def _strained_metric(lat0, G0, eps, ops):
     return G0 + torch.stack([(Rop.transpose(1, 2) @ dG[b] @ Rop).mean(0) for b, Rop in enumerate(ops)])
 
 
-def _size_shape(dx, gam, length, sinc):
-    """Unit-area size-broadening kernel at offsets ``dx`` (Å⁻¹): the Scherrer Lorentzian of HWHM ``gam``,
-    or, where ``sinc`` is True, the Laue function sinc²(L ΔQ/2) of crystallite length ``length`` (Å).
+#: Size-broadening shapes the screen tries (stage A picks one per candidate, stages B and C keep it):
+#: the Scherrer Lorentzian, the sinc² Laue function and a Gaussian of the Scherrer FWHM, as the
+#: refinement's ``size_kernel="auto"`` (:data:`diffpy_diffusion.refine.staged.SIZE_KERNELS`).
+SCREEN_KERNELS = ("scherrer", "sinc2", "gauss")
 
-    ``gam``, ``length`` and ``sinc`` broadcast against ``dx``.
+
+def _kernel_codes(kernels, n: int):
+    """Index into :data:`SCREEN_KERNELS` of each candidate's kernel name (default Scherrer), as a tensor."""
+    import torch
+
+    return torch.tensor([SCREEN_KERNELS.index(k) for k in (kernels or ["scherrer"] * n)])
+
+
+def _size_shape(dx, gam, length, kind):
+    """Unit-area size-broadening kernel at offsets ``dx`` (Å⁻¹) of shape ``kind`` (index into
+    :data:`SCREEN_KERNELS`): the Scherrer Lorentzian of HWHM ``gam``, the Laue function
+    sinc²(L ΔQ/2) of crystallite length ``length`` (Å), or the Gaussian of HWHM ``gam``.
+
+    ``gam``, ``length`` and ``kind`` broadcast against ``dx``.
     """
     import torch
 
-    lor = gam / math.pi / (dx**2 + gam**2)
-    if not bool(sinc.any()):
-        return lor
-    u = 0.5 * length * dx
-    safe_u = u.where(u.abs() >= 1e-6, torch.ones_like(u))
-    sinc2 = torch.where(u.abs() < 1e-6, torch.ones_like(u), torch.sin(u) / safe_u) ** 2
-    sinc2 = sinc2 * length / (2 * math.pi)  # unit area
-    return torch.where(sinc, sinc2, lor)
+    out = gam / math.pi / (dx**2 + gam**2)
+    if bool((kind == 1).any()):
+        u = 0.5 * length * dx
+        safe_u = u.where(u.abs() >= 1e-6, torch.ones_like(u))
+        sinc2 = torch.where(u.abs() < 1e-6, torch.ones_like(u), torch.sin(u) / safe_u) ** 2
+        sinc2 = sinc2 * length / (2 * math.pi)  # unit area
+        out = torch.where(kind == 1, sinc2, out)
+    if bool((kind == 2).any()):
+        sig = gam / math.sqrt(2 * math.log(2))  # HWHM = σ √(2 ln 2)
+        gau = torch.exp(-0.5 * (dx / sig) ** 2) / (sig * math.sqrt(2 * math.pi))
+        out = torch.where(kind == 2, gau, out)
+    return out
 
 
 def _linear_fit_rwp(prof, bkg, y):

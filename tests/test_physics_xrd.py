@@ -95,6 +95,32 @@ def test_sinc2_kernel_width_in_q():
     assert _fwhm(x.numpy(), y.numpy()) == pytest.approx(2 * math.pi * 0.9 / 50.0, rel=0.02)
 
 
+@pytest.mark.parametrize("method", ["window", "fft"])
+def test_gauss_kernel_is_the_analytic_scherrer_gaussian(method):
+    """size_kernel="gauss": a unit-area Gaussian of FWHM 2πK/L in Q (no LP), the analytic curve."""
+    q0, size_nm = 3.0, 5.0
+    refl = Reflections.from_lists([[q0]], [[1.0]], dtype=torch.float64)
+    x = torch.arange(2.0, 4.0, 0.0005, dtype=torch.float64)
+    y = xrd_profile(refl, x, x_kind="q", size_nm=size_nm, size_kernel="gauss", lorentz_polarization=False,
+                    method=method)[0].numpy()
+    fwhm = 2 * math.pi * 0.9 / (10 * size_nm)
+    sig = fwhm / (2 * math.sqrt(2 * math.log(2)))
+    ref = np.exp(-0.5 * ((x.numpy() - q0) / sig) ** 2) / (sig * math.sqrt(2 * math.pi))
+    assert np.abs(y - ref).max() < 1e-4 * ref.max()
+
+
+def test_gauss_kernel_with_gaussian_instrument_adds_widths_in_quadrature():
+    refl = Reflections.from_lists([[3.0]], [[1.0]], dtype=torch.float64)
+    x = torch.arange(2.0, 4.0, 0.0005, dtype=torch.float64)
+    W = 0.02  # deg² (Caglioti W: FWHM² at every angle), converted to Q by the profile itself
+    y = xrd_profile(refl, x, x_kind="q", size_nm=5.0, size_kernel="gauss", W=W, eta=0.0,
+                    lorentz_polarization=False, method="window")[0].numpy()
+    y0 = xrd_profile(refl, x, x_kind="q", W=W, eta=0.0, lorentz_polarization=False, method="window")[0].numpy()
+    h_size = 2 * math.pi * 0.9 / 50.0
+    h_inst = _fwhm(x.numpy(), y0)
+    assert _fwhm(x.numpy(), y) == pytest.approx(math.hypot(h_inst, h_size), rel=0.01)
+
+
 def test_q_grid_peak_at_reflection():
     ni = CrystalBatch.from_structures([reference.ni_fcc()])
     x = torch.arange(2.5, 3.5, 0.0005, dtype=torch.float64)
@@ -193,7 +219,7 @@ def test_bad_input_names_parameter(make, param):
         make()
 
 
-@pytest.mark.parametrize("kernel", ["scherrer", "sinc", "sinc2"])
+@pytest.mark.parametrize("kernel", ["scherrer", "gauss", "sinc", "sinc2"])
 def test_fft_profile_matches_window_profile(kernel):
     refl = Reflections.from_lists([[2.0, 3.001], [2.5]], [[1.0, 0.5], [2.0]], dtype=torch.float64)
     x = torch.arange(0.5, 6.0, 0.005, dtype=torch.float64)

@@ -326,3 +326,39 @@ def test_broyden_lm_solves_a_nonlinear_fit_like_scipy():
     ref = least_squares(fun, p0, jac=jac, bounds=(lo, hi))
     assert np.allclose(ours.x, ref.x, atol=1e-5)
     assert ours.jac.shape == (200, 4)
+
+
+@pytest.mark.parametrize("simulator,kernel", [("protocol", "sinc2"), ("pymatgen", "gauss")])
+def test_size_kernel_auto_finds_the_shape_of_the_size_broadening(simulator, kernel):
+    """10 nm rock salt: sinc² peaks (our protocol) and Scherrer Gaussians (pymatgen's peaks, an
+    independent code) are each recognised by the fit; the Lorentzian leaves a misfit 10x larger."""
+    from diffpy_diffusion.evaluate.protocol import simulate_target
+    from diffpy_diffusion.evaluate.targets import simulate_pymatgen_target
+    from diffpy_diffusion.refine import refine_structure
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    sim = simulate_target if simulator == "protocol" else simulate_pymatgen_target
+    obs = sim(nacl, 10.0, seed=0)
+    auto = refine_structure(obs, nacl)
+    lor = refine_structure(obs, nacl, size_kernel="scherrer")
+    assert auto.instrument["size_kernel"] == kernel and lor.instrument["size_kernel"] == "scherrer"
+    assert auto.params["size_nm"]["value"] == pytest.approx(10.0, rel=0.03)
+    assert auto.rw < 0.02 and lor.rw > 10 * auto.rw
+    assert any(st["tags"] == ["size_kernel"] for st in auto.stages)
+
+
+def test_size_kernel_rietveld_default_and_bad_name():
+    """The Rietveld profile keeps the Lorentzian (its TCH widths model measured shapes) unless asked;
+    an unknown shape is a one-line error naming the choices."""
+    from diffpy_diffusion.evaluate.protocol import simulate_target
+    from diffpy_diffusion.physics import reference
+    from diffpy_diffusion.refine import refine_structure
+
+    ni = reference.ni_fcc()
+    obs = simulate_target(ni, 10.0, seed=0)
+    res = refine_structure(obs, ni, instrument="rietveld", stages=[["scale", "bkg"], ["lat", "size"]])
+    assert res.instrument["size_kernel"] == "scherrer"
+    res = refine_structure(obs, ni, stages=[["scale", "bkg"], ["lat", "size"]], size_kernel="sinc2")
+    assert res.instrument["size_kernel"] == "sinc2"
+    with pytest.raises(DiffpyDiffusionError, match="unknown size kernel 'lorentz'.*gauss"):
+        refine_structure(obs, ni, size_kernel="lorentz")

@@ -43,7 +43,12 @@ clips to [0, 1]; doing that on the output reproduces their patterns to ~2 %
 (their filter is truncated to the span of the Q grid, ours is not).
 ``size_kernel="sinc2"`` is the Laue interference function of a slab of
 thickness L, ``sinc²(L ΔQ/2)`` (FWHM_Q = 4·1.39156/L) -- see
-:func:`size_fwhm_q`.
+:func:`size_fwhm_q`.  ``size_kernel="gauss"`` is a Gaussian of the Scherrer
+FWHM (2πK/L), the size profile of codes that broaden every peak by a Scherrer
+Gaussian (pymatgen-based pipelines, many nanocrystal simulations).  Which
+kernel describes a sample is a question for the data: the refinement picks
+the one that fits best (:func:`diffpy_diffusion.refine.refine_structure`,
+``size_kernel="auto"``).
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ _DEG = 180.0 / math.pi
 _SINC2_HWHM = 1.3915573782515103
 # sin(u)/u = 1/2 at u = 1.895494...
 _SINC_HALF = 1.8954942670339809
-_SIZE_KERNELS = ("scherrer", "sinc", "sinc2")
+_SIZE_KERNELS = ("scherrer", "gauss", "sinc", "sinc2")
 #: Sub-peaks per reflection of the simple axial-divergence model (``axial_deg`` of :func:`xrd_profile`).
 AXIAL_NODES = 6
 # Quantile midpoints u_j of the kernel density u^(-1/2) - 1 on (0, 1] (CDF 2√u - u):
@@ -664,12 +669,12 @@ def _tch(hg, hl):
 def size_fwhm_q(size_nm, shape_factor: float = 0.9, size_kernel: str = "scherrer"):
     """Size-broadening FWHM in Q (Å⁻¹) for crystallite size ``size_nm``.
 
-    Scherrer: 2πK/L.  sinc (PXRDnet): 2·1.8955/(πL) = 1.2067/L.
+    Scherrer (Lorentzian) and Gaussian: 2πK/L.  sinc (PXRDnet): 2·1.8955/(πL) = 1.2067/L.
     sinc²: the FWHM of sinc²(L·ΔQ/2), 4·1.3916/L
     (independent of K).  L = 10·size_nm Å.
     """
     L = 10.0 * torch.as_tensor(size_nm)
-    if size_kernel == "scherrer":
+    if size_kernel in ("scherrer", "gauss"):
         return _TWO_PI * shape_factor / L
     if size_kernel == "sinc2":
         return 4 * _SINC2_HWHM / L
@@ -737,8 +742,9 @@ def xrd_profile(
         Crystallite size L in nm (None: no size broadening).
     shape_factor : float
         Scherrer constant K.
-    size_kernel : {"scherrer", "sinc", "sinc2"}
-        Lorentzian (Scherrer), PXRDnet's sinc, or the sinc² Laue function.
+    size_kernel : {"scherrer", "gauss", "sinc", "sinc2"}
+        Lorentzian (Scherrer), Gaussian of the Scherrer FWHM, PXRDnet's sinc, or the sinc² Laue
+        function.
     U, V, W : float or (B,) tensor
         Caglioti coefficients, degrees².
     eta : float or (B,) tensor
@@ -871,7 +877,7 @@ def xrd_profile(
                 eta_p = eta_p.clamp(0.0, 1.0)
         if size_t is not None:
             L = 10.0 * size_t[c]
-            if size_kernel == "scherrer":
+            if size_kernel in ("scherrer", "gauss"):
                 h_size = shape_factor * lam / (L * torch.cos(theta)) * _DEG
             else:
                 # sinc kernels have a Q-independent FWHM, converted to 2θ
@@ -1113,6 +1119,9 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
     f = fw[:1] if same_size else fw
     if size_kernel == "scherrer":
         kern = torch.exp(-0.5 * f[:, None] * k[None, :])  # FT of a unit-area Lorentzian of FWHM fw
+    elif size_kernel == "gauss":
+        fk = f[:, None] * k[None, :]
+        kern = torch.exp(fk * fk * (-1.0 / (16 * math.log(2))))  # FT of a unit-area Gaussian of FWHM fw
     elif size_kernel == "sinc2":
         a = 2 * _SINC2_HWHM / f  # sinc²(a ΔQ): a = L/2
         kern = (1 - k[None, :] / (2 * a[:, None])).clamp_min(0)  # FT of unit-area sinc²: a triangle
@@ -1200,7 +1209,12 @@ def _add_peaks(out, x, c, pos, inten, h_inst, h_size, eta, no_inst, kernel, min_
             prof = _pv(dx2, h, e)
         elif parts[0][0] == "size":
             h = h_size[sel][:, None]
-            prof = _lorentz2(dx2, h) if kernel == "scherrer" else _sinc2(dx, h) if kernel == "sinc2" else _sinc(dx, h)
+            if kernel == "scherrer":
+                prof = _lorentz2(dx2, h)
+            elif kernel == "gauss":
+                prof = _gauss2(dx2, h)
+            else:
+                prof = _sinc2(dx, h) if kernel == "sinc2" else _sinc(dx, h)
         else:
             hi_ = h_inst[sel][:, None]
             hs = h_size[sel][:, None]
@@ -1208,6 +1222,11 @@ def _add_peaks(out, x, c, pos, inten, h_inst, h_size, eta, no_inst, kernel, min_
             if kernel == "scherrer":
                 hv, ev = _tch(hi_, hs)
                 prof = _pv(dx2, hv, ev, 1 - e) + _lorentz2(dx2, hi_ + hs, e)
+            elif kernel == "gauss":
+                # Gaussian part ⊗ Gaussian size: a Gaussian (widths in quadrature); Lorentzian
+                # part ⊗ Gaussian size: a Voigt, as its TCH pseudo-Voigt
+                hv, ev = _tch(hs, hi_)
+                prof = _gauss2(dx2, torch.sqrt(hi_**2 + hs**2), 1 - e) + _pv(dx2, hv, ev, e)
             else:
                 # sinc or sinc² size kernel ⊗ instrument pseudo-Voigt: approximate the kernel by a
                 # Gaussian of the same FWHM and combine widths in quadrature (Gaussian part)

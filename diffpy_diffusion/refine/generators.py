@@ -149,7 +149,8 @@ class XRDGenerator(TorchGenerator):
     scale
         Overall scale.
     size_nm
-        Crystallite size in nm (Scherrer); ≤ 0 switches size broadening off.
+        Crystallite size in nm (Scherrer); ≤ 0 switches size broadening off.  The
+        shape of the size broadening is :attr:`size_kernel`.
     U, V, W
         Caglioti instrumental widths (deg² for 2θ data): the Gaussian part when
         ``peak_shape == "tch"``.
@@ -178,7 +179,7 @@ class XRDGenerator(TorchGenerator):
     Usable metadata
     ---------------
     wavelength, wavelength2, ka2_ratio (Å), x_kind ("2theta" | "q"), radiation ("xray" | "neutron"),
-    monochromator_2theta_deg (polarisation; None: no monochromator).
+    monochromator_2theta_deg (polarisation; None: no monochromator), size_kernel.
     """
 
     def __init__(self, name: str = "xrd", nbkg: int = 6, peak_shape: str = "pv"):
@@ -212,6 +213,10 @@ class XRDGenerator(TorchGenerator):
             raise ValueError(f"peak_shape must be 'pv' or 'tch', got {peak_shape!r}")
         #: "pv" (pseudo-Voigt of U, V, W and eta) or "tch" (Thompson-Cox-Hastings of U, V, W and X, Y)
         self.peak_shape = peak_shape
+        #: shape of the size broadening, of the Scherrer FWHM 2πK/L unless a sinc kernel:
+        #: "scherrer" (Lorentzian), "gauss", "sinc2" (Laue function); see
+        #: :func:`~diffpy_diffusion.physics.xrd.xrd_profile`
+        self.size_kernel = "scherrer"
         #: Miller indices of the preferred-orientation planes, per phase name ("" = the main phase)
         self.po_hkl: dict[str, tuple[int, int, int]] = {"": (0, 0, 1)}
         #: names of the extra phases, in the order added
@@ -276,7 +281,8 @@ class XRDGenerator(TorchGenerator):
         return y
 
     def _apply_metadata(self) -> None:
-        for key in ("wavelength", "wavelength2", "ka2_ratio", "x_kind", "radiation", "monochromator_2theta_deg"):
+        for key in ("wavelength", "wavelength2", "ka2_ratio", "x_kind", "radiation", "monochromator_2theta_deg",
+                    "size_kernel"):
             if key in self.meta and self.meta[key] is not None:
                 setattr(self, key, self.meta[key])
 
@@ -308,6 +314,7 @@ class XRDGenerator(TorchGenerator):
             wavelength2=self.wavelength2,
             ka2_ratio=self.ka2_ratio,
             size_nm=size_arg,
+            size_kernel=self.size_kernel,
             U=_t(pars["U"]),
             V=_t(pars["V"]),
             W=_t(pars["W"]),
@@ -403,7 +410,8 @@ class XRDGenerator(TorchGenerator):
         po = float(state["march_dollase"])
         kw: dict[str, Any] = dict(
             x_kind=self.x_kind, wavelength=self.wavelength, wavelength2=self.wavelength2, ka2_ratio=self.ka2_ratio,
-            size_nm=size if size > 0 else None, U=float(state["U"]), V=float(state["V"]), W=float(state["W"]),
+            size_nm=size if size > 0 else None, size_kernel=self.size_kernel,
+            U=float(state["U"]), V=float(state["V"]), W=float(state["W"]),
             zero_deg=float(state["zero_deg"]), scale=float(state["scale"]), radiation=self.radiation,
             monochromator_2theta_deg=self.monochromator_2theta_deg,
             axial_deg=float(state["axial_deg"]), displacement_deg=float(state["displacement_deg"]),

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ResidualProblem", "LMResult", "run_stage", "broyden_lm", "linear_start", "update_constraints",
     "free_names", "snapshot", "restore", "blas_one_thread", "RW_STALL_RTOL", "RW_STALL_RTOL_FINAL",
+    "linear_size_scan", "set_size_scale_background",
 ]
 
 #: A stage stops once an accepted step lowers Rw by less than this fraction of Rw (stages before
@@ -240,30 +241,8 @@ def linear_start(bundle: RecipeBundle, problem: ResidualProblem) -> None:
     st = gen.state()
     if bundle.kind == "xrd":
         sizes = [st["size_nm"]] if st["size_nm"] > 0 else [1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 40.0, 100.0]
-        states = []
-        for s in sizes:
-            d = dict(st)
-            d.update(size_nm=s, scale=1.0, **{f"bkg_{k}": 0.0 for k in range(gen.nbkg)})
-            states.append(d)
-        Y = problem.model_batch(states)
-        from .generators import chebyshev_background
-
-        V = np.stack([chebyshev_background(problem.x, np.eye(gen.nbkg)[k], gen.bkg_domain)
-                      for k in range(gen.nbkg)], 1)
-        best = None
-        for s, yc in zip(sizes, Y, strict=True):
-            A = np.column_stack([yc, V]) * w[:, None]
-            coef, *_ = np.linalg.lstsq(A, problem.y * w, rcond=None)
-            if coef[0] <= 0:
-                coef[0] = max(float(np.dot(yc, problem.y) / max(np.dot(yc, yc), 1e-300)), 1e-12)
-            r = float(np.sum((A @ coef - problem.y * w) ** 2))
-            if best is None or r < best[0]:
-                best = (r, s, coef)
-        _, s, coef = best
-        recipe.size_nm.setValue(float(s))
-        recipe.scale.setValue(float(coef[0]))
-        for k in range(gen.nbkg):
-            recipe.get(f"bkg_{k}").setValue(float(coef[1 + k]))
+        _, s, coef = linear_size_scan(bundle, problem, sizes)
+        set_size_scale_background(bundle, s, coef)
     else:
         d = dict(st)
         d["scale"] = 1.0
@@ -271,6 +250,51 @@ def linear_start(bundle: RecipeBundle, problem: ResidualProblem) -> None:
         den = float(np.dot(yc * w, yc * w))
         if den > 0:
             recipe.scale.setValue(max(float(np.dot(yc * w, problem.y * w) / den), 1e-12))
+
+
+def linear_size_scan(bundle: RecipeBundle, problem: ResidualProblem, sizes) -> tuple[float, float, np.ndarray]:
+    """Best crystallite size of ``sizes`` (nm) with scale and background solved exactly (PXRD).
+
+    The model is the recipe's current state (constraints updated by the caller) at each size, in one
+    batched call.  Returns ``(cost, size, coef)``: the weighted sum of squared residuals, the size,
+    and the coefficients (scale, then the Chebyshev background terms).
+    """
+    from .generators import chebyshev_background
+
+    gen = bundle.generator
+    w = problem.w
+    st = gen.state()
+    states = []
+    for s in sizes:
+        d = dict(st)
+        d.update(size_nm=s, scale=1.0, **{f"bkg_{k}": 0.0 for k in range(gen.nbkg)})
+        states.append(d)
+    Y = problem.model_batch(states)
+    V = np.stack([chebyshev_background(problem.x, np.eye(gen.nbkg)[k], gen.bkg_domain)
+                  for k in range(gen.nbkg)], 1)
+    best = None
+    for s, yc in zip(sizes, Y, strict=True):
+        A = np.column_stack([yc, V]) * w[:, None]
+        coef, *_ = np.linalg.lstsq(A, problem.y * w, rcond=None)
+        if coef[0] <= 0:
+            coef[0] = max(float(np.dot(yc, problem.y) / max(np.dot(yc, yc), 1e-300)), 1e-12)
+        r = float(np.sum((A @ coef - problem.y * w) ** 2))
+        if not np.isfinite(r):
+            continue
+        if best is None or r < best[0]:
+            best = (r, float(s), coef)
+    if best is None:
+        return np.inf, float(sizes[0]), np.r_[1.0, np.zeros(gen.nbkg)]
+    return best
+
+
+def set_size_scale_background(bundle: RecipeBundle, size_nm: float, coef) -> None:
+    """Set the recipe's size (nm), scale and background terms (``coef`` of :func:`linear_size_scan`)."""
+    recipe = bundle.recipe
+    recipe.size_nm.setValue(float(size_nm))
+    recipe.scale.setValue(float(coef[0]))
+    for k in range(bundle.generator.nbkg):
+        recipe.get(f"bkg_{k}").setValue(float(coef[1 + k]))
 
 
 def run_stage(bundle: RecipeBundle, problem: ResidualProblem, tags: Sequence[str], max_nfev: int,

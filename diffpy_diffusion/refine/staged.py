@@ -19,9 +19,11 @@ from .optimize import (
     ResidualProblem,
     blas_one_thread,
     free_names,
+    linear_size_scan,
     linear_start,
     restore,
     run_stage,
+    set_size_scale_background,
     snapshot,
     update_constraints,
 )
@@ -29,7 +31,8 @@ from .recipe import RecipeBundle, build_recipe
 from .results import RefinementResult, parameter_esds, rw_factor
 from .symmetry import to_pymatgen
 
-__all__ = ["refine_structure", "DEFAULT_STAGES", "RIETVELD_STAGES", "STANDARD_STAGES", "PDF_EARLY_RMAX"]
+__all__ = ["refine_structure", "DEFAULT_STAGES", "RIETVELD_STAGES", "STANDARD_STAGES", "PDF_EARLY_RMAX",
+           "SIZE_KERNELS", "SIZE_KERNEL_MARGIN"]
 
 
 #: PDF fits over a longer r range first refine every stage up to this r (Å), then once more over
@@ -70,6 +73,51 @@ STANDARD_STAGES: list[list[str]] = [
 ]
 
 
+#: Shapes of the size broadening that ``size_kernel="auto"`` chooses from, by the fit (PXRD):
+#: the Scherrer Lorentzian, a Gaussian of the Scherrer FWHM, and the sinc² Laue function of a
+#: finite crystal (see :func:`~diffpy_diffusion.physics.xrd.xrd_profile`).  PXRDnet's "sinc" has
+#: negative lobes (no sample gives negative intensity) and is not among them.
+SIZE_KERNELS = ("scherrer", "gauss", "sinc2")
+#: ``size_kernel="auto"`` leaves the Lorentzian only for a shape whose best weighted sum of squared
+#: residuals is lower by more than this fraction: on a pattern whose broadening the instrument
+#: dominates the shapes tie, and the conventional Scherrer Lorentzian stays.
+SIZE_KERNEL_MARGIN = 0.02
+#: Sizes tried for each shape, as factors on the size of equal FWHM (``linear_size_scan``).
+_KERNEL_SIZE_FACTORS = (0.8, 0.9, 1.0, 1.1, 1.25)
+
+
+def _choose_size_kernel(bundle: RecipeBundle, problem: ResidualProblem) -> dict | None:
+    """Pick the size-broadening shape of :data:`SIZE_KERNELS` that fits ``problem`` best, in place.
+
+    At the recipe's current state (cell, zero, size refined), each shape is tried at sizes around
+    the one of the same FWHM, with scale and background solved exactly (one batched call per shape).
+    The generator keeps the best shape, its size, scale and background when it beats the current
+    one by :data:`SIZE_KERNEL_MARGIN`.  Returns a log entry (costs by shape) or None (no size).
+    """
+    from ..physics.xrd import size_fwhm_q
+
+    gen, recipe = bundle.generator, bundle.recipe
+    size = float(recipe.size_nm.getValue())
+    if not size > 0:
+        return None
+    update_constraints(recipe, [])
+    current = gen.size_kernel
+    fw = float(size_fwhm_q(size, 0.9, current))
+    costs, best = {}, {}
+    for kern in SIZE_KERNELS:
+        gen.size_kernel = kern
+        s_eq = float(size_fwhm_q(1.0, 0.9, kern)) / fw  # the size of the same FWHM, nm
+        cost, s_best, coef = linear_size_scan(bundle, problem, [s_eq * f for f in _KERNEL_SIZE_FACTORS])
+        costs[kern] = cost
+        best[kern] = (s_best, coef)
+    gen.size_kernel = current
+    choice = min(costs, key=costs.get)
+    if choice != current and costs[choice] < (1 - SIZE_KERNEL_MARGIN) * costs[current]:
+        gen.size_kernel = choice
+        set_size_scale_background(bundle, *best[choice])
+    return {"size_kernel": gen.size_kernel, "costs": {k: float(v) for k, v in costs.items()}}
+
+
 def _final_stride(bundle: RecipeBundle, stride: int) -> int:
     """Sub-grid stride still fine enough for the last PXRD stage: ≥ 6 points per Scherrer FWHM.
 
@@ -86,7 +134,7 @@ def _final_stride(bundle: RecipeBundle, stride: int) -> int:
 
     dx = float(np.median(np.diff(bundle.x)))
     # K = 0.9: the Scherrer constant XRDGenerator's xrd_pattern call uses (its default)
-    fwhm_q = float(size_fwhm_q(size_nm, shape_factor=0.9))  # Å⁻¹
+    fwhm_q = float(size_fwhm_q(size_nm, shape_factor=0.9, size_kernel=gen.size_kernel))  # Å⁻¹
     if gen.x_kind == "q":
         fwhm = fwhm_q
     else:
@@ -117,6 +165,7 @@ def refine_structure(
     instrument: str = "basic",
     instrument_params=None,
     skip_final_above: float | None = None,
+    size_kernel: str | None = None,
 ) -> RefinementResult:
     """Refine ``structure`` against ``observation`` with space-group constraints.
 
@@ -180,6 +229,16 @@ def refine_structure(
         but without parameter esds, and ``message`` says so.  The caller sets it from the
         candidates already refined (:func:`diffpy_diffusion.pipeline.refine_candidates`).
         None (default): every stage runs.
+    size_kernel : {"auto", "scherrer", "gauss", "sinc2"}, optional
+        Shape of the size broadening (PXRD; see :func:`~diffpy_diffusion.physics.xrd.xrd_profile`).
+        "auto" starts with the Scherrer Lorentzian and, once the first stage that refines the
+        size has run, keeps whichever of :data:`SIZE_KERNELS` fits best (by more than
+        :data:`SIZE_KERNEL_MARGIN`; that stage is run again with it).  The shape matters where it
+        dominates the peaks: a 10 nm pattern made with sinc² peaks refines to Rw 0.17 with
+        Lorentzians and 0.01 with sinc², and the extra freedom of a wrong, lower-symmetry model
+        would otherwise absorb the misfit.  Default: "auto" for ``instrument="basic"``, the
+        Lorentzian otherwise (the Thompson–Cox–Hastings widths describe measured peak shapes).
+        The shape used is ``result.instrument["size_kernel"]``.
 
     Returns
     -------
@@ -196,7 +255,7 @@ def refine_structure(
             use_symmetry=use_symmetry, nbkg=nbkg, calculator=calculator, xrange=xrange, max_nfev=max_nfev,
             start=start, keep_recipe=keep_recipe, max_points=max_points, max_coord_vars=max_coord_vars,
             solver=solver, phases=phases, instrument=instrument, instrument_params=instrument_params,
-            skip_final_above=skip_final_above,
+            skip_final_above=skip_final_above, size_kernel=size_kernel,
         )
 
 
@@ -259,7 +318,7 @@ def _rietveld_start_size(bundle: RecipeBundle, problem: ResidualProblem) -> None
 def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol, use_symmetry, nbkg, calculator,
                       xrange, max_nfev, start, keep_recipe, max_points, max_coord_vars,
                       solver="auto", phases=None, instrument="basic", instrument_params=None,
-                      skip_final_above=None) -> RefinementResult:
+                      skip_final_above=None, size_kernel=None) -> RefinementResult:
     t0 = time.perf_counter()
     if engine == "pdffit2":
         if phases:
@@ -279,6 +338,14 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
     )
     if instrument_params is not None:
         instrument = "rietveld"
+    auto_kernel = False
+    if bundle.kind == "xrd":
+        kern = size_kernel or ("auto" if instrument == "basic" else "scherrer")
+        if kern != "auto" and kern not in SIZE_KERNELS:
+            raise DiffpyDiffusionError(f"unknown size kernel {size_kernel!r}: use 'auto' or one of "
+                                       + ", ".join(SIZE_KERNELS))
+        auto_kernel = kern == "auto" and bundle.fast
+        bundle.generator.size_kernel = "scherrer" if kern == "auto" else kern
     recipe = bundle.recipe
     for name in getattr(bundle.generator, "extra_phases", []):
         getattr(recipe, f"scale_{name}").setValue(0.0)  # linear_start solves the main phase alone first
@@ -396,6 +463,25 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
             restore(recipe, snap)
             stage_log.append({"tags": list(st), "rw": rw, "nfev": int(r.nfev), "undone": True})
             continue
+        if auto_kernel and "size" in freed:
+            snap_after = snapshot(recipe)
+            auto_kernel = False  # once: the first stage that refines the size
+            kernel_log = _choose_size_kernel(bundle, prob)
+            if kernel_log and kernel_log["size_kernel"] != "scherrer":
+                try:
+                    r2 = run_stage(bundle, prob, freed, max_nfev, final=last, solver=solver)
+                except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+                    r2 = None
+                rw2 = np.inf if r2 is None else float(
+                    np.sqrt(np.sum(r2.fun**2) / max(np.sum((prob.y * prob.w) ** 2), 1e-300)))
+                if np.isfinite(rw2) and rw2 < rw:
+                    r, rw = r2, rw2
+                else:  # the stage with the new shape did not fit better: back to the Lorentzian's optimum
+                    bundle.generator.size_kernel = "scherrer"
+                    restore(recipe, snap_after)
+                    kernel_log["size_kernel"] = "scherrer"
+            if kernel_log:
+                stage_log.append({"tags": ["size_kernel"], **kernel_log})
         best_snap = snapshot(recipe)
         res = r
         prev_rw = rw
@@ -460,7 +546,8 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
                                 wavelength2=None if gen.wavelength2 is None else float(gen.wavelength2),
                                 ka2_ratio=float(gen.ka2_ratio), radiation=gen.radiation,
                                 monochromator_2theta_deg=gen.monochromator_2theta_deg,
-                                instrument_file=instrument_params is not None, standard=instrument == "standard")
+                                size_kernel=gen.size_kernel, instrument_file=instrument_params is not None,
+                                standard=instrument == "standard")
         bkg = chebyshev_background(bundle.x, [float(gen.get(f"bkg_{k}").getValue()) for k in range(gen.nbkg)],
                                    gen.bkg_domain) if gen.nbkg else np.zeros_like(bundle.x)
         unexplained = unexplained_peaks(bundle.x, bundle.y, np.asarray(yc, float), bkg, x_kind=gen.x_kind,
