@@ -878,7 +878,7 @@ def _check_instrument_request(instrument_params, save_instrument, instrument: st
 def refine_file(data, structure, *, composition=None, wavelength=None, radiation="xray", size_nm=None,
                 x_kind=None, engine: str = "srfit", output_dir=None, force: bool = False, as_json: bool = False,
                 quiet: bool = False, phases=(), instrument: str = "basic", instrument_file=None,
-                save_instrument=None):
+                save_instrument=None, size_kernel: str | None = None):
     """``diffpy-diffuse refine DATA START``: refine a user's own starting structure, report like ``propose``.
 
     ``phases``: files of known extra (impurity) phases refined alongside (PXRD); ``instrument``: the PXRD
@@ -887,7 +887,8 @@ def refine_file(data, structure, *, composition=None, wavelength=None, radiation
     whose profile is held fixed; ``save_instrument``: write the refined instrument profile to this
     file (the pattern is a line-profile standard such as Si or LaB6, refined with
     ``instrument="standard"``: its cell held at the structure file's, the Lorentzian X refined
-    instead of a crystallite size).
+    instead of a crystallite size); ``size_kernel``: the shape of the size broadening
+    (:func:`~diffpy_diffusion.refine.refine_structure`; None: its default).
 
     Returns the :class:`~diffpy_diffusion.refine.RefinementResult`.
     """
@@ -918,7 +919,8 @@ def refine_file(data, structure, *, composition=None, wavelength=None, radiation
     if save_instrument is not None:
         instrument = "standard"  # the instrument's own widths, the standard's certified cell (build_recipe)
     res = refine_structure(obs, start_s, engine=engine, phases=extra,
-                           instrument=instrument if obs.kind == "xrd" else "basic", instrument_params=ip)
+                           instrument=instrument if obs.kind == "xrd" else "basic", instrument_params=ip,
+                           size_kernel=size_kernel if obs.kind == "xrd" else None)
     _check_fit_determined(res, obs)
     p = Proposal(structure=res.structure, backend="user", scores={"rw": float(res.rw), "chi2": float(res.chi2)},
                  refined=dict(res.params),
@@ -958,7 +960,10 @@ def refine_file(data, structure, *, composition=None, wavelength=None, radiation
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title="Refined parameters")
+        kern = (getattr(res, "instrument", None) or {}).get("size_kernel")
+        shapes = {"scherrer": "Lorentzian", "gauss": "Gaussian", "sinc2": "sinc² (Laue)"}
+        caption = f"size broadening: {shapes.get(kern, kern)}" if kern and "size_nm" in res.params else None
+        t = Table(title="Refined parameters", caption=caption)
         t.add_column("name")
         t.add_column("value", justify="right")
         t.add_column("esd", justify="right")

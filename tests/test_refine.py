@@ -362,3 +362,28 @@ def test_size_kernel_rietveld_default_and_bad_name():
     assert res.instrument["size_kernel"] == "sinc2"
     with pytest.raises(DiffpyDiffusionError, match="unknown size kernel 'lorentz'.*gauss"):
         refine_structure(obs, ni, size_kernel="lorentz")
+
+
+def test_refine_command_size_shape(tmp_path):
+    """``refine --size-shape``: the shape asked for is used and recorded; a wrong name is click's exit 2."""
+    import json
+
+    from click.testing import CliRunner
+
+    from diffpy_diffusion.cli import cli
+    from diffpy_diffusion.evaluate.protocol import simulate_target
+    from diffpy_diffusion.io import write_xy
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    obs = simulate_target(nacl, 10.0, seed=0)
+    data = write_xy(obs.x, obs.y, tmp_path / "nacl.xy")
+    cif = tmp_path / "nacl.cif"
+    nacl.to(filename=str(cif))
+    args = ["refine", str(data), str(cif), "--x", "q", "-w", "1.54184", "--peak-model", "basic"]
+    res = CliRunner().invoke(cli, [*args, "--size-shape", "gauss", "-o", str(tmp_path / "fit")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "fit" / "results.json").read_text())
+    assert doc["candidates"][0]["provenance"]["instrument"]["size_kernel"] == "gauss"
+    assert "size broadening: Gaussian" in res.output
+    res = CliRunner().invoke(cli, [*args, "--size-shape", "voigt"])
+    assert res.exit_code == 2 and "voigt" in res.output

@@ -347,6 +347,11 @@ def save_plot(obs, path: Path, force: bool) -> None:
 @click.option("--peak-model", type=click.Choice(["rietveld", "basic"]), default="rietveld", show_default=True,
               help="PXRD profile: rietveld (Thompson-Cox-Hastings, axial asymmetry, specimen displacement, "
                    "March-Dollase preferred orientation) or basic (pseudo-Voigt and Scherrer size).")
+@click.option("--size-shape", type=click.Choice(["auto", "scherrer", "gauss", "sinc2"]), default=None,
+              help="PXRD: shape of the size broadening (FWHM 2πK/L): scherrer (Lorentzian), gauss (Gaussian), "
+                   "sinc2 (Laue function of a finite crystal), or auto: whichever fits best once cell and size "
+                   "are refined. Default: auto with --peak-model basic, scherrer with rietveld (its TCH widths "
+                   "describe measured shapes).")
 @instrument_option
 @click.option("--save-instrument", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE",
@@ -359,7 +364,7 @@ def save_plot(obs, path: Path, force: bool) -> None:
 @quiet_option
 @debug_option
 def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind, engine, phases, peak_model,
-           instrument, save_instrument, output, force, as_json, quiet):
+           size_shape, instrument, save_instrument, output, force, as_json, quiet):
     """Refine the structure in STRUCTURE against the pattern in DATA (srfit).
 
     \b
@@ -377,7 +382,7 @@ def refine(data, structure, composition, wavelength, radiation, size_nm, x_kind,
     refine_file(data, structure, composition=composition, wavelength=wavelength, radiation=radiation,
                 size_nm=size_nm, x_kind=x_kind, engine=engine, output_dir=output, force=force,
                 as_json=as_json, quiet=quiet, phases=list(phases), instrument=peak_model,
-                instrument_file=instrument, save_instrument=save_instrument)
+                instrument_file=instrument, save_instrument=save_instrument, size_kernel=size_shape)
 
 
 # --------------------------------------------------------------------------- evaluate
