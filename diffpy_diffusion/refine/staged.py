@@ -78,44 +78,30 @@ STANDARD_STAGES: list[list[str]] = [
 #: finite crystal (see :func:`~diffpy_diffusion.physics.xrd.xrd_profile`).  PXRDnet's "sinc" has
 #: negative lobes (no sample gives negative intensity) and is not among them.
 SIZE_KERNELS = ("scherrer", "gauss", "sinc2")
-#: ``size_kernel="auto"`` leaves the Lorentzian only for a shape whose best weighted sum of squared
-#: residuals is lower by more than this fraction: on a pattern whose broadening the instrument
-#: dominates the shapes tie, and the conventional Scherrer Lorentzian stays.
+#: ``size_kernel="auto"`` leaves the Lorentzian only for a shape whose Rw after the stage that
+#: refines the size is lower by more than this fraction: on a pattern whose broadening the
+#: instrument dominates the shapes tie, and the conventional Scherrer Lorentzian stays.
 SIZE_KERNEL_MARGIN = 0.02
-#: Sizes tried for each shape, as factors on the size of equal FWHM (``linear_size_scan``).
+#: Sizes tried for each shape's start, as factors on the size of equal FWHM (``linear_size_scan``).
 _KERNEL_SIZE_FACTORS = (0.8, 0.9, 1.0, 1.1, 1.25)
 
 
-def _choose_size_kernel(bundle: RecipeBundle, problem: ResidualProblem) -> dict | None:
-    """Pick the size-broadening shape of :data:`SIZE_KERNELS` that fits ``problem`` best, in place.
-
-    At the recipe's current state (cell, zero, size refined), each shape is tried at sizes around
-    the one of the same FWHM, with scale and background solved exactly (one batched call per shape).
-    The generator keeps the best shape, its size, scale and background when it beats the current
-    one by :data:`SIZE_KERNEL_MARGIN`.  Returns a log entry (costs by shape) or None (no size).
-    """
+def _start_with_kernel(bundle: RecipeBundle, problem: ResidualProblem, kernel: str) -> None:
+    """Switch the generator to the size shape ``kernel``, starting from the size of the same FWHM as the
+    current one (the best of a few around it, scale and background solved exactly)."""
     from ..physics.xrd import size_fwhm_q
 
     gen, recipe = bundle.generator, bundle.recipe
     size = float(recipe.size_nm.getValue())
+    fw = float(size_fwhm_q(size, 0.9, gen.size_kernel))
+    gen.size_kernel = kernel
     if not size > 0:
-        return None
+        return
     update_constraints(recipe, [])
-    current = gen.size_kernel
-    fw = float(size_fwhm_q(size, 0.9, current))
-    costs, best = {}, {}
-    for kern in SIZE_KERNELS:
-        gen.size_kernel = kern
-        s_eq = float(size_fwhm_q(1.0, 0.9, kern)) / fw  # the size of the same FWHM, nm
-        cost, s_best, coef = linear_size_scan(bundle, problem, [s_eq * f for f in _KERNEL_SIZE_FACTORS])
-        costs[kern] = cost
-        best[kern] = (s_best, coef)
-    gen.size_kernel = current
-    choice = min(costs, key=costs.get)
-    if choice != current and costs[choice] < (1 - SIZE_KERNEL_MARGIN) * costs[current]:
-        gen.size_kernel = choice
-        set_size_scale_background(bundle, *best[choice])
-    return {"size_kernel": gen.size_kernel, "costs": {k: float(v) for k, v in costs.items()}}
+    s_eq = float(size_fwhm_q(1.0, 0.9, kernel)) / fw  # the size of the same FWHM, nm
+    cost, s_best, coef = linear_size_scan(bundle, problem, [s_eq * f for f in _KERNEL_SIZE_FACTORS])
+    if np.isfinite(cost):
+        set_size_scale_background(bundle, s_best, coef)
 
 
 def _final_stride(bundle: RecipeBundle, stride: int) -> int:
@@ -231,9 +217,9 @@ def refine_structure(
         None (default): every stage runs.
     size_kernel : {"auto", "scherrer", "gauss", "sinc2"}, optional
         Shape of the size broadening (PXRD; see :func:`~diffpy_diffusion.physics.xrd.xrd_profile`).
-        "auto" starts with the Scherrer Lorentzian and, once the first stage that refines the
-        size has run, keeps whichever of :data:`SIZE_KERNELS` fits best (by more than
-        :data:`SIZE_KERNEL_MARGIN`; that stage is run again with it).  The shape matters where it
+        "auto" runs the first stage that refines the size once per shape of :data:`SIZE_KERNELS`
+        (each from the size of the same FWHM) and keeps the one of lowest Rw (the Lorentzian
+        unless another is better by more than :data:`SIZE_KERNEL_MARGIN`).  The shape matters where it
         dominates the peaks: a 10 nm pattern made with sinc² peaks refines to Rw 0.17 with
         Lorentzians and 0.01 with sinc², and the extra freedom of a wrong, lower-symmetry model
         would otherwise absorb the misfit.  Default: "auto" for ``instrument="basic"``, the
@@ -464,24 +450,32 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
             stage_log.append({"tags": list(st), "rw": rw, "nfev": int(r.nfev), "undone": True})
             continue
         if auto_kernel and "size" in freed:
-            snap_after = snapshot(recipe)
-            auto_kernel = False  # once: the first stage that refines the size
-            kernel_log = _choose_size_kernel(bundle, prob)
-            if kernel_log and kernel_log["size_kernel"] != "scherrer":
+            # the first stage that refines the size, once per shape of SIZE_KERNELS from the same start
+            auto_kernel = False
+            trials = {bundle.generator.size_kernel: (rw, r, snapshot(recipe))}
+            for kern in SIZE_KERNELS:
+                if kern in trials:
+                    continue
+                restore(recipe, snap)
+                bundle.generator.size_kernel = "scherrer"
+                _start_with_kernel(bundle, prob, kern)
                 try:
-                    r2 = run_stage(bundle, prob, freed, max_nfev, final=last, solver=solver)
+                    rk = run_stage(bundle, prob, freed, max_nfev, final=last, solver=solver)
                 except (ValueError, np.linalg.LinAlgError, FloatingPointError):
-                    r2 = None
-                rw2 = np.inf if r2 is None else float(
-                    np.sqrt(np.sum(r2.fun**2) / max(np.sum((prob.y * prob.w) ** 2), 1e-300)))
-                if np.isfinite(rw2) and rw2 < rw:
-                    r, rw = r2, rw2
-                else:  # the stage with the new shape did not fit better: back to the Lorentzian's optimum
-                    bundle.generator.size_kernel = "scherrer"
-                    restore(recipe, snap_after)
-                    kernel_log["size_kernel"] = "scherrer"
-            if kernel_log:
-                stage_log.append({"tags": ["size_kernel"], **kernel_log})
+                    continue
+                if rk is None:
+                    continue
+                rwk = float(np.sqrt(np.sum(rk.fun**2) / max(np.sum((prob.y * prob.w) ** 2), 1e-300)))
+                if np.isfinite(rwk):
+                    trials[kern] = (rwk, rk, snapshot(recipe))
+            choice = min(trials, key=lambda k: trials[k][0])
+            if choice != "scherrer" and not trials[choice][0] < (1 - SIZE_KERNEL_MARGIN) * trials["scherrer"][0]:
+                choice = "scherrer"
+            bundle.generator.size_kernel = choice
+            rw, r, chosen = trials[choice]
+            restore(recipe, chosen)
+            stage_log.append({"tags": ["size_kernel"], "size_kernel": choice,
+                              "rw_by_kernel": {k: v[0] for k, v in trials.items()}})
         best_snap = snapshot(recipe)
         res = r
         prev_rw = rw
