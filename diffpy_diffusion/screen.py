@@ -555,6 +555,7 @@ def _strained_metric(lat0, G0, eps, ops):
 #: the Scherrer Lorentzian, the sinc² Laue function and a Gaussian of the Scherrer FWHM, as the
 #: refinement's ``size_kernel="auto"`` (:data:`diffpy_diffusion.refine.staged.SIZE_KERNELS`).
 SCREEN_KERNELS = ("scherrer", "sinc2", "gauss")
+_SINC2, _GAUSS = SCREEN_KERNELS.index("sinc2"), SCREEN_KERNELS.index("gauss")
 
 
 def _kernel_codes(kernels, n: int):
@@ -574,16 +575,16 @@ def _size_shape(dx, gam, length, kind):
     import torch
 
     out = gam / math.pi / (dx**2 + gam**2)
-    if bool((kind == 1).any()):
+    if bool((kind == _SINC2).any()):
         u = 0.5 * length * dx
         safe_u = u.where(u.abs() >= 1e-6, torch.ones_like(u))
         sinc2 = torch.where(u.abs() < 1e-6, torch.ones_like(u), torch.sin(u) / safe_u) ** 2
         sinc2 = sinc2 * length / (2 * math.pi)  # unit area
-        out = torch.where(kind == 1, sinc2, out)
-    if bool((kind == 2).any()):
+        out = torch.where(kind == _SINC2, sinc2, out)
+    if bool((kind == _GAUSS).any()):
         sig = gam / math.sqrt(2 * math.log(2))  # HWHM = σ √(2 ln 2)
         gau = torch.exp(-0.5 * (dx / sig) ** 2) / (sig * math.sqrt(2 * math.pi))
-        out = torch.where(kind == 2, gau, out)
+        out = torch.where(kind == _GAUSS, gau, out)
     return out
 
 

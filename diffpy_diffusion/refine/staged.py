@@ -104,6 +104,48 @@ def _start_with_kernel(bundle: RecipeBundle, problem: ResidualProblem, kernel: s
         set_size_scale_background(bundle, s_best, coef)
 
 
+#: What a stage that does not converge raises (its state is then undone).
+_STAGE_ERRORS = (ValueError, np.linalg.LinAlgError, FloatingPointError)
+
+
+def _stage_rw(r, prob: ResidualProblem) -> float:
+    """Rw of a stage's result on the grid it used (least_squares never ends above its start)."""
+    return float(np.sqrt(np.sum(r.fun**2) / max(np.sum((prob.y * prob.w) ** 2), 1e-300)))
+
+
+def _size_kernel_trials(bundle: RecipeBundle, prob: ResidualProblem, freed, snap, first, max_nfev: int,
+                        last: bool, solver: str):
+    """``size_kernel="auto"``: the stage just run (``first`` = its (Rw, result), with the generator's
+    current shape) run again from its start ``snap`` with every other shape of :data:`SIZE_KERNELS`.
+
+    Keeps the shape of lowest Rw (the starting one unless another is better by more than
+    :data:`SIZE_KERNEL_MARGIN`), leaves the recipe at that shape's optimum and returns
+    ``(result, rw, log entry)``.
+    """
+    gen, recipe = bundle.generator, bundle.recipe
+    start_kernel = gen.size_kernel
+    trials = {start_kernel: (first[0], first[1], snapshot(recipe))}
+    for kern in SIZE_KERNELS:
+        if kern in trials:
+            continue
+        restore(recipe, snap)
+        gen.size_kernel = start_kernel  # the start's size is of this shape
+        _start_with_kernel(bundle, prob, kern)
+        try:
+            rk = run_stage(bundle, prob, freed, max_nfev, final=last, solver=solver)
+        except _STAGE_ERRORS:
+            continue
+        if rk is not None and np.isfinite(rwk := _stage_rw(rk, prob)):
+            trials[kern] = (rwk, rk, snapshot(recipe))
+    choice = min(trials, key=lambda k: trials[k][0])
+    if not trials[choice][0] < (1 - SIZE_KERNEL_MARGIN) * trials[start_kernel][0]:
+        choice = start_kernel
+    gen.size_kernel = choice
+    rw, r, chosen = trials[choice]
+    restore(recipe, chosen)
+    return r, rw, {"size_kernel": choice, "rw_by_kernel": {k: v[0] for k, v in trials.items()}}
+
+
 def _final_stride(bundle: RecipeBundle, stride: int) -> int:
     """Sub-grid stride still fine enough for the last PXRD stage: ≥ 6 points per Scherrer FWHM.
 
@@ -435,7 +477,7 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
                 break
         try:
             r = run_stage(bundle, prob, freed, max_nfev, final=last, solver=solver)
-        except (ValueError, np.linalg.LinAlgError, FloatingPointError) as exc:  # non-converging stage
+        except _STAGE_ERRORS as exc:  # non-converging stage
             restore(recipe, snap)
             converged = False
             message = f"stage {st} failed: {exc}"
@@ -443,39 +485,15 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
             continue
         if r is None:
             continue
-        # Rw on the grid this stage used (least_squares never ends above its start).
-        rw = float(np.sqrt(np.sum(r.fun**2) / max(np.sum((prob.y * prob.w) ** 2), 1e-300)))
+        rw = _stage_rw(r, prob)
         if not np.isfinite(rw):
             restore(recipe, snap)
             stage_log.append({"tags": list(st), "rw": rw, "nfev": int(r.nfev), "undone": True})
             continue
         if auto_kernel and "size" in freed:
-            # the first stage that refines the size, once per shape of SIZE_KERNELS from the same start
-            auto_kernel = False
-            trials = {bundle.generator.size_kernel: (rw, r, snapshot(recipe))}
-            for kern in SIZE_KERNELS:
-                if kern in trials:
-                    continue
-                restore(recipe, snap)
-                bundle.generator.size_kernel = "scherrer"
-                _start_with_kernel(bundle, prob, kern)
-                try:
-                    rk = run_stage(bundle, prob, freed, max_nfev, final=last, solver=solver)
-                except (ValueError, np.linalg.LinAlgError, FloatingPointError):
-                    continue
-                if rk is None:
-                    continue
-                rwk = float(np.sqrt(np.sum(rk.fun**2) / max(np.sum((prob.y * prob.w) ** 2), 1e-300)))
-                if np.isfinite(rwk):
-                    trials[kern] = (rwk, rk, snapshot(recipe))
-            choice = min(trials, key=lambda k: trials[k][0])
-            if choice != "scherrer" and not trials[choice][0] < (1 - SIZE_KERNEL_MARGIN) * trials["scherrer"][0]:
-                choice = "scherrer"
-            bundle.generator.size_kernel = choice
-            rw, r, chosen = trials[choice]
-            restore(recipe, chosen)
-            stage_log.append({"tags": ["size_kernel"], "size_kernel": choice,
-                              "rw_by_kernel": {k: v[0] for k, v in trials.items()}})
+            auto_kernel = False  # once: the first stage that refines the size
+            r, rw, kernel_log = _size_kernel_trials(bundle, prob, freed, snap, (rw, r), max_nfev, last, solver)
+            stage_log.append({"tags": ["size_kernel"], **kernel_log})
         best_snap = snapshot(recipe)
         res = r
         prev_rw = rw
