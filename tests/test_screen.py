@@ -159,3 +159,28 @@ def test_stage_b_takes_each_backends_leaders_when_merged():
     assert all(p.provenance["screen"].get("stage") == "gradient" for p in merged.ranked)
     alone = S.screen(obs, props, k=2, gradient_top=1, fuse_backends=False, do_dedupe=False)
     assert sum(p.provenance["screen"].get("stage") == "gradient" for p in alone.ranked) == 1
+
+
+def test_size_shapes_have_unit_area_and_mixed_rows_match_single_shapes():
+    """Each screen size kernel integrates to 1 (Lorentzian, sinc² Laue function, Gaussian), and a
+    batch mixing shapes per row gives each row what its shape alone gives (values and gradients)."""
+    import torch
+
+    dx = torch.linspace(-40.0, 40.0, 400001, dtype=torch.float64)
+    gam = torch.tensor(0.05, dtype=torch.float64)
+    length = torch.tensor(100.0, dtype=torch.float64)  # Å
+    for code in range(len(S.SCREEN_KERNELS)):
+        area = torch.trapezoid(S._one_size_shape(dx, gam, length, code), dx)
+        # the Lorentzian's tails beyond ±40 Å⁻¹ hold 2γ/(π·40) of its area
+        assert float(area) == pytest.approx(1.0, abs=2e-3), S.SCREEN_KERNELS[code]
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(6, 5, 40, dtype=torch.float64, generator=g).requires_grad_(True)
+    gams = torch.rand(6, 1, 1, dtype=torch.float64, generator=g) * 0.1 + 0.02
+    lengths = torch.rand(6, 1, 1, dtype=torch.float64, generator=g) * 50 + 10
+    kind = torch.tensor([0, 1, 2, 1, 0, 2])[:, None, None]
+    mixed = S._size_shape(d, gams, lengths, kind)
+    single = torch.stack([S._one_size_shape(d[i], gams[i], lengths[i], int(kind[i])) for i in range(6)])
+    assert torch.allclose(mixed, single, rtol=0, atol=1e-14)
+    (g_mixed,) = torch.autograd.grad(mixed.sum(), d)
+    (g_single,) = torch.autograd.grad(single.sum(), d)
+    assert torch.allclose(g_mixed, g_single, rtol=0, atol=1e-12)
