@@ -129,19 +129,19 @@ def _check_fit_determined(res, observation: Observation) -> None:
 
 
 def _backend_options(name: str, factory, backend_options: dict | None) -> dict:
-    """Options for one backend: a per-backend sub-dict, or the flat dict filtered by the factory's signature."""
+    """Options for one backend: the flat keys its factory takes, then its own sub-dict (which wins)."""
     if not backend_options:
         return {}
-    if name in backend_options and isinstance(backend_options[name], dict):
-        return dict(backend_options[name])
+    own = backend_options.get(name)
+    own = dict(own) if isinstance(own, dict) else {}
     flat = {k: v for k, v in backend_options.items() if not isinstance(v, dict)}
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
-        return flat
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return flat
-    return {k: v for k, v in flat.items() if k in sig.parameters}
+        return {**flat, **own}
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        flat = {k: v for k, v in flat.items() if k in sig.parameters}
+    return {**flat, **own}
 
 
 def get_backends(backend: str, backend_options: dict | None = None) -> list:
@@ -326,6 +326,25 @@ def fits_significantly_better(rw_free: float, n_free: int, rw_constrained: float
     return rw_constrained / rw_free > r_crit
 
 
+def model_parameters(p: Proposal) -> int:
+    """The structural parameter count of a candidate, for the parsimony score (:func:`parsimony_score`).
+
+    Its free lattice parameters and coordinates in its space group
+    (:func:`~diffpy_diffusion.refine.symmetry.free_parameters`, at 0.01 Å for a refined
+    structure, idealised in its group, and at :data:`~diffpy_diffusion.report.CANDIDATE_SYMPREC`
+    for an unrefined one, which a backend gives only approximately symmetric).  The structure,
+    not the refined variables, is counted: a P1 cell whose coordinates the refinement left
+    fixed was fitted to the data by the sampler and the screen all the same.  The screen's
+    other variables (scale, background, size, zero) are the same for every candidate and are
+    not counted.
+    """
+    from .refine.symmetry import free_parameters
+    from .report import CANDIDATE_SYMPREC
+
+    refined = p.scores.get("rw") is not None
+    return free_parameters(p.structure, 0.01 if refined else CANDIDATE_SYMPREC)
+
+
 def _rank_key(p: Proposal, position: int):
     """Refined candidates by Rw first, then the unrefined ones in the order screening kept them."""
     rw = p.scores.get("rw")
@@ -333,7 +352,54 @@ def _rank_key(p: Proposal, position: int):
     return (0, rw) if refined else (1, position)
 
 
-def rank_refined(done: list, match_cache: dict | None = None) -> list:
+#: Penalty per structural parameter (:func:`model_parameters`) on the natural log of the
+#: screening Rwp in :func:`parsimony_score`: a parameter must lower the screening Rwp by 1 % to
+#: pay for itself.  It is Akaike's criterion for N = 100 independent observations (``AIC / 2N =
+#: ln Rwp + k / N`` up to a constant).  Chosen on the validation split at 1 nm (``evaluate
+#: --dataset pool-val --limit 50 --size 1nm``, retrieval leaving each target out): top-1 rose from
+#: 26/48 with the refined-Rw order to 31-34/48 for penalties 0.008-0.015 per parameter, with a
+#: plateau at 0.010-0.012, 29/48 without a penalty and 25/48 at 0.05 (docs/ranking.rst).
+PARSIMONY_PER_PARAMETER = 0.01
+
+
+def parsimony_score(p: Proposal) -> float:
+    """``ln(screen_rwp) + PARSIMONY_PER_PARAMETER × model_parameters(p)``; lower is better.
+
+    NaN without a screening Rwp.
+    The screening Rwp is the one figure measured the same way for every candidate of a list
+    (the screen's local fit, the same profile and free variables), refined or not; the penalty
+    (:data:`PARSIMONY_PER_PARAMETER`) counts the candidate's real parameters.  The value is kept
+    in ``provenance["parsimony_score"]`` with the count in ``provenance["n_parameters"]``.
+    """
+    rwp = p.scores.get("screen_rwp")
+    if rwp is None or not np.isfinite(rwp) or rwp <= 0:
+        return float("nan")
+    k = model_parameters(p)
+    value = float(np.log(rwp) + PARSIMONY_PER_PARAMETER * k)
+    p.provenance["n_parameters"] = int(k)
+    p.provenance["parsimony_score"] = round(value, 6)
+    return value
+
+
+def _data_cannot_decide(props: list[Proposal], n_eff: float | None) -> list[float] | None:
+    """The parsimony scores of ``props`` when the data cannot decide between them, else None.
+
+    "Cannot decide": ``n_eff`` independent points (:func:`effective_points`) are no more than the
+    largest parameter count on the list, so Hamilton's test has no degrees of freedom for it
+    and the refined Rw (which depends on how many variables each refinement freed) says
+    nothing a parameter count does not.  Every candidate needs a screening Rwp.
+    """
+    if n_eff is None or not np.isfinite(n_eff) or len(props) < 2:
+        return None
+    scores = [parsimony_score(p) for p in props]
+    if not all(np.isfinite(scores)):
+        return None
+    if float(n_eff) > max(int(p.provenance["n_parameters"]) for p in props):
+        return None
+    return scores
+
+
+def rank_refined(done: list, match_cache: dict | None = None, n_eff: float | None = None) -> list:
     """Sort (proposal, result) pairs by Rw, fewer parameters first unless the data decide; drop duplicates.
 
     A refined candidate moves ahead of a better-fitting one with more refined parameters
@@ -346,9 +412,25 @@ def rank_refined(done: list, match_cache: dict | None = None) -> list:
     or a distorted variant that refined back into the same structure) are dropped.  Unrefined
     candidates follow in the order given.  ``match_cache``: see :func:`~diffpy_diffusion.screen.dedupe`
     (the same order either way).
+
+    When the data cannot decide (``n_eff``, the pattern's independent points, no more than the
+    largest parameter count on the list; :func:`_data_cannot_decide`), as for 1-3 nm
+    crystallites, every candidate, refined or not, is ranked instead by :func:`parsimony_score`
+    (screening Rwp penalised by the real parameter count) and gets
+    ``provenance["ranked_on"] = "parsimony"``; refinement then improves the structures
+    but does not reorder them.  ``n_eff`` None: the order by Rw always.
     """
     from .screen import dedupe
 
+    scores = _data_cannot_decide([p for p, _ in done], n_eff)
+    if scores is not None:
+        out = [pr for _, pr in sorted(enumerate(done), key=lambda ipr: (scores[ipr[0]], ipr[0]))]
+        for p, _ in out:
+            p.provenance["ranked_on"] = "parsimony"
+        props = [pr[0] for pr in out]
+        kept, _ = dedupe(props, match_cache=match_cache)
+        keep_ids = {id(p) for p in kept}
+        return [pr for pr in out if id(pr[0]) in keep_ids]
     base = [pr for _, pr in sorted(enumerate(done), key=lambda ipr: _rank_key(ipr[1][0], ipr[0]))]
     out: list = []
     for pr in base:
@@ -605,6 +687,20 @@ def relax_raw(observation: Observation, raw: list[Proposal], meta: dict | None =
     return got[1]
 
 
+def list_effective_points(observation: Observation, done: list) -> float | None:
+    """N_eff of ``observation`` for ranking ``done``: the refinements' record (the smallest), else
+    :func:`effective_points` with the screen's crystallite size of the first candidate; None for
+    a PXRD pattern with neither a size nor a screening estimate."""
+    recorded = [float(p.provenance["n_eff"]) for p, _ in done if p.provenance.get("n_eff")]
+    if recorded:
+        return min(recorded)
+    size = next((p.provenance.get("screen", {}).get("size_nm") for p, _ in done
+                 if isinstance(p.provenance.get("screen"), dict) and p.provenance["screen"].get("size_nm")), None)
+    if observation.kind == "xrd" and not (observation.size_nm or size):
+        return None
+    return effective_points(observation, size)
+
+
 def final_ranking(observation: Observation, done: list, meta: dict | None = None,
                   match_cache: dict | None = None) -> list:
     """The final order of (proposal, result) pairs: the fit order, then the plugins' say.
@@ -618,7 +714,7 @@ def final_ranking(observation: Observation, done: list, meta: dict | None = None
     """
     from . import plugins
 
-    ranked = rank_refined(done, match_cache)
+    ranked = rank_refined(done, match_cache, n_eff=list_effective_points(observation, done))
     props = [p for p, _ in ranked]
     plugins.call_rerank(observation, props)
     got = plugins.call_rank_candidates(observation, props)

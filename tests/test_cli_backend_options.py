@@ -63,3 +63,18 @@ def test_evaluate_hands_options_to_run_evaluation(monkeypatch):
     r = CliRunner().invoke(cli, ["evaluate", "--limit", "1", "-b", "random", "-O", "diffusion.corrector_steps=2"])
     assert r.exit_code == 0, r.output
     assert seen["backend_options"] == {"diffusion": {"corrector_steps": 2}}
+
+
+def test_flat_and_per_backend_options_are_merged_per_backend_wins():
+    from diffpy_diffusion.backends.templates import TemplatesBackend
+    from diffpy_diffusion.pipeline import _backend_options
+
+    opts = {"templates": {"exclude": "mp-1", "members_per_type": 2}, "members_per_type": 5, "steps": 3}
+    got = _backend_options("templates", TemplatesBackend, opts)
+    assert got["exclude"] == "mp-1" and got["members_per_type"] == 2
+
+    def narrow(library=None, members_per_type=3):  # a factory without **kwargs gets only its own keys
+        return None
+
+    assert _backend_options("templates", narrow, opts) == {"members_per_type": 2, "exclude": "mp-1"}
+    assert _backend_options("other", narrow, opts) == {"members_per_type": 5}

@@ -100,6 +100,11 @@ def test_run_evaluation_on_a_small_csv(tmp_path):
     assert (out / "evaluation.md").read_text().startswith("Evaluation on")
     saved = json.loads((out / "evaluation.json").read_text())
     assert [r["material_id"] for r in saved["records"]] == ["t-1", "t-2"]
+    for rec in saved["records"]:  # the final list is on record, one row per candidate, matches flagged
+        rows = rec["candidates"]
+        assert len(rows) == rec["n_candidates"] > 0
+        assert [i for i, c in enumerate(rows, 1) if c["matched"]] == rec["ranks_matched"]
+        assert all(c["backend"] == "templates" and "screen_rwp" in c for c in rows)
 
     with pytest.raises(OutputExistsError):
         P.run_evaluation(dataset=str(csv), limit=1, backend="templates", output_dir=out, quiet=True)

@@ -88,3 +88,14 @@ def test_shipped_and_training_pool_propose_the_same_templates(shared_data, formu
     b = T.TemplatesBackend(library="training-pool").sample(_obs(formula), 12, seed=0)
     assert [p.provenance["template"] for p in a] == [p.provenance["template"] for p in b]
     assert [p.provenance["assignment"] for p in a] == [p.provenance["assignment"] for p in b]
+
+
+def test_excluded_members_are_never_proposed():
+    """``exclude`` (what ``evaluate`` sets to each target's id) removes exactly those members."""
+    backend = T.TemplatesBackend(library="pool")
+    first = backend.sample(_obs("NaCl"), 5, seed=0)
+    gone = first[0].provenance["template"]
+    again = T.TemplatesBackend(library="pool", exclude=f" {gone} ,").sample(_obs("NaCl"), 5, seed=0)
+    assert gone not in [p.provenance["template"] for p in again]
+    assert [p.provenance["template"] for p in again[:4]] != [] and len(again) == 5
+    assert T.TemplatesBackend(exclude=[gone, "x"]).exclude == {gone, "x"}

@@ -538,16 +538,24 @@ class TemplatesBackend:
     members_per_type : int
         How many library members of one structure type may become proposals (the most
         similar in chemistry first): members differ in axial ratios and free coordinates.
+    exclude : str or iterable of str, optional
+        Library members (material ids or prototype labels; a comma-separated string or a list)
+        never proposed.  For honest validation on structures the library holds: ``evaluate``
+        leaves each target's own ``material_id`` out (``--dataset pool-val`` targets are pool
+        members, so retrieval would otherwise return the answer itself).
     """
 
     name = "templates"
     version = __version__
     capabilities = {"composition", "spacegroup"}
 
-    def __init__(self, library: str | None = None, members_per_type: int = 3, **_ignored):
+    def __init__(self, library: str | None = None, members_per_type: int = 3, exclude=None, **_ignored):
         self.library_name = library or default_library()
         self._library_chosen = bool(library)
         self.members_per_type = int(members_per_type)
+        if isinstance(exclude, str):
+            exclude = exclude.split(",")
+        self.exclude = frozenset(str(x).strip() for x in (exclude or ()) if str(x).strip())
 
     @property
     def library(self) -> Library:
@@ -588,7 +596,8 @@ class TemplatesBackend:
         per_formula = sum(target.values())
         sg_hint = spacegroup_number(observation.spacegroup)
         by_type: dict[str, list] = {}
-        usable = [i for i in idx if lib.offsets[i + 1] - lib.offsets[i] <= observation.max_atoms]
+        usable = [i for i in idx if lib.offsets[i + 1] - lib.offsets[i] <= observation.max_atoms
+                  and lib.ids[i] not in self.exclude]
         lib.ensure_wyckoff(usable)
         for i in usable:
             lat, frac, z = lib.member(i)

@@ -152,6 +152,30 @@ class TargetResult:
     #: matches the truth (None: none did), and how many raw proposals it made
     raw_match: dict[str, int | None] | None = None
     raw_n: dict[str, int] | None = None
+    #: the final list, one dict per candidate in rank order (:func:`candidate_row`): its scores,
+    #: backend, number of refined parameters and whether it matches the truth, so that ranking
+    #: rules can be studied on a finished run without re-running it
+    candidates: list[dict] = field(default_factory=list)
+
+
+def candidate_row(p, matched: bool) -> dict:
+    """The record of one ranked candidate kept in ``TargetResult.candidates`` (floats rounded to 5 digits)."""
+    from ..report import candidate_spacegroup
+
+    row: dict[str, Any] = {"backend": p.backend, "matched": bool(matched), "n_refined": len(p.refined),
+                           "n_sites": len(p.structure), "spacegroup": candidate_spacegroup(p)[1]}
+    for key in ("rw", "screen_rwp", "energy_ev_per_atom", "energy_above_best"):
+        v = p.scores.get(key)
+        if v is not None and np.isfinite(v):
+            row[key] = round(float(v), 5)
+    if "fit_rank" in p.provenance:
+        row["fit_rank"] = int(p.provenance["fit_rank"])
+    from ..pipeline import model_parameters
+
+    row["n_model"] = model_parameters(p)
+    if p.provenance.get("ranked_on"):
+        row["ranked_on"] = p.provenance["ranked_on"]
+    return row
 
 
 def spacegroup_relation(number: int | None, reference: int | None) -> str | None:
@@ -224,6 +248,12 @@ def _eval_one(task: dict) -> list[dict]:
     ref_sg = spacegroup_of(truth)[1]
     obs = make_target(truth, task["size_nm"], seed=task["seed"] + task["index"],
                       data_kind=task.get("data_kind", "xrd"), simulator=task.get("simulator", "builtin"))
+    # leave-one-out: retrieval never returns the target itself (pool-val targets are members of
+    # the shipped template library; evaluation-set targets are in no shipped library)
+    options = dict(task["backend_options"] or {})
+    templates_opts = dict(options.get("templates") or {})
+    templates_opts["exclude"] = ",".join(x for x in (str(templates_opts.get("exclude") or ""), entry.material_id) if x)
+    options["templates"] = templates_opts
     out = []
     cache: dict = {}  # a, b and a+b of one target sample each backend once (same seed, same proposals)
     raw_first: dict[str, int | None] = {}  # --raw-match: per backend, matched once per target
@@ -237,7 +267,7 @@ def _eval_one(task: dict) -> list[dict]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 props = propose(obs, backend=spec, n=task["n"], top=task["top"], seed=task["seed"],
-                                output_dir=None, progress=False, backend_options=task["backend_options"],
+                                output_dir=None, progress=False, backend_options=options,
                                 refine_top=task["refine_top"], sample_cache=cache,
                                 relax=bool(task.get("relax")))
         except KeyboardInterrupt:
@@ -255,6 +285,7 @@ def _eval_one(task: dict) -> list[dict]:
             tr.rw_top1 = None if rw is None else float(rw)
         for rank, p in enumerate(props, 1):
             r = match(p.structure, truth)
+            tr.candidates.append(candidate_row(p, r is not None))
             if r is not None:
                 tr.ranks_matched.append(rank)
                 tr.ranks_matched_fit.append(int(p.provenance.get("fit_rank", rank)))

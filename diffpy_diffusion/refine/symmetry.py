@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "SymmetrizedStructure",
     "crystal_system_of",
+    "free_parameters",
     "point_group_order",
     "symmetrize",
     "symmetrize_up_to",
@@ -84,6 +85,49 @@ def crystal_system_of(number: int) -> str:
         if number <= hi:
             return name
     raise ValueError(f"space group number must be 1..230, got {number}")
+
+
+#: Free lattice parameters (metric components) of each crystal system.
+LATTICE_DOF = {"TRICLINIC": 6, "MONOCLINIC": 4, "ORTHORHOMBIC": 3, "TETRAGONAL": 2, "TRIGONAL": 2,
+               "HEXAGONAL": 2, "CUBIC": 1}
+
+
+def free_parameters(structure, symprec: float = 0.01) -> int:
+    """Free structural parameters of ``structure`` in the space group spglib finds at ``symprec`` Å.
+
+    The lattice parameters its crystal system leaves free (:data:`LATTICE_DOF`; trigonal groups
+    counted in the hexagonal setting) plus the free fractional coordinates of its Wyckoff orbits
+    (per orbit, ``3 − rank`` of the stacked ``R − 1`` of the site's stabilizer), less the origin
+    shifts a polar group leaves free (what srfit fixes).  This is the structural part of a
+    model's parameter count for significance tests, whether or not a refinement freed the
+    coordinates: a P1 cell whose coordinates came from a sampler still has them all as
+    parameters.  ``len(structure) * 3 + 3`` (P1) when spglib fails.
+    """
+    import spglib
+
+    lat = np.asarray(structure.lattice.matrix, dtype=float)
+    frac = np.asarray(structure.frac_coords, dtype=float)
+    keys: dict[tuple, int] = {}
+    types = [keys.setdefault(_species_key(site), len(keys) + 1) for site in structure]
+    try:
+        ds = spglib.get_symmetry_dataset((lat, frac, types), symprec=symprec)
+    except Exception:  # noqa: BLE001 - spglib raises on degenerate cells in some versions
+        ds = None
+    if ds is None:
+        return 3 * len(structure) + 3
+    rots = np.asarray(ds.rotations, dtype=float)
+    trans = np.asarray(ds.translations, dtype=float)
+    eye = np.eye(3)
+    n_coord = 0
+    # tolerance on fractional positions: symprec (Å) over the shortest axis
+    ftol = float(symprec) / float(min(structure.lattice.abc)) * 2.0
+    for i in np.unique(np.asarray(ds.equivalent_atoms)):
+        x = frac[i]
+        d = np.einsum("nij,j->ni", rots, x) + trans - x
+        stab = rots[np.all(np.abs(d - np.round(d)) < ftol, axis=1)]
+        n_coord += 3 - int(np.linalg.matrix_rank(np.concatenate(list(stab - eye)), tol=1e-6))
+    polar = 3 - int(np.linalg.matrix_rank(np.concatenate(list(rots - eye)), tol=1e-6))
+    return LATTICE_DOF[crystal_system_of(int(ds.number))] + n_coord - polar
 
 
 @dataclass

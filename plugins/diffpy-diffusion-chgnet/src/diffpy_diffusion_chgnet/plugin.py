@@ -101,6 +101,15 @@ def rerank(observation, proposals):
 
 
 def _fit(p) -> tuple[float | None, bool]:
+    """(fit figure, refined): the figure the core ranked the candidate on.
+
+    The refined Rw, except when the core ranked on the screening figure because the data could
+    not decide (``provenance["ranked_on"] == "parsimony"``, small crystallites): then the
+    screening Rwp of every candidate, refined or not, in one group.
+    """
+    if p.provenance.get("ranked_on") == "parsimony":
+        rwp = p.scores.get("screen_rwp")
+        return (None if rwp is None else float(rwp)), False
     rw = p.scores.get("rw")
     if rw is not None and math.isfinite(rw):
         return float(rw), True
