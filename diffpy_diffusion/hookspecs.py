@@ -284,7 +284,9 @@ def rank_candidates(observation, proposals):
     Called by :func:`diffpy_diffusion.pipeline.propose` once per run, after refinement,
     after the core's ranking (:func:`diffpy_diffusion.pipeline.rank_refined`: refined
     candidates by Rw, near-ties by fewer parameters, duplicates dropped, then the unrefined
-    ones in screening order) and after the :func:`rerank` hooks have added their scores.
+    ones in screening order; when the data cannot decide, as at 1-3 nm, all of them by the
+    screening Rwp penalised by the structural parameter count, marked
+    ``provenance["ranked_on"] == "parsimony"``) and after the :func:`rerank` hooks have added their scores.
     The order it returns is the order of ``rankNN.*``, the table, ``results.json`` and the
     list ``propose`` returns (and so of the top-k counts of ``diffpy-diffuse evaluate``).
     Not called for the intermediate files written while refinement is still running.

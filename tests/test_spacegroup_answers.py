@@ -7,11 +7,12 @@ parsimony test that decides between a symmetric and a less constrained fit.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
 from diffpy_diffusion.evaluate import protocol as P
-from diffpy_diffusion.types import Proposal
+from diffpy_diffusion.types import Observation, Proposal
 
 
 @pytest.fixture(autouse=True)
@@ -213,6 +214,62 @@ def test_rank_without_effective_points_keeps_the_order_by_rw():
     cubic = _refined(_nacl(), "cubic", 0.1000, 6, n_eff=None)
     other = _refined(_cscl(), "other", 0.0990, 35, n_eff=None)
     assert [p.backend for p, _ in rank_refined([cubic, other])] == ["other", "cubic"]
+
+
+def test_free_parameters_count_lattice_and_wyckoff_freedom():
+    """Analytic counts: rock salt 1 (a); rutile 3 (a, c, O x); wurtzite 3 (a, c, O z with the polar
+    origin fixed by Zn); any P1 cell 3N + 6 - 3 (origin floats)."""
+    from diffpy_diffusion.refine.symmetry import free_parameters, point_group_order
+
+    assert free_parameters(_nacl()) == 1
+    rutile = Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.59, 2.96), ["Ti", "O"],
+                                       [[0, 0, 0], [0.305, 0.305, 0]])
+    assert free_parameters(rutile) == 3
+    wurtzite = Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.25, 5.2), ["Zn", "O"],
+                                         [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.38]])
+    assert free_parameters(wurtzite) == 3
+    np.random.seed(0)  # pymatgen's perturb draws from numpy's global generator
+    rattled = _nacl().copy()
+    rattled.perturb(0.02, min_distance=0.01)
+    assert free_parameters(rattled, 0.001) == 3 * len(rattled) + 3
+    assert point_group_order(rattled, 0.1) == (48, 225)  # spglib sees rock salt again at 0.1 Å...
+    assert free_parameters(rattled, 0.1) == 1  # ...and so does the count
+
+
+def _screened(structure, name, screen_rwp, rw=None, n_eff=9.3):
+    scores = {"screen_rwp": screen_rwp} if rw is None else {"screen_rwp": screen_rwp, "rw": rw}
+    prov = {} if rw is None else {"n_eff": n_eff}
+    return (Proposal(structure, name, scores=scores, refined={} if rw is None else {"a": 1.0, "scale": 1.0},
+                     provenance=prov), None)
+
+
+def test_when_the_data_cannot_decide_the_parsimony_score_ranks():
+    """1 nm (N_eff 9.3): a refined P1 cell with the lower Rw and a 3 % lower screening Rwp ranks
+    after a symmetric unrefined candidate (27 structural parameters against 3 cost 24 %); the
+    same list at 10 nm (N_eff 93, more than any count) keeps the order by refined Rw."""
+    from diffpy_diffusion.pipeline import list_effective_points, rank_refined
+
+    np.random.seed(0)
+    p1 = _nacl().copy()
+    p1.perturb(0.3, min_distance=0.2)
+    rutile = Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.59, 2.96), ["Na", "Cl"],
+                                       [[0, 0, 0], [0.305, 0.305, 0]])
+    done = [_screened(p1, "p1", 0.097, rw=0.02), _screened(rutile, "sym", 0.100)]
+    ranked = rank_refined(done, n_eff=9.3)
+    assert [p.backend for p, _ in ranked] == ["sym", "p1"]
+    assert all(p.provenance["ranked_on"] == "parsimony" for p, _ in ranked)
+    assert ranked[0][0].provenance["n_parameters"] == 3
+    # refined only the P1 one is; the refined order (refined first) returns when the data decide
+    done = [_screened(p1, "p1", 0.097, rw=0.02, n_eff=93.0), _screened(rutile, "sym", 0.100)]
+    assert [p.backend for p, _ in rank_refined(done, n_eff=93.0)] == ["p1", "sym"]
+    assert [p.backend for p, _ in rank_refined(done)] == ["p1", "sym"]  # no N_eff: the order by Rw
+    # a much better screening fit still wins: 30 % lower Rwp pays for 24 parameters
+    done = [_screened(p1, "p1", 0.070, rw=0.02), _screened(rutile, "sym", 0.100)]
+    assert [p.backend for p, _ in rank_refined(done, n_eff=9.3)] == ["p1", "sym"]
+    x = np.linspace(10, 80, 200)
+    obs = Observation(kind="xrd", x=x, y=np.ones_like(x), x_kind="2theta", wavelength=1.5406, composition="NaCl")
+    assert list_effective_points(obs, done) == 9.3  # the refinement's record
+    assert list_effective_points(obs, [_screened(rutile, "sym", 0.1)]) is None  # no size anywhere
 
 
 @pytest.mark.slow
