@@ -275,17 +275,23 @@ def ranked_table(candidates: list[dict], title: str = "Ranked candidates"):
     """A rich Table of results.json-style candidate records."""
     from rich.table import Table
 
-    t = Table(title=title)
-    for col in ("rank", "formula", "space group", "atoms", "a, b, c (Å)", "Rw (%)", "screen Rwp (%)", "backend"):
-        t.add_column(col, justify="right" if col in ("rank", "atoms", "Rw (%)", "screen Rwp (%)") else "left")
+    parsimony = any((c.get("provenance") or {}).get("ranked_on") == "parsimony" for c in candidates)
+    caption = ("Ranked by screen Rwp with 1 % per structural parameter (params): too few independent "
+               "points for the refined Rw to decide" if parsimony else None)
+    t = Table(title=title, caption=caption)
+    cols = ["rank", "formula", "space group", "atoms", "a, b, c (Å)", "Rw (%)", "screen Rwp (%)"]
+    cols += ["params"] if parsimony else []
+    for col in [*cols, "backend"]:
+        t.add_column(col, justify="left" if col in ("formula", "space group", "a, b, c (Å)", "backend") else "right")
     for c in candidates:
         lat = c["lattice"]
         rw = c.get("rw")
         sr = c.get("screen_rwp")
+        extra = [str((c.get("provenance") or {}).get("n_parameters", "-"))] if parsimony else []
         t.add_row(str(c["rank"]), c["formula"], str(c.get("spacegroup") or "?"), str(c["n_atoms"]),
                   f"{lat['a']:.4f}, {lat['b']:.4f}, {lat['c']:.4f}",
                   "-" if rw is None else f"{100 * rw:.2f}", "-" if sr is None else f"{100 * sr:.1f}",
-                  c["backend"])
+                  *extra, c["backend"])
     return t
 
 

@@ -287,3 +287,15 @@ def test_refinement_keeps_fm3m_for_a_rattled_rocksalt_proposal():
     assert q.provenance["n_eff"] == pytest.approx(101, abs=2)
     sym = q.provenance["symmetry"]
     assert sym["test"].startswith("Hamilton") and sym["n_params"] < sym["unconstrained_n_params"]
+
+
+def test_table_says_when_the_parsimony_score_ranked():
+    from diffpy_diffusion.report import ranked_table
+
+    lat = {"a": 5.6, "b": 5.6, "c": 5.6}
+    row = {"rank": 1, "formula": "NaCl", "spacegroup": "Fm-3m", "n_atoms": 8, "lattice": lat, "rw": 0.01,
+           "screen_rwp": 0.03, "backend": "templates"}
+    plain = ranked_table([row])
+    assert "params" not in [c.header for c in plain.columns] and plain.caption is None
+    marked = ranked_table([{**row, "provenance": {"ranked_on": "parsimony", "n_parameters": 1}}])
+    assert "params" in [c.header for c in marked.columns] and "per structural parameter" in marked.caption
