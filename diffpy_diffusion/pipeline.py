@@ -365,27 +365,23 @@ def _rank_key(p: Proposal, position: int):
 PARSIMONY_PER_PARAMETER = 0.01
 
 
-def parsimony_score(p: Proposal) -> float:
-    """``ln(screen_rwp) + PARSIMONY_PER_PARAMETER × model_parameters(p)``; lower is better.
+def parsimony_score(p: Proposal, k: int | None = None) -> float:
+    """``ln(screen_rwp) + PARSIMONY_PER_PARAMETER × k``; lower is better.
 
     NaN without a screening Rwp.  The screening Rwp is the one figure measured the same way for
     every candidate of a list (the screen's local fit, the same profile and free variables),
-    refined or not; the penalty
-    (:data:`PARSIMONY_PER_PARAMETER`) counts the candidate's real parameters.  The value is kept
-    in ``provenance["parsimony_score"]`` with the count in ``provenance["n_parameters"]``.
+    refined or not; ``k`` (default :func:`model_parameters`) counts the candidate's real
+    structural parameters (:data:`PARSIMONY_PER_PARAMETER`).
     """
     rwp = p.scores.get("screen_rwp")
     if rwp is None or not np.isfinite(rwp) or rwp <= 0:
         return float("nan")
-    k = model_parameters(p)
-    value = float(np.log(rwp) + PARSIMONY_PER_PARAMETER * k)
-    p.provenance["n_parameters"] = int(k)
-    p.provenance["parsimony_score"] = round(value, 6)
-    return value
+    k = model_parameters(p) if k is None else k
+    return float(np.log(rwp) + PARSIMONY_PER_PARAMETER * k)
 
 
-def _data_cannot_decide(props: list[Proposal], n_eff: float | None) -> list[float] | None:
-    """The parsimony scores of ``props`` when the data cannot decide between them, else None.
+def _data_cannot_decide(props: list[Proposal], n_eff: float | None) -> list[tuple[float, int]] | None:
+    """(parsimony score, parameter count) of each of ``props`` when the data cannot decide between them, else None.
 
     "Cannot decide": ``n_eff`` independent points (:func:`effective_points`) are no more than the
     largest parameter count on the list, so Hamilton's test has no degrees of freedom for it
@@ -394,12 +390,23 @@ def _data_cannot_decide(props: list[Proposal], n_eff: float | None) -> list[floa
     """
     if n_eff is None or not np.isfinite(n_eff) or len(props) < 2:
         return None
-    scores = [parsimony_score(p) for p in props]
+    counts = [model_parameters(p) for p in props]
+    if float(n_eff) > max(counts):
+        return None
+    scores = [parsimony_score(p, k) for p, k in zip(props, counts)]
     if not all(np.isfinite(scores)):
         return None
-    if float(n_eff) > max(int(p.provenance["n_parameters"]) for p in props):
-        return None
-    return scores
+    return list(zip(scores, counts))
+
+
+def _drop_duplicates(ranked: list, match_cache: dict | None) -> list:
+    """``ranked`` (proposal, result) pairs without the structures :func:`~diffpy_diffusion.screen.dedupe`
+    finds equal to a better-ranked one, order kept."""
+    from .screen import dedupe
+
+    kept, _ = dedupe([pr[0] for pr in ranked], match_cache=match_cache)
+    keep_ids = {id(p) for p in kept}
+    return [pr for pr in ranked if id(pr[0]) in keep_ids]
 
 
 def rank_refined(done: list, match_cache: dict | None = None, n_eff: float | None = None) -> list:
@@ -420,20 +427,16 @@ def rank_refined(done: list, match_cache: dict | None = None, n_eff: float | Non
     largest parameter count on the list; :func:`_data_cannot_decide`), as for 1-3 nm
     crystallites, every candidate, refined or not, is ranked instead by :func:`parsimony_score`
     (screening Rwp penalised by the real parameter count) and gets
-    ``provenance["ranked_on"] = "parsimony"``; refinement then improves the structures
-    but does not reorder them.  ``n_eff`` None: the order by Rw always.
+    ``provenance["ranked_on"] = "parsimony"``, with ``provenance["parsimony_score"]`` and
+    ``provenance["n_parameters"]``; refinement then improves the structures but does not
+    reorder them.  ``n_eff`` None: the order by Rw always.
     """
-    from .screen import dedupe
-
-    scores = _data_cannot_decide([p for p, _ in done], n_eff)
-    if scores is not None:
-        out = [pr for _, pr in sorted(enumerate(done), key=lambda ipr: (scores[ipr[0]], ipr[0]))]
-        for p, _ in out:
-            p.provenance["ranked_on"] = "parsimony"
-        props = [pr[0] for pr in out]
-        kept, _ = dedupe(props, match_cache=match_cache)
-        keep_ids = {id(p) for p in kept}
-        return [pr for pr in out if id(pr[0]) in keep_ids]
+    scored = _data_cannot_decide([p for p, _ in done], n_eff)
+    if scored is not None:
+        for (p, _), (score, k) in zip(done, scored):
+            p.provenance.update(ranked_on="parsimony", parsimony_score=round(score, 6), n_parameters=int(k))
+        order = sorted(range(len(done)), key=lambda i: (scored[i][0], i))
+        return _drop_duplicates([done[i] for i in order], match_cache)
     base = [pr for _, pr in sorted(enumerate(done), key=lambda ipr: _rank_key(ipr[1][0], ipr[0]))]
     out: list = []
     for pr in base:
@@ -454,10 +457,7 @@ def rank_refined(done: list, match_cache: dict | None = None, n_eff: float | Non
                 break
             pos -= 1
         out.insert(pos, pr)
-    props = [pr[0] for pr in out]
-    kept, _ = dedupe(props, match_cache=match_cache)
-    keep_ids = {id(p) for p in kept}
-    return [pr for pr in out if id(pr[0]) in keep_ids]
+    return _drop_duplicates(out, match_cache)
 
 
 def _refine_with_symmetry(observation, structure, engine, start, refine_options):

@@ -172,7 +172,9 @@ def candidate_row(p, matched: bool) -> dict:
         row["fit_rank"] = int(p.provenance["fit_rank"])
     from ..pipeline import model_parameters
 
-    row["n_model"] = model_parameters(p)
+    # the ranking recorded the count when it used it
+    k = p.provenance.get("n_parameters")
+    row["n_model"] = int(k) if k is not None else model_parameters(p)
     if p.provenance.get("ranked_on"):
         row["ranked_on"] = p.provenance["ranked_on"]
     return row

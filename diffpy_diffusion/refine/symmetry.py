@@ -32,16 +32,21 @@ __all__ = [
 LOOSE_TOLERANCES = (0.01, 0.05, 0.1, 0.2, 0.3)
 
 
-def point_group_order(structure, tol: float) -> tuple[int, int]:
-    """(number of distinct rotations, space-group number) spglib finds at ``tol``; (1, 1) on failure."""
+def _symmetry_dataset(structure, tol: float):
+    """spglib's symmetry dataset of ``structure`` at ``tol`` Å (species and occupancies as types), or None."""
     import spglib
 
     keys: dict[tuple, int] = {}
     types = [keys.setdefault(_species_key(site), len(keys) + 1) for site in structure]
     try:
-        ds = spglib.get_symmetry_dataset((structure.lattice.matrix, structure.frac_coords, types), symprec=tol)
+        return spglib.get_symmetry_dataset((structure.lattice.matrix, structure.frac_coords, types), symprec=tol)
     except Exception:  # noqa: BLE001 - spglib raises on degenerate cells in some versions
-        ds = None
+        return None
+
+
+def point_group_order(structure, tol: float) -> tuple[int, int]:
+    """(number of distinct rotations, space-group number) spglib finds at ``tol``; (1, 1) on failure."""
+    ds = _symmetry_dataset(structure, tol)
     if ds is None:
         return 1, 1
     return len(np.unique(np.asarray(ds.rotations), axis=0)), int(ds.number)
@@ -103,16 +108,8 @@ def free_parameters(structure, symprec: float = 0.01) -> int:
     coordinates: a P1 cell whose coordinates came from a sampler still has them all as
     parameters.  ``len(structure) * 3 + 3`` (P1) when spglib fails.
     """
-    import spglib
-
-    lat = np.asarray(structure.lattice.matrix, dtype=float)
     frac = np.asarray(structure.frac_coords, dtype=float)
-    keys: dict[tuple, int] = {}
-    types = [keys.setdefault(_species_key(site), len(keys) + 1) for site in structure]
-    try:
-        ds = spglib.get_symmetry_dataset((lat, frac, types), symprec=symprec)
-    except Exception:  # noqa: BLE001 - spglib raises on degenerate cells in some versions
-        ds = None
+    ds = _symmetry_dataset(structure, symprec)
     if ds is None:
         return 3 * len(structure) + 3
     rots = np.asarray(ds.rotations, dtype=float)
