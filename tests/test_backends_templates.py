@@ -118,3 +118,76 @@ def test_training_pool_library(shared_data):
     lib = T.load_library("training-pool")
     assert len(lib) > 20000
     assert not set(lib.ids) & eval_material_ids()
+
+
+def _pymatgen_pattern(structure, composition, size_nm=14.0):
+    """PXRD by pymatgen's calculator (an independent forward model), Gaussian peaks, flat background.
+
+    The peaks' 0.59° FWHM at 2θ ≈ 30° is the Scherrer width of about 14 nm crystallites.
+    """
+    from pymatgen.analysis.diffraction.xrd import XRDCalculator
+
+    from diffpy_diffusion.types import Observation
+
+    pat = XRDCalculator(wavelength=1.5406).get_pattern(structure, two_theta_range=(10, 90))
+    tt = np.linspace(10, 90, 2000)
+    y = np.zeros_like(tt)
+    for x0, h in zip(pat.x, pat.y):
+        y += h * np.exp(-0.5 * ((tt - x0) / 0.25) ** 2)
+    return Observation(kind="xrd", x=tt, y=y / y.max() + 0.02, x_kind="2theta", composition=composition,
+                       wavelength=1.5406, size_nm=size_nm)
+
+
+def _ab_types(a_el, b_el):
+    from pymatgen.core import Lattice, Structure
+
+    return {
+        "rocksalt": Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), [a_el, b_el], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        "cscl": Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.4), [a_el, b_el], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        "zincblende": Structure.from_spacegroup("F-43m", Lattice.cubic(6.0), [a_el, b_el],
+                                                [[0, 0, 0], [0.25, 0.25, 0.25]]),
+        "wurtzite": Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(4.2, 6.9), [a_el, b_el],
+                                              [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.375]]),
+    }
+
+
+def test_prescreen_ranks_the_right_structure_type_first():
+    """Against pymatgen's pattern of rock salt, rock salt (cell off by 4 %) beats the other AB types."""
+    from diffpy_diffusion.screen import prescreen
+
+    types = _ab_types("Na", "Cl")
+    obs = _pymatgen_pattern(types["rocksalt"], {"Na": 1, "Cl": 1})
+    wrong_cell = types["rocksalt"].copy()
+    wrong_cell.scale_lattice(wrong_cell.volume * 1.04**3)
+    names = ["cscl", "zincblende", "wurtzite", "rocksalt"]
+    rwp = prescreen(obs, [types[k] for k in names[:3]] + [wrong_cell])
+    assert np.argmin(rwp) == 3 and rwp[3] < 0.8 * np.sort(rwp)[1]
+    with pytest.raises(ValueError, match="PXRD"):
+        prescreen(make_observation("NaCl", kind="pdf"), [wrong_cell])
+
+
+def test_pattern_prescreen_brings_a_chemically_distant_template_into_the_list(tmp_path, monkeypatch):
+    """A library whose only rock-salt member is chemically far from the target (MgO for NaCl): by
+    chemistry it comes last; with the pattern pre-screen (the default) it is proposed first after
+    the kept head; ``prescreen=False`` keeps the chemical order."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name, s in _ab_types("K", "Cl").items():
+        if name != "rocksalt":
+            s.to(filename=str(lib / f"kcl_{name}.cif"))
+    mgo = _ab_types("Mg", "O")["rocksalt"]
+    # a cell that substitute() rescales to NaCl's (the pre-screen searches ±8 % around it)
+    v = [T.atomic_volume(el) for el in ("Mg", "O", "Na", "Cl")]
+    mgo.scale_lattice(mgo.volume * (v[0] + v[1]) / (v[2] + v[3]))
+    mgo.to(filename=str(lib / "mgo_rocksalt.cif"))
+    obs = _pymatgen_pattern(_ab_types("Na", "Cl")["rocksalt"], {"Na": 1, "Cl": 1})
+    monkeypatch.setattr(T, "RETRIEVAL_KEEP", 1)
+    chem = T.TemplatesBackend(library=str(lib), prescreen=False).sample(obs, 3)
+    assert "mgo_rocksalt" not in [p.provenance["template"] for p in chem]
+    head = chem[0].provenance["template"]
+    by_pattern = T.TemplatesBackend(library=str(lib)).sample(obs, 3)
+    assert [p.provenance["template"] for p in by_pattern][:2] == [head, "mgo_rocksalt"]
+    assert "prescreen_rwp" in by_pattern[1].provenance and "prescreen_rwp" not in by_pattern[0].provenance
+    assert T.TemplatesBackend(prescreen="false").prescreen is False
+    with pytest.raises(ValueError, match="templates backend: prescreen"):
+        T.TemplatesBackend(prescreen="maybe")

@@ -390,3 +390,78 @@ def test_physics_guidance_option_text_is_parsed_not_truthy():
     assert DiffusionBackend(physics_guidance="true").physics_guidance is True
     with pytest.raises(ValueError, match="physics_guidance"):
         DiffusionBackend(physics_guidance="sometimes")
+
+
+# --------------------------------------------------------------------------- template seeds (issue 17 lever 2)
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped weights not present")
+def test_a_seed_started_near_t0_comes_back_as_the_template():
+    """The forward process vanishes as t → 0: a rock-salt seed started at t = 0.02 is denoised in one
+    step and stays rock salt (StructureMatcher against the analytic structure), while the same seed
+    started at t = 1 forgets it (no coordinates or cell carried over beyond what noise leaves)."""
+    import torch
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Lattice, Structure
+
+    from diffpy_diffusion.backends.diffusion.backend import DiffusionBackend
+    from diffpy_diffusion.backends.diffusion.data import canonical_arrays
+    from diffpy_diffusion.backends.diffusion.process import normalise_lattice
+
+    rs = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    lat, frac, numbers = canonical_arrays(rs.get_primitive_structure())
+    be = DiffusionBackend(steps=50, corrector_steps=0)
+    be._load()
+    c = be._model.encode(torch.zeros(1, *_pattern_shape()), torch.tensor([True]))
+    init = (normalise_lattice(torch.as_tensor(lat)[None], torch.tensor([len(numbers)])), torch.as_tensor(frac)[None])
+    gen = torch.Generator().manual_seed(0)
+    out_lat, out_frac = be._reverse([[int(z) for z in numbers]], c, None, None, gen, init=init, t_start=0.02)
+    back = Structure(out_lat[0].numpy(), [int(z) for z in numbers], out_frac[0].numpy())
+    assert StructureMatcher().fit(back, rs)
+    assert np.allclose(back.lattice.abc, rs.get_primitive_structure().lattice.abc, rtol=0.02)
+
+
+def _pattern_shape():
+    from diffpy_diffusion.backends.diffusion.conditioning import N_CHANNELS, Q_GRID_POINTS
+
+    return N_CHANNELS, Q_GRID_POINTS
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped weights not present")
+def test_seeded_sampling_keeps_count_composition_provenance_and_exclusions():
+    from diffpy_diffusion.backends.diffusion.backend import DiffusionBackend
+
+    _s, obs = _rocksalt_pattern()
+    be = DiffusionBackend(steps=4, seed_fraction=0.5, seed_t="0.3,0.5", seed_templates=2, library="pool")
+    props = be.sample(obs, 8, seed=3)
+    assert len(props) == 8
+    _check_structures(props, "NaCl", 2)
+    seeded = [p for p in props if "seeded_from" in p.provenance]
+    assert len(seeded) == 4
+    assert sorted({p.provenance["seed_t"] for p in seeded}) == [0.3, 0.5]
+    used = {p.provenance["seeded_from"] for p in seeded}
+    assert len(used) == 2
+    again = be.sample(obs, 8, seed=3)
+    assert [p.provenance.get("seeded_from") for p in props] == [p.provenance.get("seeded_from") for p in again]
+    assert np.allclose(props[0].structure.lattice.matrix, again[0].structure.lattice.matrix)
+    # what evaluate leaves out (the target's own id) never seeds
+    other = DiffusionBackend(steps=4, seed_fraction=0.5, seed_templates=2, library="pool", exclude=",".join(used))
+    assert not used & {p.provenance.get("seeded_from") for p in other.sample(obs, 8, seed=3)}
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped weights not present")
+def test_seeding_without_a_template_samples_everything_from_noise():
+    from diffpy_diffusion.backends.diffusion.backend import DiffusionBackend
+
+    be = DiffusionBackend(steps=3, corrector_steps=0, adapt_z=0.0, seed_fraction=0.5, library="pool")
+    props = be.sample(_obs("Na3Cl14"), 3, seed=0)  # no 3:14 type in the library
+    assert len(props) == 3 and not any("seeded_from" in p.provenance for p in props)
+
+
+def test_seed_options_are_checked():
+    from diffpy_diffusion.backends.diffusion.backend import DiffusionBackend
+
+    assert DiffusionBackend(seed_t="0.2, 0.4").seed_t == [0.2, 0.4]
+    assert DiffusionBackend(seed_t=0.7).seed_t == [0.7]
+    with pytest.raises(ValueError, match="seed_t"):
+        DiffusionBackend(seed_t="0,0.5")
+    with pytest.raises(ValueError, match="seed_fraction"):
+        DiffusionBackend(seed_fraction=2)

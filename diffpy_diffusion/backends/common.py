@@ -1,4 +1,4 @@
-"""Helpers that several backends share: space-group hints and crystal systems.
+"""Helpers that several backends share: space-group hints, crystal systems, option parsing.
 
 Kept public here so that no backend imports another backend's private names.
 """
@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import CompositionError
 
-__all__ = ["CRYSTAL_SYSTEM_LIMITS", "crystal_system", "spacegroup_number"]
+__all__ = ["CRYSTAL_SYSTEM_LIMITS", "as_bool", "crystal_system", "spacegroup_number"]
 
 #: Highest space-group number of each crystal system (International Tables for
 #: Crystallography Vol. A, Table 2.1.2.1), in order of increasing number.
@@ -61,3 +61,19 @@ def crystal_system(number: int) -> str:
         if n <= hi:
             return name
     return "triclinic"
+
+
+def as_bool(value, name: str, backend: str) -> bool:
+    """A backend option given as a bool or as text (``-O diffusion.pdf_condition=false``).
+
+    ``bool("false")`` is True, so text is parsed; anything but yes/no words is a ``ValueError``
+    naming the backend and the option.
+    """
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("1", "true", "yes", "on"):
+            return True
+        if v in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{backend} backend: {name} must be true or false, got {value!r}")
+    return bool(value)

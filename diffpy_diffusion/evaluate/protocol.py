@@ -252,10 +252,13 @@ def _eval_one(task: dict) -> list[dict]:
                       data_kind=task.get("data_kind", "xrd"), simulator=task.get("simulator", "builtin"))
     # leave-one-out: retrieval never returns the target itself (pool-val targets are members of
     # the shipped template library; evaluation-set targets are in no shipped library)
+    # (the diffusion backend retrieves templates too, to seed its reverse process)
     options = dict(task["backend_options"] or {})
-    templates_opts = dict(options.get("templates") or {})
-    templates_opts["exclude"] = ",".join(x for x in (str(templates_opts.get("exclude") or ""), entry.material_id) if x)
-    options["templates"] = templates_opts
+    for name in ("templates", "diffusion"):
+        own = dict(options.get(name) or {})
+        prior = own.get("exclude") or options.get("exclude") or ""
+        own["exclude"] = ",".join(x for x in (str(prior), entry.material_id) if x)
+        options[name] = own
     out = []
     cache: dict = {}  # a, b and a+b of one target sample each backend once (same seed, same proposals)
     raw_first: dict[str, int | None] = {}  # --raw-match: per backend, matched once per target
