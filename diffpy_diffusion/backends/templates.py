@@ -672,18 +672,18 @@ class TemplatesBackend:
             )
         lib = self.library_for(observation)
         n = max(int(n), 0)
-        by_pattern: dict[int, float] = {}
+        by_pattern: dict[int, tuple[float, object]] = {}
         if self.prescreen and observation.kind == "xrd" and len(cands) > n > RETRIEVAL_KEEP:
             cands, by_pattern = self._pattern_order(observation, lib, cands)
         out = []
         for j, (d, i, mapping, tkey) in enumerate(cands[:n]):
-            lat, frac, z = lib.member(i)
-            s = substitute(lat, frac, z, mapping)
+            # the pre-screen already built the substituted structures it ranked
+            s = by_pattern[j][1] if j in by_pattern else substitute(*lib.member(i), mapping)
             prov = {"template": lib.ids[i], "library": lib.name, "type": tkey,
                     "template_spacegroup": int(lib.spacegroup[i]),
                     "assignment": {_symbol(a): _symbol(b) for a, b in mapping.items()}}
             if j in by_pattern:
-                prov["prescreen_rwp"] = round(by_pattern[j], 5)
+                prov["prescreen_rwp"] = round(by_pattern[j][0], 5)
             out.append(Proposal(structure=s, backend=self.name, seed=seed,
                                 scores={"template_distance": float(d)}, provenance=prov))
             if progress:
@@ -692,7 +692,8 @@ class TemplatesBackend:
 
     def _pattern_order(self, observation: Observation, lib: Library, cands: list):
         """``cands`` with the first :data:`RETRIEVAL_KEEP` kept and the next :data:`PRESCREEN_MAX`
-        ordered by their pre-screen Rwp against the pattern; also {new position: Rwp}.
+        ordered by their pre-screen Rwp against the pattern; also {new position: (Rwp, substituted
+        structure)}.
 
         A pattern the pre-screen cannot use (no wavelength for 2θ, nothing finite) keeps the
         chemical order.
@@ -712,7 +713,7 @@ class TemplatesBackend:
             return cands, {}
         order = np.argsort(rwp, kind="stable")
         return (head + [rest[j] for j in order] + tail,
-                {len(head) + k: float(rwp[j]) for k, j in enumerate(order) if np.isfinite(rwp[j])})
+                {len(head) + k: (float(rwp[j]), structs[j]) for k, j in enumerate(order) if np.isfinite(rwp[j])})
 
 
 @hookimpl
