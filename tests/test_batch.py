@@ -166,6 +166,57 @@ def test_same_answers_sequential_processes_dask(tmp_path, patterns):
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in s3.rows] == strip
 
 
+_ORPHAN_PARENT = """
+import os, sys, time
+from pathlib import Path
+from diffpy_diffusion import batch
+
+def record_and_sleep(folder):
+    Path(folder, str(os.getpid())).write_text("")
+    time.sleep(120)
+
+if __name__ == "__main__":
+    list(batch.map_tasks(record_and_sleep, [sys.argv[1]] * 2, workers=2))
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_workers_end_when_the_parent_is_killed(tmp_path):
+    # a parent killed by SIGKILL runs no clean-up; its spawned workers must not go on computing
+    script = tmp_path / "parent.py"
+    script.write_text(_ORPHAN_PARENT)
+    pids_dir = tmp_path / "pids"
+    pids_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, str(script), str(pids_dir)], cwd=tmp_path)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(pids_dir.iterdir())) < 2:
+            time.sleep(0.1)
+        workers = [int(p.name) for p in pids_dir.iterdir()]
+        assert len(workers) == 2, "the workers did not start"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.2)
+    left = [p for p in workers if _alive(p)]
+    for p in left:  # do not leave them behind if the test fails
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"worker(s) {left} still running 30 s after their parent was killed"
+
+
 @pytest.mark.slow
 def test_killed_halfway_rerun_finishes_only_the_rest(tmp_path, patterns):
     out = tmp_path / "out"

@@ -55,6 +55,15 @@ def test_score_norm_small_sigma_is_gaussian():
     assert torch.allclose(lam * sig**2, torch.ones(2), rtol=2e-2)
 
 
+def test_process_lambda_table_equals_quadrature_everywhere():
+    # the table takes 1/σ² below UNWRAPPED_SIGMA instead of the quadrature: same values at float32
+    cfg = ProcessConfig()
+    t = torch.linspace(0, 1, 1001)
+    quad = score_norm((cfg.sigma_min * (cfg.sigma_max / cfg.sigma_min) ** t).double(), cfg.wn_terms)
+    table = Process(cfg).lam(t).double()
+    assert torch.allclose(table, quad, rtol=1e-6, atol=0)
+
+
 def test_noise_targets_are_unit_scale():
     proc = Process(ProcessConfig())
     g = torch.Generator().manual_seed(0)

@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -31,8 +34,31 @@ class TaskError:
         return self.error
 
 
-def _worker_init(threads: int) -> None:
-    """Pool initializer: one BLAS/torch thread per worker process so N workers use N cores."""
+#: Seconds between a worker's checks that the process that started it is still alive.
+PARENT_POLL_S = 1.0
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """Leave this worker process once ``parent_pid`` is gone (checked every :data:`PARENT_POLL_S`).
+
+    A parent killed by SIGTERM or SIGKILL runs no clean-up, and its spawned workers would go on
+    computing their current task (minutes of CPU for an ``evaluate`` target) with nobody to
+    read the result.
+    """
+    while True:
+        time.sleep(PARENT_POLL_S)
+        if os.getppid() != parent_pid:
+            os._exit(1)  # no clean-up to run: the results have no reader
+
+
+def _worker_init(threads: int | None, parent_pid: int | None = None) -> None:
+    """Pool initializer: one BLAS/torch thread per worker process so N workers use N cores, and a
+    watcher that ends the worker when the parent process dies."""
+    if parent_pid is not None:
+        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True,
+                         name="diffpy-diffusion-orphan-watch").start()
+    if not threads:
+        return
     try:  # torch may already be imported (fork); without torch only the environment is set
         set_threads(threads)
     except Exception:  # noqa: BLE001 - best effort only
@@ -111,8 +137,7 @@ def _map_processes(fn, indexed, workers: int, threads: int | None):
     ctx = mp.get_context("spawn")
     call = _Call(fn, threads)
     with ProcessPoolExecutor(max_workers=min(workers, len(indexed)), mp_context=ctx,
-                             initializer=_worker_init if threads else None,
-                             initargs=(threads,) if threads else ()) as pool:
+                             initializer=_worker_init, initargs=(threads, os.getpid())) as pool:
         pending = {pool.submit(call, it) for it in indexed}
         try:
             while pending:
