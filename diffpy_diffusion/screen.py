@@ -262,6 +262,14 @@ class _XRDScreen:
         lo += hi
         return lo
 
+    def fit_histograms(self, hist: np.ndarray, kern: np.ndarray):
+        """Scale and background in closed form for stick histograms ``hist`` (..., S, nq) convolved
+        with each size kernel ``kern`` (Z, nq//2+1, :meth:`_kernels`): ``(coef, rwp)`` of
+        :func:`_linear_fit`, over (..., S, Z)."""
+        spec = np.fft.rfft(hist, axis=-1)
+        prof = np.fft.irfft(spec[..., None, :] * kern, n=self.nq, axis=-1)  # (..., S, Z, nq)
+        return _linear_fit(self._on_q(prof), self.y, self.bkg)
+
     def basis_on(self, max_points: int) -> np.ndarray:
         """Background (and known-phase) basis rows on the ``_downsample(self.q, ., max_points)`` grid."""
         qg, _ = _downsample(self.q, self.y, max_points)
@@ -346,10 +354,7 @@ class _XRDScreen:
                 continue
             hist = self._stick_histogram(qb, ib, scales_per_cand[b])
             # intensity per unit cell volume² is irrelevant: the scale is fitted
-            spec = np.fft.rfft(hist, axis=-1)  # (S, F)
-            prof = np.fft.irfft(spec[:, None, :] * kern[None], n=self.nq, axis=-1)  # (S, Z, nq)
-            model = self._on_q(prof)
-            coef, rwp = _linear_fit(model, self.y, self.bkg)
+            coef, rwp = self.fit_histograms(hist, kern)
             j = np.unravel_index(np.nanargmin(np.where(coef[..., 0] > 0, rwp, np.inf)), rwp.shape)
             if not np.isfinite(rwp[j]) or coef[j][0] <= 0:
                 best.append((np.inf, 1.0, self.sizes[0], None, "scherrer"))
@@ -1016,9 +1021,7 @@ def prescreen(observation: Observation, structures, *, chunk: int = 32) -> np.nd
         part = structures[c0: c0 + chunk]
         peaks = scr.peaks(part)
         hist = np.stack([scr._stick_histogram(qb, ib, scales) for qb, ib, _ in peaks])  # (C, S, nq)
-        spec = np.fft.rfft(hist, axis=-1)
-        prof = np.fft.irfft(spec[:, :, None, :] * kern[None, None], n=scr.nq, axis=-1)  # (C, S, Z, nq)
-        coef, rwp = _linear_fit(scr._on_q(prof), scr.y, scr.bkg)
+        coef, rwp = scr.fit_histograms(hist, kern)
         ok = (coef[..., 0] > 0) & np.isfinite(rwp)
         rwp = np.where(ok, rwp, np.inf).reshape(len(part), -1)
         empty = np.array([len(qb) == 0 for qb, _, _ in peaks])

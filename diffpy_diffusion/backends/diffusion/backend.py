@@ -341,7 +341,7 @@ class DiffusionBackend:
         against ``screen_obs`` (lattice scale, strain, size fitted; duplicates removed) and the
         best ``seed_templates`` kept, their cells strained to the fit; without a pattern to
         screen against, the first ones in retrieval order.  Each seed is (atomic numbers,
-        Niggli cell in Å (3, 3), fractional coordinates, provenance).  None when retrieval has
+        Niggli cell in Å (3, 3), fractional coordinates, provenance).  Empty when retrieval has
         nothing for the composition.
         """
         from ...errors import DiffpyDiffusionError
