@@ -481,9 +481,11 @@ def _refine_with_symmetry(observation, structure, engine, start, refine_options)
     n_eff = effective_points(observation, (start or {}).get("size_nm"))
     note: dict[str, Any] = {"n_eff": round(float(n_eff), 1)}
 
-    def fit(s, tol=None):
+    def fit(s, tol=None, skip_final_above=None):
         kw = {} if tol is None else {"spacegroup_tol": tol}
-        return refine_structure(observation, s, engine=engine, start=start or None, **kw, **opts)
+        o = opts if skip_final_above is None else {**opts, "skip_final_above": min(
+            skip_final_above, opts.get("skip_final_above") or np.inf)}
+        return refine_structure(observation, s, engine=engine, start=start or None, **kw, **o)
 
     if "spacegroup_tol" in opts or opts.get("use_symmetry") is False:
         return fit(structure), note
@@ -494,7 +496,11 @@ def _refine_with_symmetry(observation, structure, engine, start, refine_options)
         sym_note: dict[str, Any] = {}
     else:
         sym = fit(structure, tol)
-        low = fit(structure, strict)
+        # where the last stage is the costly one, the unconstrained alternative skips it when it
+        # fits no better than the symmetric model before it: that stage (ADPs; asymmetry and
+        # displacement) cannot make it fit significantly better, which is all the test asks
+        behind = float(sym.rw) if costly_last_stage(observation, opts) and np.isfinite(sym.rw) else None
+        low = fit(structure, strict, skip_final_above=behind)
         keep_sym = np.isfinite(sym.rw) and not fits_significantly_better(low.rw, len(low.params), sym.rw,
                                                                          len(sym.params), n_eff)
         sym_note = {"tolerance_A": tol, "spacegroup": sym.spacegroup, "rw": float(sym.rw),
@@ -554,7 +560,8 @@ def symmetrize_unrefined(p: Proposal, max_tol: float = UNREFINED_SYMPREC) -> Pro
 #: point and costs most; the evaluation's simulated patterns have 1,024 points
 #: (:data:`diffpy_diffusion.evaluate.conventions.N_Q`) and never count as long.
 LONG_PATTERN_POINTS = 2000
-#: On a long pattern, a candidate whose Rw before the last stage is above this many times the best
+#: Where the last stage is the costly one (:func:`costly_last_stage`), a candidate whose Rw before the
+#: last stage is above this many times the best
 #: final Rw among the candidates refined before it skips the last stage
 #: (``refine_structure(skip_final_above=...)``): the last stage frees what changes Rw least (the
 #: ADPs; in the Rietveld stages the asymmetry and displacement) and starts from the earlier
@@ -563,13 +570,30 @@ LONG_PATTERN_POINTS = 2000
 BEHIND_FACTOR = 1.5
 
 
+def costly_last_stage(observation: Observation, refine_options: dict | None) -> bool:
+    """Whether the last refinement stage costs most of a PXRD fit, so that candidates far behind skip it.
+
+    True for a long scan (more than :data:`LONG_PATTERN_POINTS` points: the last stage is the only
+    one on every point) and for the Rietveld profile (``instrument="rietveld"``, an instrument file or
+    extra phases): its last stage frees every profile term at once on every point, with finite-difference
+    columns through all phases.  On KBi3's 1,508-point synchrotron scan with two extra phases it took
+    2-27 CPU s of a 5-35 s fit (``benchmarks/crystalyze_propose.md``).  False for the evaluation's
+    simulated patterns (1,024 points, basic profile), whose fits are unchanged.
+    """
+    if observation.kind != "xrd":
+        return False
+    o = refine_options or {}
+    rietveld = o.get("instrument") == "rietveld" or bool(o.get("phases")) or o.get("instrument_params") is not None
+    return rietveld or len(observation.x) > LONG_PATTERN_POINTS
+
+
 def refine_candidates(observation: Observation, candidates: list[Proposal], *, engine: str = "srfit",
                       on_done=None, progress: _Progress | None = None, refine_options: dict | None = None):
     """Refine each candidate (H3's :func:`refine.refine_structure`); failures keep the screened candidate.
 
     ``on_done(list_of_(proposal, result))`` is called after each candidate (for incremental output).
-    On a PXRD pattern of more than :data:`LONG_PATTERN_POINTS` points, a candidate still far behind
-    (:data:`BEHIND_FACTOR`) the best refined before it does not run its last, all-points stage.
+    Where the last stage is the costly one (:func:`costly_last_stage`: a long scan or a Rietveld fit), a
+    candidate still far behind (:data:`BEHIND_FACTOR`) the best refined before it does not run it.
     Returns the list of (proposal, RefinementResult or None).
     """
 
@@ -579,12 +603,12 @@ def refine_candidates(observation: Observation, candidates: list[Proposal], *, e
     refine_options = {**defaults, **(refine_options or {})}
     done: list[tuple[Proposal, Any]] = []
     adv = progress.task("refining", len(candidates)) if progress else None
-    long_scan = observation.kind == "xrd" and len(observation.x) > LONG_PATTERN_POINTS
+    costly = costly_last_stage(observation, refine_options)
     for p in candidates:
         t0 = time.perf_counter()
         opts = dict(refine_options)
         rws = [float(r.rw) for _, r in done if r is not None and np.isfinite(r.rw)]
-        if long_scan and rws and "skip_final_above" not in opts:
+        if costly and rws and "skip_final_above" not in opts:
             opts["skip_final_above"] = BEHIND_FACTOR * min(rws)
         start = {}
         scr = p.provenance.get("screen", {})

@@ -48,8 +48,11 @@ def test_skip_final_above_is_inactive_below_the_threshold(long_scan):
     assert run[-1]["points"] > run[0]["points"]  # the last stage ran, on its finer grid
 
 
-@pytest.mark.parametrize("n_points,expect", [(6500, True), (1024, False)])
-def test_refine_candidates_sets_the_threshold_only_on_long_scans(monkeypatch, n_points, expect):
+@pytest.mark.parametrize("n_points,options,expect", [(6500, None, True), (1024, None, False),
+                                                     (1024, {"instrument": "rietveld"}, True),
+                                                     (1024, {"instrument": "basic"}, False)])
+def test_refine_candidates_sets_the_threshold_only_where_the_last_stage_is_costly(monkeypatch, n_points, options,
+                                                                                 expect):
     from diffpy_diffusion import pipeline
 
     x = np.linspace(20.0, 85.0, n_points)
@@ -68,7 +71,7 @@ def test_refine_candidates_sets_the_threshold_only_on_long_scans(monkeypatch, n_
         return Fake(0.1 * (len(seen))), {}
 
     monkeypatch.setattr(pipeline, "_refine_with_symmetry", fake)
-    pipeline.refine_candidates(obs, [Proposal(_nacl(), "t") for _ in range(3)])
+    pipeline.refine_candidates(obs, [Proposal(_nacl(), "t") for _ in range(3)], refine_options=options)
     assert seen[0] is None
     if expect:
         assert seen[1:] == pytest.approx([pipeline.BEHIND_FACTOR * 0.1] * 2)
@@ -124,3 +127,34 @@ def test_screen_with_known_phase_ranks_the_main_phase_of_a_mixture_first():
     assert known.ranked[0].structure.composition.reduced_formula == "NaCl"
     assert abs(known.ranked[0].structure.lattice.a - 5.64) < 0.05
     assert truth_rwp["known"] < 0.5 * truth_rwp["plain"], truth_rwp
+
+
+@pytest.mark.parametrize("options,skipped", [({"instrument": "rietveld"}, True), (None, False)])
+def test_unconstrained_alternative_skips_a_costly_last_stage_when_behind(monkeypatch, options, skipped):
+    """Hamilton's test refines a candidate both in the group spglib finds at a loose tolerance and
+    unconstrained; the unconstrained fit's costly last stage is skipped when it is already behind."""
+    import diffpy_diffusion.refine as R
+    from diffpy_diffusion import pipeline
+
+    obs = noisy_pxrd(_nacl(), size_nm=20.0, two_theta_deg=(20.0, 85.0, 0.05), ka2=False)
+    start = _nacl()
+    start.translate_sites([0], [0.02, 0.0, 0.0])  # off its special position: Fm-3m only at a loose tolerance
+    calls = []
+
+    class Fake:
+        def __init__(self, rw, tol):
+            self.rw, self.chi2, self.structure, self.converged, self.message = rw, 1.0, _nacl(), True, ""
+            self.params = dict.fromkeys("ab" if tol > 0.01 else "abcdef", {"value": 0.0, "esd": 0.0})
+            self.spacegroup, self.spacegroup_number = ("Fm-3m", 225) if tol > 0.01 else ("P1", 1)
+
+    def fake(observation, s, **kw):
+        tol = kw.get("spacegroup_tol", 0.01)
+        calls.append((tol, kw.get("skip_final_above")))
+        return Fake(0.10 if tol > 0.01 else 0.12, tol)
+
+    monkeypatch.setattr(R, "refine_structure", fake)
+    res, note = pipeline._refine_with_symmetry(obs, start, "srfit", {}, dict(options or {}))
+    assert res.spacegroup == "Fm-3m"
+    low = [c for c in calls if c[0] == 0.01]
+    assert low, calls
+    assert (low[0][1] == pytest.approx(0.10)) if skipped else low[0][1] is None

@@ -252,7 +252,7 @@ def refine_structure(
         ``instrument="rietveld"`` (see :func:`~.recipe.build_recipe`).
     skip_final_above : float, optional
         Rw (fraction) above which the last stage is not run when it would run on a finer grid
-        than the stages before it (a long measured scan): a candidate that after every earlier
+        than the stages before it (a long measured scan, a Rietveld fit): a candidate that after every earlier
         stage still fits this badly is reported as it stands, its Rw and ``y_calc`` on all points
         but without parameter esds, and ``message`` says so.  The caller sets it from the
         candidates already refined (:func:`diffpy_diffusion.pipeline.refine_candidates`).
@@ -472,7 +472,7 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
                 skipped_final, converged = True, False
                 freed = freed_before  # the parameters reported as refined are those that were
                 message = (f"last stage {st} not run: Rw {prev_rw:.4f} after stage {k} is above "
-                           f"{skip_final_above:.4f} (far behind the candidates refined before it)")
+                           f"{skip_final_above:.4f} (far behind a fit refined before it)")
                 stage_log.append({"tags": list(st), "rw": None, "skipped": True})
                 break
         try:
