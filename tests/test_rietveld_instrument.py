@@ -246,3 +246,34 @@ def test_refine_with_impurity_phase_recovers_fraction():
     assert res.params["p1_Cu_a"]["value"] == pytest.approx(3.6149, abs=2e-3)
     assert res.rw < 0.5 * alone.rw
     assert res.extra_phases and res.extra_phases[0]["name"] == "p1_Cu"
+
+
+def test_multiphase_batch_computes_each_phase_once_per_distinct_input(monkeypatch):
+    """A finite-difference batch (base state, then one variable perturbed per state): the batch equals
+    every state computed alone, and each phase is computed only for the states that change it."""
+    from diffpy_diffusion.refine.generators import XRDGenerator
+    from diffpy_diffusion.refine.symmetry import to_diffpy
+
+    gen = XRDGenerator("xrd", nbkg=3, peak_shape="tch")
+    gen.setStructure(to_diffpy(_cubic(4.2112, ["Mg"] * 4 + ["O"] * 4, _ROCKSALT)))
+    gen.add_phase(to_diffpy(_cubic(3.6149, ["Cu"] * 4, [[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]])), "cu")
+    gen.wavelength, gen.bkg_domain = LAM, (30.0, 100.0)
+    x = np.arange(30.0, 100.0, 0.05)
+    base = gen.state()
+    base.update(W=0.004, size_nm=60.0, scale_cu=0.2, bkg_0=300.0)
+    moved_xyz = dict(base, frac=base["frac"] + 1e-3)
+    moved_cu = dict(base, phases=[dict(base["phases"][0], lattice=base["phases"][0]["lattice"] * 1.001)])
+    states = [base, moved_xyz, dict(base, scale_cu=0.21), dict(base, bkg_1=5.0), dict(base, U=0.001), moved_cu]
+    rows = []
+    orig = XRDGenerator._pattern
+
+    def counting(self, batch, *args, **kwargs):
+        rows.append(len(batch.lattice))
+        return orig(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(XRDGenerator, "_pattern", counting)
+    y = gen.compute_batch(x, states)
+    assert rows == [3, 4]  # MgO: base, its xyz, U; Cu: base, its scale, U, its cell
+    alone = np.stack([gen.compute_batch(x, [s])[0] for s in states])
+    np.testing.assert_allclose(y, alone, rtol=1e-10, atol=1e-9 * float(np.abs(alone).max()))
+    assert not np.allclose(y[5], y[0])  # the Cu cell did move the pattern
