@@ -299,6 +299,27 @@ def test_sampling_gives_exact_composition_and_sane_cells(guided):
 
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped weights not present")
+def test_network_chunks_leave_the_samples_unchanged(monkeypatch):
+    """Large cells go through the network a few at a time (speed); the sampler's batch, its random
+    numbers and so its samples are those of one pass (to float32 rounding)."""
+    from diffpy_diffusion.backends.diffusion import backend as B
+
+    def sample():
+        return B.DiffusionBackend(steps=5).sample(_obs("SrTiO3", z=2), 5, seed=3)
+
+    monkeypatch.setattr(B, "CHUNK_ABOVE_ATOMS", 1000)
+    whole = sample()
+    monkeypatch.setattr(B, "CHUNK_ABOVE_ATOMS", 0)
+    monkeypatch.setattr(B, "CHUNK_CELLS", 2)
+    chunked = sample()
+    for a, b in zip(whole, chunked, strict=True):
+        assert len(a.structure) == len(b.structure) == 10
+        np.testing.assert_allclose(a.structure.lattice.matrix, b.structure.lattice.matrix, atol=1e-3)
+        d = a.structure.frac_coords - b.structure.frac_coords
+        assert np.abs(d - np.round(d)).max() < 1e-4  # on the torus
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped weights not present")
 def test_unseen_element_warns_and_atom_cap_is_clear():
     from diffpy_diffusion.backends.diffusion.backend import DiffusionBackend
 
