@@ -44,6 +44,8 @@ from diffpy_diffusion.io.topas import read_topas
 
 #: ``propose``'s default --max-atoms (:class:`diffpy_diffusion.types.Observation`).
 DEFAULT_MAX_ATOMS = 20
+#: Options added to every propose command (``--propose-args``, e.g. "--n 128").
+PROPOSE_ARGS: list[str] = []
 #: Issue 15's goals for the crystalyze set.
 TOP_N, GOAL_TOP, GOAL_RANK1, GOAL_SECONDS = 10, 6, 4, 120.0
 
@@ -59,7 +61,7 @@ def _wavelength_arg(model) -> str:
 def _propose(data: Path, formula: str, wavelength: str, out: Path, extra: list[str]) -> tuple[dict, float, list[str]]:
     """Run one propose; returns its JSON, wall seconds and the command (CPU seconds in the JSON's ``cpu_s``)."""
     cmd = [sys.executable, "-m", "diffpy_diffusion", "propose", str(data), "-c", formula, "-w", wavelength,
-           "--x", "2theta", "--top", str(TOP_N), "--json", "-q", "-o", str(out), "--force", *extra]
+           "--x", "2theta", "--top", str(TOP_N), "--json", "-q", "-o", str(out), "--force", *extra, *PROPOSE_ARGS]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -232,7 +234,9 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", default="", help="comma-separated sample names (default: all)")
     ap.add_argument("--json", default=None, help="write the rows here")
     ap.add_argument("--work", default=None, help="folder for the propose outputs (default: a temporary one)")
+    ap.add_argument("--propose-args", default="", help='options added to every propose, e.g. "--n 128"')
     args = ap.parse_args(argv)
+    PROPOSE_ARGS[:] = args.propose_args.split()
     root = Path(os.environ.get("DIFFPY_DIFFUSION_DATA", "")) / "measured_xrd"
     if not root.is_dir():
         print(f"no data: {root} (set DIFFPY_DIFFUSION_DATA)", file=sys.stderr)
@@ -246,9 +250,9 @@ def main(argv=None) -> int:
             rows = run_crystalyze(base, names or sorted(p.name for p in base.iterdir() if p.is_dir()), work)
             top = sum(r.get("rank") is not None and r["rank"] <= TOP_N for r in rows)
             first = sum(r.get("rank") == 1 for r in rows)
-            fast = sum(r["seconds"] <= GOAL_SECONDS for r in rows)
+            fast = sum(r["cpu_s"] <= GOAL_SECONDS for r in rows)  # CPU time: the wall clock depends on the load
             print(f"published structure in the top {TOP_N}: {top}/{len(rows)} (goal {GOAL_TOP}); rank 1: "
-                  f"{first}/{len(rows)} (goal {GOAL_RANK1}); <= {GOAL_SECONDS:g} s: {fast}/{len(rows)}")
+                  f"{first}/{len(rows)} (goal {GOAL_RANK1}); <= {GOAL_SECONDS:g} CPU s: {fast}/{len(rows)}")
         else:
             rows = run_autoanalyzer(root, names or None, work)
     if args.json:
