@@ -117,6 +117,19 @@ def test_pdcif_zero_weight_points_are_dropped(tmp_path):
     np.testing.assert_allclose(obs.sigma, 10.0)  # 1/√0.01
 
 
+def test_pdcif_empty_wavelength_loop_is_a_clear_error(tmp_path):
+    """A wavelength loop header with no rows (found by the fuzz test) names the file and line."""
+    from diffpy_diffusion.errors import InputFileError
+
+    rows = "".join(f"{10 + 0.1 * i:.1f} {100 + i}\n" for i in range(6))
+    f = tmp_path / "e.cif"
+    f.write_text("data_e\nloop_\n_diffrn_radiation_wavelength\nloop_\n_pd_proc_2theta_corrected\n"
+                 f"_pd_proc_intensity_total\n{rows}")
+    with pytest.raises(InputFileError, match="no values") as err:
+        read_pdcif(f)
+    assert "e.cif:2:" in str(err.value)  # file and line of the loop
+
+
 def test_pdcif_d_spacing_is_read_as_q(tmp_path):
     f = tmp_path / "d.cif"
     d = [3.0, 2.5, 2.0, 1.5]

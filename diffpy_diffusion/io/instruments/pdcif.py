@@ -258,6 +258,8 @@ def _radiation(blocks: list[Block], path) -> tuple[FileWavelength | None, str | 
         lp = b.loop_with("_diffrn_radiation_wavelength")
         if lp is not None:
             lam, _, lines = _column(lp, "_diffrn_radiation_wavelength", path)
+            if not len(lam):  # a loop header with no rows under it
+                raise InputFileError(path, "the loop of _diffrn_radiation_wavelength has no values", line=lp.line)
             if "_diffrn_radiation_wavelength_wt" in lp.tags:
                 wt = np.array([cif_number(v, path, "_diffrn_radiation_wavelength_wt")[0] if not v.missing
                                else 1.0 for v in lp.column("_diffrn_radiation_wavelength_wt")])
