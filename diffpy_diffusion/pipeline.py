@@ -483,8 +483,9 @@ def _refine_with_symmetry(observation, structure, engine, start, refine_options)
 
     def fit(s, tol=None, skip_final_above=None):
         kw = {} if tol is None else {"spacegroup_tol": tol}
-        o = opts if skip_final_above is None else {**opts, "skip_final_above": min(
-            skip_final_above, opts.get("skip_final_above") or np.inf)}
+        given = opts.get("skip_final_above")
+        o = opts if skip_final_above is None else {
+            **opts, "skip_final_above": skip_final_above if given is None else min(skip_final_above, given)}
         return refine_structure(observation, s, engine=engine, start=start or None, **kw, **o)
 
     if "spacegroup_tol" in opts or opts.get("use_symmetry") is False:

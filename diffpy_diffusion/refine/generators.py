@@ -124,6 +124,10 @@ class TorchGenerator(MetadataCompatMixin, ProfileGenerator):
         ProfileGenerator._validate(self)
 
 
+#: Parameters each phase has of its own (an extra phase ``p`` has them as ``<name>_p``).
+_PHASE_OWN = ("scale", "size_nm", "march_dollase")
+
+
 def _phase_key(state: dict[str, Any], keys, phase: int | None = None) -> bytes:
     """What one phase's pattern depends on in ``state`` (phase None: the main one), as bytes."""
     arrays = state if phase is None else state["phases"][phase]
@@ -286,8 +290,7 @@ class XRDGenerator(TorchGenerator):
         x = np.asarray(x, dtype=float)
         bkg_keys = [f"bkg_{k}" for k in range(self.nbkg)]
         shared = [k for k in self._profile_defaults if k not in bkg_keys and k not in self._own_keys()]
-        own = ("scale", "size_nm", "march_dollase")
-        first, inv = _distinct([_phase_key(s, [*own, *shared]) for s in states])
+        first, inv = _distinct([_phase_key(s, [*_PHASE_OWN, *shared]) for s in states])
         y = TorchGenerator.compute_batch(self, x, [dict(states[i], **dict.fromkeys(bkg_keys, 0.0))
                                                     for i in first])[inv]
         if self.nbkg:
@@ -303,7 +306,7 @@ class XRDGenerator(TorchGenerator):
         for k, name in enumerate(self.extra_phases):
             if all(s[f"scale_{name}"] == 0 for s in states):
                 continue  # a phase switched off (e.g. while the main phase is solved alone)
-            keys = [f"scale_{name}", f"size_nm_{name}", f"march_dollase_{name}", *shared]
+            keys = [*(f"{p}_{name}" for p in _PHASE_OWN), *shared]
             first, inv = _distinct([_phase_key(s, keys, k) for s in states])
             distinct = [states[i] for i in first]
             subs = [s["phases"][k] for s in distinct]
@@ -322,8 +325,7 @@ class XRDGenerator(TorchGenerator):
 
     def _own_keys(self) -> set[str]:
         """Parameters that belong to one phase only: the main phase's and every extra phase's."""
-        return {"scale", "size_nm", "march_dollase",
-                *(f"{p}_{n}" for n in self.extra_phases for p in ("scale", "size_nm", "march_dollase"))}
+        return {*_PHASE_OWN, *(f"{p}_{n}" for n in self.extra_phases for p in _PHASE_OWN)}
 
     def _apply_metadata(self) -> None:
         for key in ("wavelength", "wavelength2", "ka2_ratio", "x_kind", "radiation", "monochromator_2theta_deg",
