@@ -72,8 +72,10 @@ def _propose(data: Path, formula: str, wavelength: str, out: Path, extra: list[s
         return {"error": (res.stderr or res.stdout).strip().splitlines()[-1:], "cpu_s": cpu}, sec, cmd
     doc, _ = json.JSONDecoder().raw_decode(res.stdout)
     doc["cpu_s"] = cpu
-    timings = json.loads((out / "results.json").read_text(encoding="utf-8")).get("timings", {})
+    saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    timings = saved.get("timings", {})
     doc["phase_wall_s"] = {k: timings.get(k) for k in ("sample_s", "screen_s", "refine_s", "rank_s")}
+    doc.setdefault("ranked_by", saved.get("ranked_by"))  # the printed JSON lacks it; results.json has it
     return doc, sec, cmd
 
 

@@ -13,6 +13,7 @@ from diffpy_diffusion.physics.xrd import (
     reflections,
     size_fwhm_q,
     xrd_pattern,
+    xrd_pattern_fixed_peaks,
     xrd_peaks,
     xrd_profile,
 )
@@ -151,6 +152,51 @@ def test_batch_equals_individual_and_float32():
     b32 = CrystalBatch.from_structures(ss, dtype=torch.float32)
     y32 = xrd_pattern(b32, x.float(), size_nm=torch.tensor([3.0, 5.0, 8.0, 2.0]), W=0.01)
     assert ((y32.double() - both).abs().max(1).values / both.abs().max(1).values).max() < 1e-3
+
+
+_FIXED_PEAK_PROFILES = [
+    # measured-pattern model: TCH, Kα2, axial asymmetry, displacement, preferred orientation, size
+    dict(peak_shape="tch", method="window", U=0.02, V=-0.005, W=0.003, X=0.01, Y=0.02, wavelength2=1.544426,
+         ka2_ratio=0.5, axial_deg=0.05, displacement_deg=0.01, zero_deg=-0.02, size_nm=40.0, march_dollase=1.3,
+         po_hkl=(0, 1, 1)),
+    dict(U=0.01, W=0.004, eta=0.3),  # pseudo-Voigt without size: the window path
+    dict(W=0.004, size_nm=8.0),  # the FFT path: computed by xrd_pattern itself
+]
+
+
+@pytest.mark.parametrize("kw", _FIXED_PEAK_PROFILES)
+def test_fixed_peak_patterns_equal_each_crystal_alone(kw):
+    """Crystals of one lattice that differ in coordinates, Uiso, occupancy and scale: the matrix
+    product equals xrd_pattern of each crystal on its own (to rounding)."""
+    rng = np.random.default_rng(3)
+    lat = np.array([[4.1, 0.1, 0.2], [0.3, 5.2, 0.1], [0.2, 0.4, 6.3]])  # triclinic, Å
+    base = rng.random((5, 3))
+    moved = base.copy()
+    moved[1, 0] += 1e-3  # one atom (a shift of all would leave |F|² as it is)
+    fracs = [base, moved, base, base, rng.random((5, 3))]
+    uisos = [np.full(5, 0.01)] * 2 + [np.full(5, 0.02)] + [np.full(5, 0.01)] * 2
+    occs = [np.ones(5)] * 3 + [np.array([1, 1, 0.5, 1, 1])] + [np.ones(5)]
+    numbers = [[56, 22, 8, 8, 8]] * 5
+    scale = torch.tensor([1.0, 1.0, 1.0, 1.0, 2.5], dtype=torch.float64)
+    x = torch.arange(15.0, 80.0, 0.02, dtype=torch.float64)
+    batch = CrystalBatch.from_arrays([lat] * 5, fracs, numbers, occupancies=occs, uisos=uisos)
+    y = xrd_pattern_fixed_peaks(batch, x, scale=scale, **kw)
+    for i in range(5):
+        one = CrystalBatch.from_arrays([lat], [fracs[i]], [numbers[i]], occupancies=[occs[i]], uisos=[uisos[i]])
+        ref = xrd_pattern(one, x, scale=float(scale[i]), **kw)[0]
+        assert float((y[i] - ref).abs().max()) <= 1e-12 * float(ref.abs().max())
+    assert float((y[1] - y[0]).abs().max()) > 1e-6 * float(y[0].abs().max())  # the move is seen
+
+
+def test_fixed_peak_patterns_refuse_what_moves_the_peaks():
+    lat = np.eye(3) * 4.0
+    two = CrystalBatch.from_arrays([lat, lat * 1.01], [[[0, 0, 0]]] * 2, [[29]] * 2)
+    x = torch.arange(20.0, 60.0, 0.05, dtype=torch.float64)
+    with pytest.raises(ValueError, match="share one lattice"):
+        xrd_pattern_fixed_peaks(two, x, W=0.01)
+    same = CrystalBatch.from_arrays([lat, lat], [[[0, 0, 0]]] * 2, [[29]] * 2)
+    with pytest.raises(ValueError, match="W: must be one number"):
+        xrd_pattern_fixed_peaks(same, x, W=torch.tensor([0.01, 0.02], dtype=torch.float64))
 
 
 def test_ka2_doublet_is_sum_of_two_lines():

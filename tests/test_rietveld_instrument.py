@@ -93,6 +93,28 @@ def test_axial_asymmetry_first_moment_and_tail(tt):
     assert np.trapezoid(y1, x) == pytest.approx(np.trapezoid(y0, x), rel=1e-6)  # intensity kept
 
 
+@pytest.mark.parametrize("shape", ["gauss", "lorentz"])
+@pytest.mark.parametrize("ratio", [0.02, 0.15])
+def test_axial_sub_peaks_match_the_exact_kernel_convolution(shape, ratio):
+    """The discretised axial kernel (one sub-peak at the mean where εm ≤ 0.025 FWHM, six elsewhere)
+    against the exact convolution with 1/√(ε εm) − 1/εm: 200-point Gauss–Legendre quadrature in
+    s = √(ε/εm), where the kernel's density is 2(1 − s) on (0, 1)."""
+    tt = 20.0
+    theta = math.radians(tt / 2)
+    prof = dict(W=0.003) if shape == "gauss" else dict(X=0.05)  # Gaussian √W or Lorentzian X/cosθ
+    fwhm = math.sqrt(0.003) if shape == "gauss" else 0.05 / math.cos(theta)
+    eps_m = ratio * fwhm
+    a = -eps_m * math.tan(2 * theta)  # εm = −A cot 2θ
+    x = np.linspace(tt - 1, tt + 1, 4001)
+    y = _profile(_one_peak(tt), x, 200.0, peak_shape="tch", axial_deg=a, **prof)
+    s, w = np.polynomial.legendre.leggauss(200)
+    s, w = (s + 1) / 2, w * (1 - (s + 1) / 2)  # nodes on (0, 1), weights × density 2(1 − s) / 2
+    exact = sum(wi * _profile(_one_peak(tt), x - eps_m * si**2, 200.0, peak_shape="tch", **prof)
+                for si, wi in zip(s, w))
+    bound = 1e-4 if ratio <= 0.025 else 1e-3  # one sub-peak: 0.156 (εm/H)²; six: ~0.02 (εm/H)²
+    assert np.abs(y - exact).max() <= bound * exact.max()
+
+
 def test_march_dollase_average_is_one():
     """Averaged over the sphere, the March–Dollase weight is 1 (it redistributes intensity only)."""
     c = torch.linspace(0.0, 1.0, 200001, dtype=torch.float64)  # uniform in cosα on the hemisphere
@@ -264,16 +286,45 @@ def test_multiphase_batch_computes_each_phase_once_per_distinct_input(monkeypatc
     moved_xyz = dict(base, frac=base["frac"] + 1e-3)
     moved_cu = dict(base, phases=[dict(base["phases"][0], lattice=base["phases"][0]["lattice"] * 1.001)])
     states = [base, moved_xyz, dict(base, scale_cu=0.21), dict(base, bkg_1=5.0), dict(base, U=0.001), moved_cu]
-    rows = []
-    orig = XRDGenerator._pattern
+    rows, shared = [], []
+    orig, orig_fixed = XRDGenerator._pattern, XRDGenerator._fixed_peaks
 
     def counting(self, batch, *args, **kwargs):
         rows.append(len(batch.lattice))
         return orig(self, batch, *args, **kwargs)
 
+    def counting_fixed(self, x, group):
+        shared.append(len(group))
+        return orig_fixed(self, x, group)
+
     monkeypatch.setattr(XRDGenerator, "_pattern", counting)
+    monkeypatch.setattr(XRDGenerator, "_fixed_peaks", counting_fixed)
     y = gen.compute_batch(x, states)
-    assert rows == [3, 4]  # MgO: base, its xyz, U; Cu: base, its scale, U, its cell
+    # MgO: base and its xyz share their peaks (one profile matrix), U alone; Cu: base, its scale,
+    # U, its cell
+    assert (shared, rows) == ([2], [1, 4])
     alone = np.stack([gen.compute_batch(x, [s])[0] for s in states])
     np.testing.assert_allclose(y, alone, rtol=1e-10, atol=1e-9 * float(np.abs(alone).max()))
     assert not np.allclose(y[5], y[0])  # the Cu cell did move the pattern
+
+
+def test_fft_profiles_keep_one_batch(monkeypatch):
+    """The FFT path picks its work grid from the whole batch, so a finite-difference column must be
+    computed with its base: the "pv" shape with a size never splits a batch into fixed-peak groups."""
+    from diffpy_diffusion.refine.generators import XRDGenerator
+    from diffpy_diffusion.refine.symmetry import to_diffpy
+
+    gen = XRDGenerator("xrd", nbkg=2)
+    gen.setStructure(to_diffpy(_cubic(4.2112, ["Mg"] * 4 + ["O"] * 4, _ROCKSALT)))
+    gen.wavelength = LAM
+    base = dict(gen.state(), W=0.004, size_nm=10.0)
+    batches = []
+    orig = XRDGenerator._pattern
+
+    def counting(self, batch, *args, **kwargs):
+        batches.append(len(batch.lattice))
+        return orig(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(XRDGenerator, "_pattern", counting)
+    gen.compute_batch(np.arange(30.0, 100.0, 0.05), [base, dict(base, frac=base["frac"] * 1.001), dict(base, U=0.001)])
+    assert batches == [3]

@@ -81,6 +81,13 @@ AXIAL_NODES = 6
 # (the peak centroid then moves exactly as under the continuous kernel; unscaled: 0.159 for n = 6).
 _AXIAL_U0 = [(1.0 - math.sqrt(1.0 - (j + 0.5) / AXIAL_NODES)) ** 2 for j in range(AXIAL_NODES)]
 _AXIAL_U = tuple(u * (AXIAL_NODES / 6.0) / sum(_AXIAL_U0) for u in _AXIAL_U0)
+#: A reflection whose axial kernel spans at most this fraction of its FWHM (|εm| ≤ 0.025 H) is one
+#: sub-peak at the kernel's mean εm/6: the kernel's variance 7εm²/180 then changes the profile by
+#: at most 0.156 (εm/H)² < 1e-4 of its height (Lorentzian; 0.108 (εm/H)² Gaussian: second-order
+#: expansion, checked against the exact convolution in the tests), the size of the error of the
+#: six sub-peaks themselves at 0.06 H.  Synchrotron peaks with a small refined asymmetry then cost
+#: one sub-peak instead of six.
+AXIAL_ONE_NODE = 0.025
 
 
 # ---------------------------------------------------------------------------
@@ -790,7 +797,9 @@ def xrd_profile(
         axial-divergence aberration of a point source and receiving slit; a tail
         to low angle below 90° 2θ, to high angle above), discretised as
         :data:`AXIAL_NODES` equal-weight sub-peaks at the kernel's quantile
-        midpoints (scaled to the kernel's mean).  Its centroid shift is εm/6.
+        midpoints (scaled to the kernel's mean), or one sub-peak at the mean where
+        the kernel is much narrower than the peak (:data:`AXIAL_ONE_NODE`).  Its
+        centroid shift is εm/6.
     displacement_deg : float or (B,) tensor
         Specimen displacement: peaks move by ``displacement_deg · cosθ`` degrees
         2θ (for a displacement s on a goniometer of radius R,
@@ -805,7 +814,7 @@ def xrd_profile(
     if peak_shape not in ("pv", "tch"):
         raise ValueError(f"peak_shape: must be 'pv' or 'tch', got {peak_shape!r}")
     dtype, device = refl.q.dtype, refl.q.device
-    x = torch.as_tensor(x, dtype=dtype, device=device)
+    x = torch.as_tensor(x, dtype=dtype, device=device).contiguous()
     _check_grid(x, "x")
     if x_kind == "2theta" and (float(x[0]) < 0 or float(x[-1]) >= 180):
         raise ValueError("x: 2θ grid must lie within [0, 180) degrees")
@@ -885,6 +894,8 @@ def xrd_profile(
         else:
             h_size = None
         h_inst_deg = h_inst
+        if axial_t is not None:  # the narrowest width of the peak (degrees 2θ): which kernels act as a shift
+            h_low = h_inst if h_size is None else (h_size if no_inst else torch.maximum(h_inst, h_size))
         if x_kind == "q":
             # positions: Q that the Kα1 wavelength assigns to the observed 2θ
             tt_rad = (tt / _DEG).clamp(0, math.pi)
@@ -898,7 +909,14 @@ def xrd_profile(
         if axial_t is not None:
             # simple axial model: equal-weight sub-peaks at ε = εm·u_j, εm = −A cot 2θ
             eps_m = -axial_t[c] / torch.tan(2 * theta)
-            subs = [(tt + eps_m * u, inten / len(_AXIAL_U)) for u in _AXIAL_U]
+            one = eps_m.detach().abs() <= AXIAL_ONE_NODE * h_low.detach()
+            if bool(one.all()):
+                subs = [(tt + eps_m / 6.0, inten)]
+            else:
+                wide = torch.where(one, torch.zeros_like(inten), inten / len(_AXIAL_U))  # zero: skipped
+                subs = [(tt + eps_m * u, wide) for u in _AXIAL_U]
+                if bool(one.any()):
+                    subs.append((tt + eps_m / 6.0, torch.where(one, inten, torch.zeros_like(inten))))
         else:
             subs = [(tt, inten)]
         for tt_j, inten_j in subs:
@@ -1247,6 +1265,54 @@ def _q_of_2theta(tt_deg: float, lam: float) -> float:
     return _FOUR_PI * math.sin(math.radians(min(tt_deg, 179.999) / 2)) / lam
 
 
+def _pattern_reflections(batch: CrystalBatch, x: torch.Tensor, *, x_kind, wavelength, size_nm, zero_deg, radiation,
+                         lorentz_polarization, q_max, table, march_dollase, po_hkl) -> Reflections:
+    """The peak list :func:`xrd_pattern` profiles: reflections over the grid's Q range (plus a margin for
+    the tails of size-broadened peaks), weighted by preferred orientation."""
+    _check_grid(x, "x")
+    if x_kind not in ("2theta", "q"):
+        raise ValueError(f"x_kind: must be '2theta' or 'q', got {x_kind!r}")
+    if size_nm is not None:
+        st = torch.as_tensor(size_nm).detach()
+        if bool((st <= 0).any()):
+            raise ValueError(f"size_nm: crystallite size must be positive, got {size_nm}")
+    lam = float(wavelength)
+    if not lam > 0:
+        raise ValueError(f"wavelength: must be positive, got {wavelength}")
+    if q_max is None:
+        if x_kind == "2theta":
+            zmin = float(torch.as_tensor(zero_deg).detach().min())
+            qm = _q_of_2theta(float(x[-1]) - min(zmin, 0.0) + 1.0, lam)
+            q_lo = _q_of_2theta(max(float(x[0]) - abs(zmin) - 1.0, 0.0), lam)
+        else:
+            qm = float(x[-1]) + 0.05
+            q_lo = max(float(x[0]) - 0.05, 0.0)
+        # per-crystal margin for the tails of size-broadened peaks (so a crystal's
+        # pattern does not depend on the other crystals of the batch)
+        B = batch.num_crystals
+        if size_nm is not None:
+            st = _as_param(size_nm, B, torch.float64, "cpu", "size_nm").detach()
+            margin = 3.0 * _TWO_PI / (10.0 * st)
+        else:
+            margin = torch.zeros(B, dtype=torch.float64)
+        q_cap = _FOUR_PI / lam * (1 - 1e-9)
+        q_max = (qm + margin).clamp(max=q_cap) if (lorentz_polarization or x_kind == "2theta") else qm + margin
+        q_min = (q_lo - margin).clamp(min=0.0)
+        q_max = q_max.to(dtype=batch.dtype, device=batch.device)
+        q_min = q_min.to(dtype=batch.dtype, device=batch.device)
+    else:
+        q_min = 0.0
+    use_po = not _is_one(march_dollase)
+    # preferred orientation weights each reciprocal-lattice point by its own angle: no merging
+    refl = reflections(batch, q_max, q_min=q_min, radiation=radiation, table=table,
+                       **({"merge": False} if use_po else {}))
+    if use_po:
+        refl = _march_dollase(refl, batch, march_dollase, po_hkl)
+        if not (torch.is_grad_enabled() and (batch.lattice.requires_grad or batch.frac.requires_grad)):
+            refl = _merge(refl)  # weighted: equivalents can now be summed into one peak
+    return refl
+
+
 def xrd_pattern(
     batch: CrystalBatch,
     x,
@@ -1316,47 +1382,9 @@ def xrd_pattern(
     """
     _check_batch(batch)
     x = torch.as_tensor(x, dtype=batch.dtype, device=batch.device)
-    _check_grid(x, "x")
-    if x_kind not in ("2theta", "q"):
-        raise ValueError(f"x_kind: must be '2theta' or 'q', got {x_kind!r}")
-    if size_nm is not None:
-        st = torch.as_tensor(size_nm).detach()
-        if bool((st <= 0).any()):
-            raise ValueError(f"size_nm: crystallite size must be positive, got {size_nm}")
-    lam = float(wavelength)
-    if not lam > 0:
-        raise ValueError(f"wavelength: must be positive, got {wavelength}")
-    if q_max is None:
-        if x_kind == "2theta":
-            zmin = float(torch.as_tensor(zero_deg).detach().min())
-            qm = _q_of_2theta(float(x[-1]) - min(zmin, 0.0) + 1.0, lam)
-            q_lo = _q_of_2theta(max(float(x[0]) - abs(zmin) - 1.0, 0.0), lam)
-        else:
-            qm = float(x[-1]) + 0.05
-            q_lo = max(float(x[0]) - 0.05, 0.0)
-        # per-crystal margin for the tails of size-broadened peaks (so a crystal's
-        # pattern does not depend on the other crystals of the batch)
-        B = batch.num_crystals
-        if size_nm is not None:
-            st = _as_param(size_nm, B, torch.float64, "cpu", "size_nm").detach()
-            margin = 3.0 * _TWO_PI / (10.0 * st)
-        else:
-            margin = torch.zeros(B, dtype=torch.float64)
-        q_cap = _FOUR_PI / lam * (1 - 1e-9)
-        q_max = (qm + margin).clamp(max=q_cap) if (lorentz_polarization or x_kind == "2theta") else qm + margin
-        q_min = (q_lo - margin).clamp(min=0.0)
-        q_max = q_max.to(dtype=batch.dtype, device=batch.device)
-        q_min = q_min.to(dtype=batch.dtype, device=batch.device)
-    else:
-        q_min = 0.0
-    use_po = not _is_one(march_dollase)
-    # preferred orientation weights each reciprocal-lattice point by its own angle: no merging
-    refl = reflections(batch, q_max, q_min=q_min, radiation=radiation, table=table,
-                       **({"merge": False} if use_po else {}))
-    if use_po:
-        refl = _march_dollase(refl, batch, march_dollase, po_hkl)
-        if not (torch.is_grad_enabled() and (batch.lattice.requires_grad or batch.frac.requires_grad)):
-            refl = _merge(refl)  # weighted: equivalents can now be summed into one peak
+    refl = _pattern_reflections(batch, x, x_kind=x_kind, wavelength=wavelength, size_nm=size_nm, zero_deg=zero_deg,
+                                radiation=radiation, lorentz_polarization=lorentz_polarization, q_max=q_max,
+                                table=table, march_dollase=march_dollase, po_hkl=po_hkl)
     return xrd_profile(
         refl, x, x_kind=x_kind, wavelength=wavelength, wavelength2=wavelength2, ka2_ratio=ka2_ratio,
         size_nm=size_nm, shape_factor=shape_factor, size_kernel=size_kernel, U=U, V=V, W=W, eta=eta,
@@ -1364,6 +1392,95 @@ def xrd_pattern(
         monochromator_2theta_deg=monochromator_2theta_deg, peak_window=peak_window, method=method,
         peak_shape=peak_shape, X=X, Y=Y, axial_deg=axial_deg, displacement_deg=displacement_deg,
     )
+
+
+#: Largest profile matrix (reflections x grid points) :func:`xrd_pattern_fixed_peaks` builds: 2**24
+#: float64 values, 128 MiB (a triclinic 20-atom cell to 0.7 Å on a 5,000-point scan needs ~1e7);
+#: beyond it the patterns are computed as :func:`xrd_pattern` does.
+FIXED_PEAKS_MAX_ELEMENTS = 1 << 24
+
+# Profile terms that must be one number for the whole batch of xrd_pattern_fixed_peaks (scale may vary).
+_PEAK_TERMS = ("size_nm", "U", "V", "W", "eta", "X", "Y", "zero_deg", "axial_deg", "displacement_deg",
+               "march_dollase")
+# xrd_pattern's arguments that choose the peak list rather than shape the profile.
+_REFLECTION_ARGS = ("radiation", "q_max", "table", "march_dollase", "po_hkl")
+
+
+def xrd_pattern_fixed_peaks(batch: CrystalBatch, x, *, scale=1.0, **kwargs) -> torch.Tensor:
+    """Patterns of crystals whose peaks lie at the same places with the same shapes, as a matrix product.
+
+    The crystals share one lattice and every profile term; they differ only in what sets the
+    peak intensities (fractional coordinates, Uiso, occupancies, elements) and in ``scale``.
+    Each reflection's profile on the grid (Kα2, asymmetry, Lorentz-polarisation included) is
+    then computed once, at unit intensity, as a (R, M) matrix P, and the patterns are
+    ``scale · |F|² @ P``.  A finite-difference Jacobian's coordinate, ADP and scale columns are
+    such a batch: each costs a structure-factor sum and a row of a matrix product instead of a
+    profile evaluation (RuBi2's triclinic candidates: ~45 of ~60 columns).
+
+    Equals :func:`xrd_pattern` (same arguments) up to rounding.  Only the window method gains:
+    where :func:`xrd_pattern` would use the FFT path (``method="fft"``, or ``"auto"`` with a
+    size), and where P would exceed :data:`FIXED_PEAKS_MAX_ELEMENTS`, the patterns are computed
+    by :func:`xrd_pattern` itself.
+
+    Parameters
+    ----------
+    batch : CrystalBatch
+        Crystals with identical lattices (no autograd on the lattice).
+    x : array-like, shape (M,)
+    scale : float or (B,) tensor
+    **kwargs
+        Keyword arguments of :func:`xrd_pattern`; the profile terms (size_nm, U, V, W, eta, X,
+        Y, zero_deg, axial_deg, displacement_deg, march_dollase) as single numbers.
+
+    Returns
+    -------
+    torch.Tensor, shape (B, M)
+
+    Raises
+    ------
+    ValueError
+        Crystals with different lattices, or a profile term with one value per crystal.
+    """
+    _check_batch(batch)
+    B = batch.num_crystals
+    lat = batch.lattice
+    if _tracked(lat):
+        raise ValueError("batch: the lattice must not carry derivatives (use xrd_pattern)")
+    if not bool((lat == lat[:1]).all()):
+        raise ValueError("batch: the crystals must share one lattice (use xrd_pattern)")
+    for key in _PEAK_TERMS:
+        v = kwargs.get(key)
+        if v is not None and torch.as_tensor(v).numel() > 1:
+            raise ValueError(f"{key}: must be one number for the whole batch, got {torch.as_tensor(v).numel()}")
+    x = torch.as_tensor(x, dtype=batch.dtype, device=batch.device).contiguous()
+    _check_grid(x, "x")
+    M = x.numel()
+    method = kwargs.get("method", "auto")
+    if method == "fft" or (method == "auto" and kwargs.get("size_nm") is not None and M > 1):
+        return xrd_pattern(batch, x, scale=scale, **kwargs)
+    defaults = {k: v.default for k, v in inspect.signature(xrd_pattern).parameters.items()
+                if v.default is not inspect.Parameter.empty}
+    ref_kw = {k: kwargs.get(k, defaults[k]) for k in _REFLECTION_ARGS}
+    ref_kw.update({k: kwargs.get(k, defaults[k]) for k in ("x_kind", "wavelength", "size_nm", "zero_deg",
+                                                            "lorentz_polarization")})
+    refl = _pattern_reflections(batch, x, **ref_kw)
+    counts = torch.bincount(refl.crystal, minlength=B)
+    R0 = int(counts[0])
+    if R0 * M > FIXED_PEAKS_MAX_ELEMENTS:
+        return xrd_pattern(batch, x, scale=scale, **kwargs)
+    order = torch.argsort(refl.crystal, stable=True)
+    q = refl.q[order].view(B, R0) if bool((counts == R0).all()) else None
+    if q is None or not torch.equal(q, q[:1].expand(B, R0)):  # one lattice gives one peak list
+        raise RuntimeError("xrd_pattern_fixed_peaks: crystals of one lattice gave different peak lists")
+    unit = Reflections(q[0], torch.ones_like(q[0]), torch.arange(R0, device=q.device), R0)
+    prof_kw = {k: v for k, v in kwargs.items() if k not in _REFLECTION_ARGS and k != "background"}
+    P = xrd_profile(unit, x, scale=1.0, background=None, **prof_kw)  # (R0, M): each peak at unit |F|²
+    y = (refl.intensity[order].view(B, R0) @ P) * _as_param(scale, B, P.dtype, P.device, "scale")[:, None]
+    background = kwargs.get("background")
+    if background is not None:
+        bg = torch.as_tensor(background, dtype=y.dtype, device=y.device)
+        y = y + _chebyshev(x, bg[None].expand(B, -1) if bg.dim() == 1 else bg)
+    return y
 
 
 #: Scalar parameters of :func:`xrd_pattern` that :func:`xrd_pattern_jvp` differentiates.

@@ -291,8 +291,7 @@ class XRDGenerator(TorchGenerator):
         bkg_keys = [f"bkg_{k}" for k in range(self.nbkg)]
         shared = [k for k in self._profile_defaults if k not in bkg_keys and k not in self._own_keys()]
         first, inv = _distinct([_phase_key(s, [*_PHASE_OWN, *shared]) for s in states])
-        y = TorchGenerator.compute_batch(self, x, [dict(states[i], **dict.fromkeys(bkg_keys, 0.0))
-                                                    for i in first])[inv]
+        y = self._main_patterns(x, [dict(states[i], **dict.fromkeys(bkg_keys, 0.0)) for i in first])[inv]
         if self.nbkg:
             bkg = chebyshev_background(x, np.array([[float(s[k]) for k in bkg_keys] for s in states]),
                                        self.bkg_domain)
@@ -322,6 +321,53 @@ class XRDGenerator(TorchGenerator):
             yk = yk.detach().cpu().numpy()
             y = y + np.where(np.isfinite(yk), yk, 0.0)[inv]
         return y
+
+    def _main_patterns(self, x: np.ndarray, states: list[dict[str, Any]]) -> np.ndarray:
+        """The main phase's pattern (no background, no extra phase) of each state.
+
+        States whose peaks coincide (one lattice, the same profile terms: they differ only in
+        coordinates, ADPs, occupancies or scale, as a finite-difference Jacobian's structure
+        columns do) go through :func:`~diffpy_diffusion.physics.xrd.xrd_pattern_fixed_peaks`,
+        which profiles each reflection once for all of them; the others in one batch.  Only
+        window profiles (TCH, or no size broadening) are split so: the FFT path chooses its work
+        grid from the whole batch, and a finite-difference column must share its base's grid.
+        """
+        if self.peak_shape != "tch" and any(float(s["size_nm"]) > 0 for s in states):
+            return TorchGenerator.compute_batch(self, x, states)
+        bkg_keys = {f"bkg_{k}" for k in range(self.nbkg)}
+        extra_own = self._own_keys() - set(_PHASE_OWN)
+        peak_keys = [k for k in self._profile_defaults if k != "scale" and k not in bkg_keys and k not in extra_own]
+        groups: dict[bytes, list[int]] = {}
+        for i, s in enumerate(states):
+            key = np.ascontiguousarray(s["lattice"], dtype=float).tobytes()
+            groups.setdefault(key + np.array([float(s[k]) for k in peak_keys]).tobytes(), []).append(i)
+        y = np.empty((len(states), len(x)))
+        alone = [i for g in groups.values() if len(g) == 1 for i in g]
+        if alone:
+            y[alone] = TorchGenerator.compute_batch(self, x, [states[i] for i in alone])
+        for g in groups.values():
+            if len(g) > 1:
+                y[g] = self._fixed_peaks(x, [states[i] for i in g])
+        return y
+
+    def _fixed_peaks(self, x: np.ndarray, states: list[dict[str, Any]]) -> np.ndarray:
+        """Main-phase patterns of states that share their peaks (:meth:`_main_patterns`)."""
+        import torch
+
+        from ..physics.crystal import CrystalBatch
+        from ..physics.xrd import xrd_pattern_fixed_peaks
+
+        batch = CrystalBatch.from_arrays(
+            [s["lattice"] for s in states], [s["frac"] for s in states], [s["numbers"] for s in states],
+            occupancies=[s["occupancy"] for s in states], uisos=[np.clip(s["uiso"], 0.0, None) for s in states],
+            dtype=torch.float64,
+        )
+        kw = self._pattern_kwargs(states[0])
+        kw.pop("scale")
+        with torch.no_grad():
+            y = xrd_pattern_fixed_peaks(batch, _t(x), scale=_t(np.array([float(s["scale"]) for s in states])), **kw)
+        y = y.cpu().numpy()
+        return np.where(np.isfinite(y), y, 0.0)
 
     def _own_keys(self) -> set[str]:
         """Parameters that belong to one phase only: the main phase's and every extra phase's."""
@@ -413,7 +459,7 @@ class XRDGenerator(TorchGenerator):
         eta = float(state["eta"])
         clip = {"uiso": uiso < 0, "size_nm": size <= 0, "eta": not 0.0 <= eta <= 1.0,
                 "march_dollase": float(state["march_dollase"]) < 1e-3}
-        kw = self._jvp_kwargs(state)
+        kw = self._pattern_kwargs(state)
         jt = {}
         for k, v in tans.items():
             if k not in ("lattice", "frac", "uiso") and (k not in JVP_PARAMETERS or k not in kw):
@@ -451,8 +497,9 @@ class XRDGenerator(TorchGenerator):
             dy += tb @ V
         return y, np.where(np.isfinite(dy), dy, 0.0)
 
-    def _jvp_kwargs(self, state: dict[str, Any]) -> dict[str, Any]:
-        """The keyword arguments of :meth:`_pattern` for one state, as numbers (for the derivatives)."""
+    def _pattern_kwargs(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of :meth:`_pattern` for one state, as numbers (for the derivatives and
+        :func:`~diffpy_diffusion.physics.xrd.xrd_pattern_fixed_peaks`)."""
         size = float(state["size_nm"])
         po = float(state["march_dollase"])
         kw: dict[str, Any] = dict(
