@@ -188,6 +188,28 @@ def test_fixed_peak_patterns_equal_each_crystal_alone(kw):
     assert float((y[1] - y[0]).abs().max()) > 1e-6 * float(y[0].abs().max())  # the move is seen
 
 
+def test_fixed_peak_patterns_beyond_the_matrix_cap_are_computed_one_by_one(monkeypatch):
+    import diffpy_diffusion.physics.xrd as xrd
+
+    lat = np.diag([4.0, 5.0, 6.0])
+    batch = CrystalBatch.from_arrays([lat, lat], [[[0, 0, 0], [0.3, 0.2, 0.1]], [[0, 0, 0], [0.31, 0.2, 0.1]]],
+                                     [[29, 8]] * 2)
+    x = torch.arange(20.0, 60.0, 0.05, dtype=torch.float64)
+    profiled = []  # the number of "crystals" each profile call draws: R for the matrix, 2 one by one
+    orig = xrd.xrd_profile
+
+    def spy(refl, *a, **k):
+        profiled.append(refl.num_crystals)
+        return orig(refl, *a, **k)
+
+    monkeypatch.setattr(xrd, "xrd_profile", spy)
+    built = xrd_pattern_fixed_peaks(batch, x, W=0.01)
+    monkeypatch.setattr(xrd, "FIXED_PEAKS_MAX_ELEMENTS", 1)
+    capped = xrd_pattern_fixed_peaks(batch, x, W=0.01)
+    assert profiled[0] > 2 and profiled[1:] == [2]
+    assert float((capped - built).abs().max()) <= 1e-12 * float(built.abs().max())
+
+
 def test_fixed_peak_patterns_refuse_what_moves_the_peaks():
     lat = np.eye(3) * 4.0
     two = CrystalBatch.from_arrays([lat, lat * 1.01], [[[0, 0, 0]]] * 2, [[29]] * 2)
