@@ -947,14 +947,18 @@ def xrd_profile(
                 eta_s, h_i is None, size_kernel, min_fwhm, peak_window, M, chunk_elements,
             )
         y = out.view(B, M)
-    if background is not None:
-        bg = torch.as_tensor(background, dtype=dtype, device=device)
-        if bg.dim() == 1:
-            bg = bg[None].expand(B, -1)
-        if bg.dim() != 2 or bg.shape[0] != B:
-            raise ValueError(f"background: need (B, K) Chebyshev coefficients, got {tuple(bg.shape)}")
-        y = y + _chebyshev(x, bg)
-    return y
+    return y if background is None else _add_background(y, x, background)
+
+
+def _add_background(y: torch.Tensor, x: torch.Tensor, background) -> torch.Tensor:
+    """``y`` (B, M) plus the Chebyshev background of (K,) or (B, K) coefficients over the grid ``x``."""
+    B = y.shape[0]
+    bg = torch.as_tensor(background, dtype=y.dtype, device=y.device)
+    if bg.dim() == 1:
+        bg = bg[None].expand(B, -1)
+    if bg.dim() != 2 or bg.shape[0] != B:
+        raise ValueError(f"background: need (B, K) Chebyshev coefficients, got {tuple(bg.shape)}")
+    return y + _chebyshev(x, bg)
 
 
 def _positions_widths(tt, h_inst_deg, size_c, x_kind, lam1, shape_factor, size_kernel):
@@ -1452,8 +1456,7 @@ def xrd_pattern_fixed_peaks(batch: CrystalBatch, x, *, scale=1.0, **kwargs) -> t
         v = kwargs.get(key)
         if v is not None and torch.as_tensor(v).numel() > 1:
             raise ValueError(f"{key}: must be one number for the whole batch, got {torch.as_tensor(v).numel()}")
-    x = torch.as_tensor(x, dtype=batch.dtype, device=batch.device).contiguous()
-    _check_grid(x, "x")
+    x = torch.as_tensor(x, dtype=batch.dtype, device=batch.device).contiguous()  # checked by either path below
     M = x.numel()
     method = kwargs.get("method", "auto")
     if method == "fft" or (method == "auto" and kwargs.get("size_nm") is not None and M > 1):
@@ -1477,10 +1480,7 @@ def xrd_pattern_fixed_peaks(batch: CrystalBatch, x, *, scale=1.0, **kwargs) -> t
     P = xrd_profile(unit, x, scale=1.0, background=None, **prof_kw)  # (R0, M): each peak at unit |F|²
     y = (refl.intensity[order].view(B, R0) @ P) * _as_param(scale, B, P.dtype, P.device, "scale")[:, None]
     background = kwargs.get("background")
-    if background is not None:
-        bg = torch.as_tensor(background, dtype=y.dtype, device=y.device)
-        y = y + _chebyshev(x, bg[None].expand(B, -1) if bg.dim() == 1 else bg)
-    return y
+    return y if background is None else _add_background(y, x, background)
 
 
 #: Scalar parameters of :func:`xrd_pattern` that :func:`xrd_pattern_jvp` differentiates.

@@ -94,16 +94,7 @@ class TorchGenerator(MetadataCompatMixin, ProfileGenerator):
         """Profiles for several parameter states at once, shape (len(states), len(x))."""
         import torch
 
-        from ..physics.crystal import CrystalBatch
-
-        batch = CrystalBatch.from_arrays(
-            [s["lattice"] for s in states],
-            [s["frac"] for s in states],
-            [s["numbers"] for s in states],
-            occupancies=[s["occupancy"] for s in states],
-            uisos=[np.clip(s["uiso"], 0.0, None) for s in states],
-            dtype=torch.float64,
-        )
+        batch = _state_batch(states)
         pars = {k: np.array([s[k] for s in states], dtype=float) for k in self._profile_defaults}
         with torch.no_grad():
             y = self._physics(batch, np.asarray(x, dtype=float), pars)
@@ -158,6 +149,20 @@ def _structure_arrays(stru) -> dict[str, np.ndarray]:
         "occupancy": np.array([a.occupancy for a in stru], dtype=float),
         "uiso": np.array([a.Uisoequiv for a in stru], dtype=float),
     }
+
+
+def _state_batch(states: list[dict[str, Any]]):
+    """float64 CrystalBatch of structure arrays (:func:`_structure_arrays` keys); Uiso < 0 clipped to 0
+    (what the forward models see)."""
+    import torch
+
+    from ..physics.crystal import CrystalBatch
+
+    return CrystalBatch.from_arrays(
+        [s["lattice"] for s in states], [s["frac"] for s in states], [s["numbers"] for s in states],
+        occupancies=[s["occupancy"] for s in states], uisos=[np.clip(s["uiso"], 0.0, None) for s in states],
+        dtype=torch.float64,
+    )
 
 
 def _t(a: np.ndarray):
@@ -300,8 +305,6 @@ class XRDGenerator(TorchGenerator):
             return y
         import torch
 
-        from ..physics.crystal import CrystalBatch
-
         for k, name in enumerate(self.extra_phases):
             if all(s[f"scale_{name}"] == 0 for s in states):
                 continue  # a phase switched off (e.g. while the main phase is solved alone)
@@ -309,11 +312,7 @@ class XRDGenerator(TorchGenerator):
             first, inv = _distinct([_phase_key(s, keys, k) for s in states])
             distinct = [states[i] for i in first]
             subs = [s["phases"][k] for s in distinct]
-            batch = CrystalBatch.from_arrays(
-                [s["lattice"] for s in subs], [s["frac"] for s in subs], [s["numbers"] for s in subs],
-                occupancies=[s["occupancy"] for s in subs], uisos=[np.clip(s["uiso"], 0.0, None) for s in subs],
-                dtype=torch.float64,
-            )
+            batch = _state_batch(subs)
             pars = {p: np.array([s[p] for s in distinct], dtype=float) for p in self._profile_defaults}
             with torch.no_grad():
                 yk = self._pattern(batch, x, pars, pars[f"scale_{name}"], pars[f"size_nm_{name}"],
@@ -354,14 +353,9 @@ class XRDGenerator(TorchGenerator):
         """Main-phase patterns of states that share their peaks (:meth:`_main_patterns`)."""
         import torch
 
-        from ..physics.crystal import CrystalBatch
         from ..physics.xrd import xrd_pattern_fixed_peaks
 
-        batch = CrystalBatch.from_arrays(
-            [s["lattice"] for s in states], [s["frac"] for s in states], [s["numbers"] for s in states],
-            occupancies=[s["occupancy"] for s in states], uisos=[np.clip(s["uiso"], 0.0, None) for s in states],
-            dtype=torch.float64,
-        )
+        batch = _state_batch(states)
         kw = self._pattern_kwargs(states[0])
         kw.pop("scale")
         with torch.no_grad():
@@ -441,7 +435,6 @@ class XRDGenerator(TorchGenerator):
         """
         import torch
 
-        from ..physics.crystal import CrystalBatch
         from ..physics.xrd import JVP_PARAMETERS, xrd_pattern_jvp
 
         if state.get("phases"):
@@ -470,9 +463,7 @@ class XRDGenerator(TorchGenerator):
             if k == "uiso":
                 t[:, clip["uiso"]] = 0.0
             jt[k] = torch.as_tensor(t)
-        batch = CrystalBatch.from_arrays([state["lattice"]], [state["frac"]], [state["numbers"]],
-                                         occupancies=[state["occupancy"]], uisos=[np.clip(uiso, 0.0, None)],
-                                         dtype=torch.float64)
+        batch = _state_batch([state])
         if len(nl) and not jt:  # directions that move only what the model ignores
             jt = {"scale": torch.zeros(len(nl), dtype=torch.float64)}
         y_t, dy_t = xrd_pattern_jvp(batch, x, jt if len(nl) else {}, **kw)
@@ -612,7 +603,6 @@ class TorchPDFGenerator(TorchGenerator):
         """
         import torch
 
-        from ..physics.crystal import CrystalBatch
         from ..physics.pdf import pdf_gr_jvp
 
         tangents = dict(tangents)
@@ -631,9 +621,7 @@ class TorchPDFGenerator(TorchGenerator):
                 tangents["frac"] = np.asarray(tangents["frac"], float)[:, keep] @ np.linalg.inv(M)
             if tangents.get("uiso") is not None:
                 tangents["uiso"] = np.asarray(tangents["uiso"], float)[:, keep]
-        batch = CrystalBatch.from_arrays([state["lattice"]], [state["frac"]], [state["numbers"]],
-                                         occupancies=[state["occupancy"]], uisos=[np.clip(state["uiso"], 0.0, None)],
-                                         dtype=torch.float64)
+        batch = _state_batch([state])
         sp = float(state["spdiameter"])
         used = ("lattice", "frac", "uiso", "scale", "delta1", "delta2", "qbroad", "qdamp")
         used += ("spdiameter",) if sp > 0 else ()
