@@ -81,6 +81,8 @@ CHUNK_ABOVE_ATOMS = 8
 CHUNK_CELLS = 32
 
 
+#: Draws of a Wyckoff placement before one that repeats in a smaller cell is accepted (all may).
+MAX_REDRAWS = 20
 #: spglib tolerance (Å) at which a space-group hint first looks at Wyckoff-sampled proposals (exact to rounding).
 EXACT_TOLERANCE = 1e-4
 
@@ -534,12 +536,13 @@ class DiffusionBackend:
             z, combos = zopt[int(rng.choice(len(zopt), p=wz / wz.sum()))]
             key = (g, z)
             if key not in prior:
-                # placements that repeat in a smaller cell belong to another group: left out unless all do
-                w = combination_weights(g, combos) * np.array([not cached_template(g, c).extra_translations
-                                                               for c in combos])
-                prior[key] = w / w.sum() if w.sum() > 0 else combination_weights(g, combos)
-            orbits = combos[int(rng.choice(len(combos), p=prior[key]))]
-            jobs.append((cached_template(g, orbits), z))
+                prior[key] = combination_weights(g, combos)
+            # placements that repeat in a smaller cell belong to another group: drawn again (a few times)
+            for _ in range(MAX_REDRAWS):
+                t = cached_template(g, combos[int(rng.choice(len(combos), p=prior[key]))])
+                if not t.extra_translations:
+                    break
+            jobs.append((t, z))
         by_size: dict[int, list] = {}
         for job in jobs:
             by_size.setdefault(job[0].natoms, []).append(job)

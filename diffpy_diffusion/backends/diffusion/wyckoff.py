@@ -73,9 +73,21 @@ def _general_ops(number: int) -> tuple[np.ndarray, np.ndarray]:
             np.array([o.translation_vector for o in ops], dtype=float))
 
 
+@cache
+def _centring_letters() -> dict[int, str]:
+    """Space-group number -> first letter of its Hermann-Mauguin symbol, from spglib's database."""
+    import spglib
+
+    out: dict[int, str] = {}
+    for hall in range(1, 531):
+        t = spglib.get_spacegroup_type(hall)
+        out.setdefault(int(t.number), t.international_short[0])
+    return out
+
+
 def centring_letter(number: int) -> str:
     """First letter of the group's Hermann-Mauguin symbol (its lattice centring)."""
-    return _group(number).symbol[0]
+    return _centring_letters()[int(number)]
 
 
 def lattice_points(number: int) -> int:
@@ -298,7 +310,7 @@ def template(number: int, orbits, *, rng: np.random.Generator | None = None) -> 
     rng = rng or np.random.default_rng(0)
     g = _group(number)
     by_label = {f"{w.multiplicity}{w.letter}": w for w in g}
-    T = np.array(PRIMITIVE_ROWS[g.symbol[0]], dtype=float)
+    T = np.array(PRIMITIVE_ROWS[centring_letter(number)], dtype=float)
     M = T.T  # conventional x = M x_primitive
     Mi = np.linalg.inv(M)
     R, t = _general_ops(number)
@@ -322,10 +334,10 @@ def template(number: int, orbits, *, rng: np.random.Generator | None = None) -> 
         site_p.append(Mi @ op0.translation_vector)
         imgs = np.einsum("kij,j->ki", Rp, y) + tp
         site = [k for k in range(len(Rp)) if _same(imgs[k], y)]
-        kept: list[int] = []
-        for k in range(len(Rp)):
-            if not any(_same(imgs[k], imgs[j]) for j in kept):
-                kept.append(k)
+        d = imgs[:, None, :] - imgs[None, :, :]
+        same = np.all(np.abs(_wrap(d)) < _TOL, axis=-1)  # (K, K)
+        first = np.argmax(same, axis=1)  # the first operation giving the same image
+        kept = [k for k in range(len(Rp)) if first[k] == k]
         expect = wp.multiplicity // lattice_points(number)
         if len(kept) != expect:
             raise ValueError(f"space group {number} {label}: {len(kept)} atoms in the primitive cell, "
@@ -481,6 +493,11 @@ def _pool_groups() -> tuple[np.ndarray, np.ndarray]:
         return d["spacegroup"].astype(int), np.diff(d["offsets"]).astype(int)
 
 
+@cache
+def _bravais_table() -> np.ndarray:
+    return np.array([bravais_of_group(g) for g in range(1, 231)])
+
+
 def likely_groups(bravais: str, natoms: int | None = None, k: int = 2) -> list[int]:
     """The ``k`` space groups of a Bravais type most frequent in the shipped library (the training pool).
 
@@ -490,7 +507,7 @@ def likely_groups(bravais: str, natoms: int | None = None, k: int = 2) -> list[i
     sg, nat = _pool_groups()
     if not len(sg):
         return []
-    types = np.array([bravais_of_group(int(g)) for g in range(1, 231)])[sg - 1]
+    types = _bravais_table()[sg - 1]
     sel = (types == bravais) & (sg >= 3)
     if natoms is not None and int(((nat == int(natoms)) & sel).sum()) >= 20:
         sel &= nat == int(natoms)
