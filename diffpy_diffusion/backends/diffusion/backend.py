@@ -377,7 +377,8 @@ class DiffusionBackend:
                 w = w * self._z_evidence(zobs, out[n_before:], zs)
             self._run_wyckoff(n - len(out), counts, zs, w, **kw)
             n_free = n1 = 0
-        n_sym = round(self.wyckoff_fraction * n_free) if (self.wyckoff_fraction > 0 or self.spacegroups) else 0
+        # (a crystal-system hint, or a group hint sampled the old way, is not mixed with other groups)
+        n_sym = round(self.wyckoff_fraction * n_free) if hint is None else 0
         self._pilot_ranked = []
         w = z_prior(zs, per_fu)
         if not n_free:
