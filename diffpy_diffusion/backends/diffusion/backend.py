@@ -32,9 +32,9 @@ exactly the observation's composition:
    step; ``hint_wyckoff``), and afterwards each proposal is symmetrised to the group where
    spglib finds it or a supergroup; matching proposals come first, ``provenance["hint"]``
    says what was done.
-7. Space-group-constrained candidates without a hint (``wyckoff_fraction``, a quarter of the
-   free candidates by default; issue 17 lever 3): they are sampled in Wyckoff form in groups
-   that retrieval and the pilot's lattices suggest.
+7. Optional space-group-constrained candidates without a hint (``wyckoff_fraction``, off by
+   default; issue 17 lever 3): part of the free candidates is sampled in Wyckoff form in
+   groups that retrieval and the pilot's lattices suggest.
 """
 
 from __future__ import annotations
@@ -192,10 +192,12 @@ class DiffusionBackend:
         Without a hint: the fraction of the free candidates (after the pilot) sampled in
         space-group-constrained form, in ``wyckoff_groups`` groups suggested by retrieval (the
         groups of the best-screening templates) and by the pilot's lattices (the most frequent
-        groups of their Bravais types); or in ``spacegroups`` when given.  Default 0.25 (32 of
-        128): on 40 validation-split cells of 10-20 atoms at 10 nm (diffusion+templates, leave-one-out)
-        it raised top-10 from 29 to 31 and the model's raw matches from 10 to 13, losing none
-        (``docs/model_card.md``).  0 turns it off.
+        groups of their Bravais types); or in ``spacegroups`` when given.  Off (0) by default:
+        0.25 raised top-10 from 29 to 31 of 40 validation-split cells of 10-20 atoms at 10 nm
+        (diffusion+templates, leave-one-out), left 40 validation targets at 1 nm unchanged, and
+        cost 2-5 s per target; on the evaluation set it lost one target at 10 nm and four top-1
+        answers at 1 nm, because the groups suggested are rarely the missed structures' groups
+        (``benchmarks/wyckoff_sampling.md``).  With 0 the sampler is bit-identical to before.
     wyckoff_groups : int
         Groups tried by ``wyckoff_fraction``.
     spacegroups : sequence of int or str, optional
@@ -212,7 +214,7 @@ class DiffusionBackend:
                  adapt_z_temperature: float = 0.05, corrector_steps: int = 1, corrector_lr: float = 1e-5,
                  pdf_condition: bool = True, seed_fraction: float = 0.0, seed_t=(0.3, 0.5),
                  seed_templates: int = 4, library: str | None = None, exclude=None,
-                 wyckoff_fraction: float = 0.25, wyckoff_groups: int = 4, spacegroups=None, hint_wyckoff: bool = True,
+                 wyckoff_fraction: float = 0.0, wyckoff_groups: int = 4, spacegroups=None, hint_wyckoff: bool = True,
                  **_ignored):
         self.checkpoint = Path(checkpoint) if checkpoint else DEFAULT_WEIGHTS
         self.steps = int(steps)
