@@ -484,13 +484,15 @@ class DiffusionBackend:
                     progress(len(chunk))
 
     def _candidate_groups(self) -> list[int]:
-        """Space groups to sample in: ``spacegroups``, else groups the pilot's lattices suggest.
+        """Space groups to sample in: ``spacegroups``, else retrieval's and the pilot's suggestions.
 
-        The best-screening pilot cells (the screen fitted their metric to the pattern's peak
-        positions) are P1 samples whose atoms are mostly wrong but whose lattice often is not.
-        The Bravais type of each of the 8 best (spglib on the lattice alone, 0.1 Å) gives, in
-        order of first appearance, the two groups of that type most frequent in the training pool
-        among cells of that size (:func:`.wyckoff.likely_groups`); at most ``wyckoff_groups``.
+        The groups of the best-screening retrieved templates (``_seed_groups``, set by
+        :meth:`sample`) alternate with those of the pilot's lattices: the Bravais type of each
+        of the 8 best-screening pilot cells (spglib on the lattice alone, 0.1 Å; the screen
+        fitted their metric to the pattern) gives, in order of first appearance, the two groups
+        of that type most frequent in the training pool among cells of that size
+        (:func:`.wyckoff.likely_groups`).  At most ``wyckoff_groups``.  For the cells the model
+        misses, those lattices are mostly wrong too (``benchmarks/wyckoff_sampling.md``).
         """
         if self.spacegroups:
             return list(self.spacegroups)
