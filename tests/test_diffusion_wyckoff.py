@@ -160,20 +160,47 @@ def _rutile_obs(**kw):
     return obs
 
 
-def test_space_group_hint_samples_every_candidate_in_that_group(backend):
+def test_space_group_hint_samples_half_the_candidates_in_that_group(backend):
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     from diffpy_diffusion.backends.diffusion.backend import EXACT_TOLERANCE
 
-    props = backend.sample(_rutile_obs(spacegroup=136, max_atoms=12), 8, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # free-coordinate candidates may not match
+        props = backend.sample(_rutile_obs(spacegroup=136, max_atoms=12), 8, seed=0)
     assert len(props) == 8
-    for p in props:
+    sym = [p for p in props if "wyckoff" in p.provenance]
+    assert len(sym) == 4  # the other half: free coordinates in the tetragonal metric (the Z pilot)
+    for p in sym:
         assert p.provenance["wyckoff"]["spacegroup"] == 136
         # placements that repeat in a smaller cell (e.g. Ti 2a + O 4d: I4/mmm) are not drawn
         assert p.provenance["hint"]["matched"] and p.provenance["hint"]["tolerance_A"] == EXACT_TOLERANCE
         found = SpacegroupAnalyzer(p.structure, symprec=1e-3).get_space_group_number()
         assert 136 in sh.t_subgroups(found)
         assert p.structure.composition.reduced_formula == "TiO2"
+    for p in props:
+        if not p.provenance["hint"]["matched"]:
+            a, b, c = p.structure.lattice.abc
+            assert abs(a - b) < 1e-6 and max(abs(x - 90) for x in p.structure.lattice.angles) < 1e-6
+
+
+def test_centred_group_hint_samples_its_free_half_in_primitive_cells(backend, monkeypatch):
+    import diffpy_diffusion.backends.diffusion.backend as bk
+
+    seen = []
+    real = bk.DiffusionBackend._reverse
+
+    def spy(self, nums_list, *a, metric=None, constraint=None, **kw):
+        seen.append((metric, constraint is not None))
+        return real(self, nums_list, *a, metric=metric, constraint=constraint, **kw)
+
+    monkeypatch.setattr(bk.DiffusionBackend, "_reverse", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        props = backend.sample(_rutile_obs(spacegroup=63, max_atoms=12), 8, seed=2)  # Cmcm
+    assert sum("wyckoff" in p.provenance for p in props) == 4
+    # the conventional C cell is not what the model knows: no metric on the free half
+    assert all(m is None for m, constrained in seen if not constrained) and any(c for _, c in seen)
 
 
 def test_hint_wyckoff_off_keeps_the_metric_only_path(backend, monkeypatch):

@@ -56,7 +56,7 @@ from .show import print_proposals
 @pdf_options
 @click.option("--spacegroup", "--sg", "spacegroup", default=None, metavar="SG",
               help="Space-group hint: number (186) or symbol (P6_3mc). The diffusion backend then samples "
-                   "every candidate in that group (Wyckoff positions, its primitive cell); templates keep "
+                   "half of its candidates in that group (Wyckoff positions, its primitive cell); templates keep "
                    "the prototypes of that group.")
 @click.option("--max-atoms", type=click.IntRange(1, 200), default=20, show_default=True,
               help="Largest number of atoms per cell to propose.")
