@@ -414,7 +414,7 @@ def test_z_evidence_prefers_the_cell_size_that_fits_the_pattern():
                        [[0, 0, i / 6] if i % 2 == 0 else [0.5, 0.5, i / 6] for i in range(6)])
     pilot = [Proposal(structure=st, backend="diffusion", provenance={"z": z})
              for st, z in ((prim, 1), (wrong2, 2), (wrong3, 3))]
-    ev = DiffusionBackend(adapt_z_temperature=0.05)._z_evidence(obs, pilot, [1, 2, 3, 4])
+    ev, _ = DiffusionBackend(adapt_z_temperature=0.05)._z_evidence(obs, pilot, [1, 2, 3, 4])
     assert ev[0] == pytest.approx(1.0)
     assert ev[1] < 0.5 and ev[2] < 0.5
     assert ev[3] == 1.0  # not sampled by the pilot: no evidence either way

@@ -345,18 +345,8 @@ class DiffusionBackend:
         metric = hint.metric if hint is not None else None
         c_un = c_null if use_pattern else None
 
-        def run(alloc):
-            # one batch per Z (chunked at batch_size): the network's cost grows as atoms², so a
-            # 4-atom cell must not be padded to the 20 atoms of another Z
-            chunks = [[(z, [el for el, c in counts.items() for _ in range(c * z)])] * min(self.batch_size, k - s)
-                      for z, k in alloc for s in range(0, k, self.batch_size)]
-            for chunk in chunks:
-                lat, frac = self._reverse([[numbers_fu[el] for el in sp] for _, sp in chunk], c_cond, c_un, guide, gen,
-                                          metric=metric)
-                for b, (z, sp) in enumerate(chunk):
-                    out.append(self._proposal(lat[b], frac[b, : len(sp)], sp, z, seed, len(out)))
-                if progress:
-                    progress(len(chunk))
+        def run(alloc, metric=metric):
+            self._run_free(alloc, counts, c_cond, c_un, guide, gen, metric, seed, out, progress)
 
         # a conditioned PDF: the pilot is screened against the powder pattern its G(r) implies
         zobs = observation
@@ -381,19 +371,18 @@ class DiffusionBackend:
                 # a centred group's conventional cell is far from the Niggli cells the model was trained
                 # on: the free half is sampled as without a hint (on 24 validation cells, Cmcm PuB4Os was
                 # matched by 11 of 64 free samples and by none in the conventional cell)
-                metric = None
-                run(allocate(n_half, zs_all, per_fu))
+                run(allocate(n_half, zs_all, per_fu), metric=None)
             else:
                 run(allocate(n_half, zs, per_fu))
             w = z_prior(zs_all, per_fu)
             if zobs.kind == "xrd" and len(zs_all) > 1:
-                w = w * self._z_evidence(zobs, out[n_before:], zs_all)
+                w = w * self._z_evidence(zobs, out[n_before:], zs_all)[0]
             self._run_wyckoff(n - len(out), counts, zs_all, w, [int(hint.spacegroup)], c_cond, c_un, guide, gen, seed,
                               out, progress)
             n_free = n1 = 0
         # (a crystal-system hint, or a group hint sampled the old way, is not mixed with other groups)
         n_sym = round(self.wyckoff_fraction * n_free) if hint is None else 0
-        self._pilot_ranked = []
+        pilot_ranked: list[Proposal] = []
         w = z_prior(zs, per_fu)
         if not n_free:
             pass
@@ -402,21 +391,22 @@ class DiffusionBackend:
                 # one Z: the pilot still runs, for the space groups its best cells suggest
                 n_before = len(out)
                 run(allocate(n1, zs, per_fu))
-                self._z_evidence(zobs, out[n_before:], zs)
+                pilot_ranked = self._z_evidence(zobs, out[n_before:], zs)[1]
             run(allocate(n - len(out) - n_sym, zs, per_fu))
         else:
             n_before = len(out)
             run(allocate(n1, zs, per_fu))
-            w = w * self._z_evidence(zobs, out[n_before:], zs)
+            ev, pilot_ranked = self._z_evidence(zobs, out[n_before:], zs)
+            w = w * ev
             run(allocate(n - len(out) - n_sym, zs, per_fu, weights=w))
         if n_sym:
-            self._seed_groups = []
+            seed_groups = []
             if not self.spacegroups and zobs.kind == "xrd":
                 seeds = self._template_seeds(observation, zobs, per_fu)
-                self._seed_groups = [int(sd[3]["template_spacegroup"]) for sd in seeds
-                                     if (sd[3].get("template_spacegroup") or 0) >= 3]
-            self._run_wyckoff(n - len(out), counts, zs, w, self._candidate_groups(), c_cond, c_un, guide, gen, seed,
-                              out, progress)
+                seed_groups = [int(sd[3]["template_spacegroup"]) for sd in seeds
+                               if (sd[3].get("template_spacegroup") or 0) >= 3]
+            self._run_wyckoff(n - len(out), counts, zs, w, self._candidate_groups(pilot_ranked, seed_groups), c_cond,
+                              c_un, guide, gen, seed, out, progress)
         if hint is not None:
             from ...refine.symmetry import LOOSE_TOLERANCES
             from .symmetry_hint import apply_hint
@@ -495,11 +485,11 @@ class DiffusionBackend:
                 if progress:
                     progress(len(chunk))
 
-    def _candidate_groups(self) -> list[int]:
+    def _candidate_groups(self, pilot_ranked: list[Proposal], seed_groups: list[int]) -> list[int]:
         """Space groups to sample in: ``spacegroups``, else retrieval's and the pilot's suggestions.
 
-        The groups of the best-screening retrieved templates (``_seed_groups``, set by
-        :meth:`sample`) alternate with those of the pilot's lattices: the Bravais type of each
+        The groups of the best-screening retrieved templates (``seed_groups``) alternate with those
+        of the pilot's lattices (``pilot_ranked``, the screened pilot, best first): the Bravais type of each
         of the 8 best-screening pilot cells (spglib on the lattice alone, 0.1 Å; the screen
         fitted their metric to the pattern) gives, in order of first appearance, the two groups
         of that type most frequent in the training pool among cells of that size
@@ -511,12 +501,12 @@ class DiffusionBackend:
         from .wyckoff import bravais_type, likely_groups
 
         from_pilot: list[int] = []
-        for p in self._pilot_ranked[:8]:
+        for p in pilot_ranked[:8]:
             for g in likely_groups(bravais_type(p.structure.lattice.matrix), len(p.structure)):
                 if g not in from_pilot:
                     from_pilot.append(g)
         out: list[int] = []
-        for g in itertools.chain.from_iterable(itertools.zip_longest(getattr(self, "_seed_groups", []), from_pilot)):
+        for g in itertools.chain.from_iterable(itertools.zip_longest(seed_groups, from_pilot)):
             if g is not None and g not in out:
                 out.append(g)
         return out[: self.wyckoff_groups]
@@ -583,38 +573,46 @@ class DiffusionBackend:
                           UserWarning, stacklevel=3)
         if rest > 0:
             # no group could take them: free samples, Z as the main round
-            per_fu = sum(counts.values())
-            alloc = allocate(rest, zs, per_fu, weights=np.asarray(z_weights, dtype=float))
-            for z, k in alloc:
-                sp = [el for el, c in counts.items() for _ in range(c * z)]
-                for s0 in range(0, k, self.batch_size):
-                    kk = min(self.batch_size, k - s0)
-                    lat, frac = self._reverse([[Element(e).Z for e in sp]] * kk, c_cond, c_un, guide, gen)
-                    for b in range(kk):
-                        out.append(self._proposal(lat[b], frac[b, : len(sp)], sp, z, seed, len(out)))
-                    if progress:
-                        progress(kk)
+            alloc = allocate(rest, zs, sum(counts.values()), weights=np.asarray(z_weights, dtype=float))
+            self._run_free(alloc, counts, c_cond, c_un, guide, gen, None, seed, out, progress)
 
-    def _z_evidence(self, observation, pilot: list[Proposal], zs: list[int]) -> np.ndarray:
-        """exp(−(Rwp_Z − Rwp_best) / T) per Z from a screen of the pilot; 1 for Z the pilot did not sample."""
+    def _run_free(self, alloc, counts, c_cond, c_un, guide, gen, metric, seed, out, progress) -> None:
+        """Candidates with free coordinates: ``k`` of each ``(Z, k)`` in ``alloc`` (``metric``: :meth:`_reverse`)."""
+        from pymatgen.core import Element
+
+        # one batch per Z (chunked at batch_size): the network's cost grows as atoms², so a
+        # 4-atom cell must not be padded to the 20 atoms of another Z
+        numbers_fu = {el: Element(el).Z for el in counts}
+        chunks = [[(z, [el for el, c in counts.items() for _ in range(c * z)])] * min(self.batch_size, k - s)
+                  for z, k in alloc for s in range(0, k, self.batch_size)]
+        for chunk in chunks:
+            lat, frac = self._reverse([[numbers_fu[el] for el in sp] for _, sp in chunk], c_cond, c_un, guide, gen,
+                                      metric=metric)
+            for b, (z, sp) in enumerate(chunk):
+                out.append(self._proposal(lat[b], frac[b, : len(sp)], sp, z, seed, len(out)))
+            if progress:
+                progress(len(chunk))
+
+    def _z_evidence(self, observation, pilot: list[Proposal], zs: list[int]) -> tuple[np.ndarray, list[Proposal]]:
+        """exp(−(Rwp_Z − Rwp_best) / T) per Z from a screen of the pilot (1 for Z the pilot did not
+        sample), and the screened pilot, best first."""
         from ...screen import screen
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ranked = screen(observation, [p.copy() for p in pilot], 1, do_dedupe=False).ranked
-        self._pilot_ranked = ranked
         best: dict[int, float] = {}
         for q in ranked:
             z = int(q.provenance["z"])
             best[z] = min(best.get(z, np.inf), float(q.scores["screen_rwp"]))
         if not best:
-            return np.ones(len(zs))
+            return np.ones(len(zs)), ranked
         r0 = min(best.values())
         ev = np.array([math.exp(-(best[z] - r0) / max(self.adapt_z_temperature, 1e-6)) if z in best else 1.0
                        for z in zs])
         for p in pilot:
             p.provenance["z_evidence"] = {int(z): round(float(e), 4) for z, e in zip(zs, ev)}
-        return ev
+        return ev, ranked
 
     def _reverse(self, nums_list, c_cond, c_null, guide, gen, metric=None, init=None, t_start: float = 1.0,
                  constraint=None):

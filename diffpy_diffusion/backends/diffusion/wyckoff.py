@@ -220,13 +220,6 @@ class WyckoffTemplate:
             self._torch["extra"] = found
         return self._torch["extra"]
 
-    # ------------------------------------------------------------------ numpy reference
-    def symmetrise(self, frac: np.ndarray) -> np.ndarray:
-        """Nearest symmetric coordinates (N, 3) to ``frac`` (N, 3) (numpy; see :meth:`project_frac`)."""
-        import torch
-
-        return self.project_frac(torch.as_tensor(frac, dtype=torch.float64)[None])[0].numpy()
-
     # ------------------------------------------------------------------ torch projections
     def _t(self, dtype):
         import torch
@@ -365,11 +358,6 @@ def template(number: int, orbits, *, rng: np.random.Generator | None = None) -> 
                            np.array(site_p), pg)
 
 
-def primitive_lattice(number: int, conventional) -> np.ndarray:
-    """Rows of the primitive cell (Å) of a conventional cell ``conventional`` (rows, Å) of group ``number``."""
-    return np.array(PRIMITIVE_ROWS[centring_letter(number)], dtype=float) @ np.asarray(conventional, dtype=float)
-
-
 @cache
 def cached_template(number: int, orbits: tuple) -> WyckoffTemplate:
     """:func:`template` kept between calls (its construction is deterministic)."""
@@ -415,6 +403,18 @@ class BatchConstraint:
 
 
 @cache
+def _library_fields() -> dict[str, np.ndarray]:
+    """``spacegroup``, ``wyckoff`` and atoms per cell of the shipped template library (empty if absent)."""
+    from ..templates import SHIPPED_LIBRARY
+
+    if not SHIPPED_LIBRARY.is_file():
+        return {"spacegroup": np.zeros(0, int), "wyckoff": np.zeros(0, "S1"), "natoms": np.zeros(0, int)}
+    with np.load(SHIPPED_LIBRARY, allow_pickle=False) as d:
+        return {"spacegroup": d["spacegroup"].astype(int), "wyckoff": d["wyckoff"],
+                "natoms": np.diff(d["offsets"]).astype(int)}
+
+
+@cache
 def letter_counts() -> dict[int, dict[str, int]]:
     """Orbits per (space group, Wyckoff letter) in the shipped template library (the training pool).
 
@@ -424,17 +424,13 @@ def letter_counts() -> dict[int, dict[str, int]]:
     """
     from collections import Counter
 
-    from ..templates import SHIPPED_LIBRARY
-
+    lib = _library_fields()
     out: dict[int, Counter] = {}
-    if not SHIPPED_LIBRARY.is_file():
-        return {}
-    with np.load(SHIPPED_LIBRARY, allow_pickle=False) as d:
-        for g, w in zip(d["spacegroup"], d["wyckoff"]):
-            c = out.setdefault(int(g), Counter())
-            for orb in w.decode().split("."):
-                if orb:
-                    c[orb.lstrip("0123456789")] += 1
+    for g, w in zip(lib["spacegroup"], lib["wyckoff"]):
+        c = out.setdefault(int(g), Counter())
+        for orb in w.decode().split("."):
+            if orb:
+                c[orb.lstrip("0123456789")] += 1
     return {g: dict(c) for g, c in out.items()}
 
 
@@ -456,7 +452,9 @@ def combination_weights(number: int, combos) -> np.ndarray:
     return w / w.sum()
 
 
-_SYSTEM_LETTER = (("a", 2), ("m", 15), ("o", 74), ("t", 142), ("h", 194), ("c", 230))
+#: Crystal family letter of each crystal system (trigonal lattices are hexagonal ones: hP or hR).
+_FAMILY = {"triclinic": "a", "monoclinic": "m", "orthorhombic": "o", "tetragonal": "t", "trigonal": "h",
+           "hexagonal": "h", "cubic": "c"}
 
 
 def bravais_of_group(number: int) -> str:
@@ -464,7 +462,9 @@ def bravais_of_group(number: int) -> str:
 
     A and B centring count as C (the same lattices in another setting); trigonal P groups are ``hP``.
     """
-    fam = next(letter for letter, top in _SYSTEM_LETTER if number <= top)
+    from ..common import crystal_system
+
+    fam = _FAMILY[crystal_system(number)]
     c = centring_letter(number)
     return fam + ("C" if c in "AB" else c)
 
@@ -484,16 +484,6 @@ def bravais_type(lattice, symprec: float = 0.1) -> str:
 
 
 @cache
-def _pool_groups() -> tuple[np.ndarray, np.ndarray]:
-    from ..templates import SHIPPED_LIBRARY
-
-    if not SHIPPED_LIBRARY.is_file():
-        return np.zeros(0, int), np.zeros(0, int)
-    with np.load(SHIPPED_LIBRARY, allow_pickle=False) as d:
-        return d["spacegroup"].astype(int), np.diff(d["offsets"]).astype(int)
-
-
-@cache
 def _bravais_table() -> np.ndarray:
     return np.array([bravais_of_group(g) for g in range(1, 231)])
 
@@ -504,7 +494,8 @@ def likely_groups(bravais: str, natoms: int | None = None, k: int = 2) -> list[i
     Counted among library cells of ``natoms`` atoms when there are at least 20 such cells of that
     type, else among all of them; P1 and P-1 are left out (free sampling covers them).
     """
-    sg, nat = _pool_groups()
+    lib = _library_fields()
+    sg, nat = lib["spacegroup"], lib["natoms"]
     if not len(sg):
         return []
     types = _bravais_table()[sg - 1]
