@@ -33,6 +33,43 @@ def test_linear_fit_recovers_coefficients():
     assert rwp[0] < 1e-8 and rwp[1] > 0.1
 
 
+def _reference_fit(scr, hist, kern):
+    """Stage A's fits the direct way: float64 FFTs, profiles interpolated onto the data, then the fit."""
+    prof = np.fft.irfft(np.fft.rfft(hist)[..., None, :] * kern, n=scr.nq)
+    return S._linear_fit(scr._on_q(prof), scr.y, scr.bkg)
+
+
+@pytest.mark.parametrize("x_kind, known", [("2theta", False), ("q", True)])
+def test_fit_histograms_equals_the_fit_on_interpolated_profiles(x_kind, known):
+    # the normal equations formed on the FFT grid (WᵀW tridiagonal, Wᵀy) give the fits of the profiles
+    # interpolated onto the data points, the definition; Kα2 sticks, known-phase basis rows and a
+    # perfect fit (the residual then comes from the prediction) included
+    truth = _nacl()
+    obs = noisy_pxrd(truth)
+    if x_kind == "q":
+        obs = Observation(x=obs.q(), y=obs.y, kind="xrd", x_kind="q", composition=obs.composition)
+    else:
+        obs.wavelength2, obs.ka2_ratio = obs.wavelength * 1.0025, 0.5
+    other = Structure(Lattice(truth.lattice.matrix * 1.01), truth.species, truth.frac_coords)
+    scr = S._XRDScreen(obs, known_phases=[other] if known else ())
+    assert len(scr.known) == int(known)
+    (qb, ib, _), = scr.peaks([truth])
+    hist = scr._stick_histogram(qb, ib, np.array([0.97, 1.0, 1.02]))
+    kern = scr._kernels(scr.sizes)
+    coef, rwp = scr.fit_histograms(hist, kern)
+    coef_ref, rwp_ref = _reference_fit(scr, hist, kern)
+    assert rwp.shape == rwp_ref.shape == (3, kern.shape[0])
+    assert np.abs(rwp - rwp_ref).max() < 1e-5
+    assert np.allclose(coef, coef_ref, rtol=1e-4, atol=1e-6 * np.abs(coef_ref).max())
+    # a pattern the model explains exactly
+    prof = np.fft.irfft(np.fft.rfft(hist[1]) * kern[4], n=scr.nq)
+    scr.y = 3.0 * scr._on_q(prof) + 0.2
+    scr._readout_cache = None
+    coef, rwp = scr.fit_histograms(hist, kern)
+    assert rwp[1, 4] < 1e-5 and coef[1, 4, 0] == pytest.approx(3.0, rel=1e-4)
+    assert rwp.min() == rwp[1, 4]
+
+
 def test_point_group_projection_keeps_cubic_metric():
     ops = S._point_group_ops(_nacl())
     assert len(ops) == 48
