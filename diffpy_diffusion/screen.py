@@ -704,8 +704,9 @@ def _strained_metric(lat0, G0, eps, ops):
 #: the Scherrer Lorentzian, the sinc² Laue function and a Gaussian of the Scherrer FWHM, as the
 #: refinement's ``size_kernel="auto"`` (:data:`diffpy_diffusion.refine.staged.SIZE_KERNELS`).
 SCREEN_KERNELS = ("scherrer", "sinc2", "gauss")
-#: Candidates whose stage-A profiles are computed together (fewer, larger FFT calls; memory
-#: ∝ chunk × scales × kernels × FFT grid: 31 MB for 4 × 32 × 15 × 4096 float32 values).
+#: Candidates whose stage-A profiles are computed in one call.  One: the fits are memory-bound, and
+#: 4 or 8 candidates at once (31-62 MB of profiles) took 1.5 and 3.3 times as long (NaCu2P2 lab
+#: pattern, 200 templates, 2026-12-05).
 STAGE_A_CHUNK = 1
 #: Profiles per block of :meth:`_XRDScreen.fit_histograms` (64 × 4096 float32 = 1 MB, about a
 #: core's L2 cache).
