@@ -36,14 +36,26 @@ def _finished(out: Path) -> int:
     return len(list(out.glob("*/results.json"))) if out.is_dir() else 0
 
 
-def _kill_at(cmd: list[str], out: Path, rng: random.Random, n_patterns: int) -> dict:
-    """Start ``cmd``, SIGKILL it at a random point; return what was finished at the kill."""
+def _seconds_per_pattern(out: Path) -> float:
+    """Median of the patterns' own ``seconds`` in a finished batch folder (their screening)."""
+    times = sorted(json.loads(p.read_text(encoding="utf-8"))["seconds"] for p in out.glob("*/results.json"))
+    return max(times[len(times) // 2], 0.005)
+
+
+def _kill_at(cmd: list[str], out: Path, rng: random.Random, n_patterns: int, per_pattern_s: float) -> dict:
+    """Start ``cmd``, SIGKILL it at a random point; return what was finished at the kill.
+
+    ``per_pattern_s``: how long a pattern takes (:func:`_seconds_per_pattern`); the "after k" kills
+    land up to 1.5 patterns after the k-th result, so they fall inside the batch (and now and then
+    inside a write) however fast the screen is: a fixed 0-0.3 s outlasted the rest of the batch once
+    a pattern took 30 ms.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "diffpy_diffusion", *cmd], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=env)
     mode = rng.choice(["early", "after_k", "after_k"])
     target = rng.randint(1, n_patterns - 1)
-    extra = rng.uniform(0.0, 0.3)  # lands inside a write now and then
+    extra = rng.uniform(0.0, 1.5 * per_pattern_s)  # lands inside a write now and then
     deadline = time.time() + 300
     t0 = time.time()
     try:
@@ -68,6 +80,7 @@ def test_kill9_then_resume_five_trials(tmp_path, batch_patterns):
     r = cli(*_args(batch_patterns, ref))
     assert r.returncode == 0, r.stderr
     expected = tree_snapshot(ref)
+    per_pattern_s = _seconds_per_pattern(ref)
     names = sorted(p.stem for p in batch_patterns.glob("*.xy"))
     assert sorted(p.parent.name for p in ref.glob("*/results.json")) == names
 
@@ -75,9 +88,9 @@ def test_kill9_then_resume_five_trials(tmp_path, batch_patterns):
     for trial in range(N_TRIALS):
         rng = random.Random(1000 + trial)
         out = tmp_path / f"trial{trial}"
-        kills = [_kill_at(_args(batch_patterns, out), out, rng, n)]
+        kills = [_kill_at(_args(batch_patterns, out), out, rng, n, per_pattern_s)]
         if trial == N_TRIALS - 1:  # the last trial is killed twice before it may finish
-            kills.append(_kill_at(_args(batch_patterns, out), out, rng, n))
+            kills.append(_kill_at(_args(batch_patterns, out), out, rng, n, per_pattern_s))
         rerun = cli(*_args(batch_patterns, out)[:-1], "--json")
         assert rerun.returncode == 0, f"trial {trial}: rerun failed: {rerun.stderr[-2000:]}"
         report = json.loads(rerun.stdout)
