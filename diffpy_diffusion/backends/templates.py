@@ -471,6 +471,7 @@ def _elem_props(z: int) -> tuple[float, float]:
     return float(x), r
 
 
+@cache  # ~15,000 calls while the pre-screen substitutes 640 templates
 def _symbol(z: int) -> str:
     from pymatgen.core.periodic_table import Element
 
