@@ -283,37 +283,112 @@ def _padded_atoms(batch: CrystalBatch):
     return slot, int(counts.max())
 
 
-def _intensity_rows(crystal, q, hklf, frac_pad, ftab, n_tab, gid_pad, sslot_pad, occ_pad, u_pad, rows):
-    """|F|² of X-ray reflections without autograd (see :func:`_intensity_padded`), ``rows`` at a time."""
-    out = []
-    for s in range(0, q.shape[0], rows):
-        cr, qq = crystal[s:s + rows], q[s:s + rows]
-        t = qq * qq * (1.0 / (_FOUR_PI * _FOUR_PI * _FTAB_DS2))
-        i0 = t.long()
-        wt = (t - i0.to(q.dtype))[:, None]
-        base = gid_pad.index_select(0, cr) * n_tab + i0[:, None]  # (r, S+1)
-        f0 = ftab[base]
-        f_spec = f0 + (ftab[base + 1] - f0) * wt
-        w = torch.gather(f_spec, 1, sslot_pad.index_select(0, cr))  # (r, atoms)
-        if occ_pad is not None:
-            w = w * occ_pad.index_select(0, cr)
-        if u_pad is not None:
-            w = w * torch.exp(-0.5 * u_pad.index_select(0, cr) * qq[:, None] ** 2)
-        phase = torch.bmm(frac_pad.index_select(0, cr), hklf[s:s + rows, :, None]).squeeze(-1) * _TWO_PI
-        a = (w * torch.cos(phase)).sum(-1)
-        b = (w * torch.sin(phase)).sum(-1)
-        out.append(2.0 * (a * a + b * b))  # x2: the Friedel mate -h
-    return torch.cat(out)
+# Reflections are bucketed by the atom count of their crystal; each bucket is padded to its own largest
+# cell (the atom counts of MP-20 and similar sets spread over 1-20+ atoms: padding every crystal to the
+# batch's largest cell doubled the (reflection, atom) pairs).
+_ATOM_BUCKETS = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+
+
+def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hklf: torch.Tensor, crystal: torch.Tensor, table: str,
+                    debye_waller: bool, chunk_elements: int) -> torch.Tensor:
+    """|F|² (Friedel mates included) of X-ray reflections without autograd; same result as
+    :func:`_intensity_padded`, computed for speed.
+
+    ``crystal`` must be non-decreasing (as :func:`_enumerate_hkl` returns it).  The reflections are
+    permuted once so that each atom-count bucket is a contiguous slice (no per-bucket gathers).  Form
+    factors come from :func:`_form_factor_table` (linear interpolation in s², relative error < 1e-5),
+    cut to the batch's elements and stored s²-major, so that the few species of a reflection are read
+    from one or two cache lines instead of one table row each.  Padding atoms point to a zero form
+    factor; unit occupancies are not multiplied.
+    """
+    B, dtype, device = batch.num_crystals, q.dtype, q.device
+    R = q.shape[0]
+    key = batch.batch * 256 + batch.numbers
+    uniq, atom_species = torch.unique(key, return_inverse=True)
+    spec_crystal = uniq // 256
+    spec_numbers = uniq % 256
+    spec_counts = torch.bincount(spec_crystal, minlength=B)
+    spec_slot = torch.arange(len(uniq), device=device) - (torch.cumsum(spec_counts, 0) - spec_counts)[spec_crystal]
+    S = int(spec_counts.max())
+    slot, nmax = _padded_atoms(batch)
+    # form factors: (T, E + 1) table of the batch's E elements, column E zero (padding)
+    elements = torch.unique(spec_numbers)
+    E = int(elements.numel())
+    s2_top = float((q.max() / _FOUR_PI) ** 2)
+    n_t = int(math.ceil(s2_top / _FTAB_DS2)) + 3  # i0 + 1 with a margin for rounding
+    ftab = _form_factor_table(elements, s2_top, table, dtype, device)
+    tab = torch.zeros(n_t, E + 1, dtype=dtype, device=device)
+    tab[:, :E] = ftab[elements, :n_t].t()
+    tab = tab.reshape(-1)
+    col_pad = torch.full((B, S + 1), E, dtype=torch.long, device=device)  # table column of each species slot
+    col_pad[spec_crystal, spec_slot] = torch.searchsorted(elements, spec_numbers)
+    sslot_pad = torch.full((B, nmax), S, dtype=torch.long, device=device)  # species slot of each atom; S: padding
+    sslot_pad[batch.batch, slot] = spec_slot[atom_species]
+    # fractional coordinates in radians per Miller index, one (B, nmax) array per axis
+    xyz_pad = batch.frac.new_zeros(3, B, nmax)
+    xyz_pad[:, batch.batch, slot] = (_TWO_PI * batch.frac).t()
+    occ_pad = None
+    if not bool((batch.occupancy == 1).all()):
+        occ_pad = batch.occupancy.new_zeros(B, nmax).index_put((batch.batch, slot), batch.occupancy)
+    u_pad = None
+    if debye_waller and bool((batch.uiso != 0).any()):
+        u_pad = batch.uiso.new_zeros(B, nmax).index_put((batch.batch, slot), batch.uiso)
+
+    # reflection order with the crystals sorted by bucket: each bucket is one slice
+    counts = batch.counts()
+    bucket = torch.bucketize(counts, torch.tensor(_ATOM_BUCKETS, device=device))
+    r_count = torch.bincount(crystal, minlength=B)
+    r_first = torch.cumsum(r_count, 0) - r_count
+    corder = torch.argsort(bucket, stable=True)
+    rc = r_count[corder]
+    perm = torch.arange(R, device=device) + torch.repeat_interleave(
+        r_first[corder] - (torch.cumsum(rc, 0) - rc), rc, output_size=R)
+    cr_all, q_all = crystal.index_select(0, perm), q.index_select(0, perm)
+    hkl_all = hklf.index_select(0, perm).t().contiguous()  # (3, R)
+    b_sorted = bucket[corder]
+    b_rows = torch.zeros(len(_ATOM_BUCKETS) + 1, dtype=torch.long, device=device).index_add_(0, b_sorted, rc)
+    b_atoms = torch.zeros(len(_ATOM_BUCKETS) + 1, dtype=torch.long, device=device).scatter_reduce_(
+        0, b_sorted, counts[corder], reduce="amax")
+    out = q.new_empty(R)
+    s0 = 0
+    for n_rows, n_b in zip(b_rows.tolist(), b_atoms.tolist()):
+        if n_rows == 0:
+            continue
+        xyz_b = xyz_pad[:, :, :n_b].contiguous()
+        sslot_b = sslot_pad[:, :n_b].contiguous()
+        rows = max(1, chunk_elements // (n_b * (S + 1)))
+        for s in range(s0, s0 + n_rows, rows):
+            e = min(s + rows, s0 + n_rows)
+            cr, qq = cr_all[s:e], q_all[s:e]
+            t = qq * qq * (1.0 / (_FOUR_PI * _FOUR_PI * _FTAB_DS2))
+            i0 = t.long()
+            wt = (t - i0.to(dtype))[:, None]
+            base = col_pad.index_select(0, cr) + (i0 * (E + 1))[:, None]  # (r, S + 1)
+            f0 = tab.index_select(0, base.reshape(-1)).view(base.shape)
+            f1 = tab.index_select(0, (base + (E + 1)).reshape(-1)).view(base.shape)
+            f_spec = torch.addcmul(f0, f1 - f0, wt)
+            w = torch.gather(f_spec, 1, sslot_b.index_select(0, cr))  # (r, n_b)
+            if occ_pad is not None:
+                w = w * occ_pad[:, :n_b].index_select(0, cr)
+            if u_pad is not None:
+                w = w * torch.exp(-0.5 * u_pad[:, :n_b].index_select(0, cr) * qq[:, None] ** 2)
+            phase = xyz_b[0].index_select(0, cr) * hkl_all[0, s:e, None]
+            phase.addcmul_(xyz_b[1].index_select(0, cr), hkl_all[1, s:e, None])
+            phase.addcmul_(xyz_b[2].index_select(0, cr), hkl_all[2, s:e, None])
+            cos = torch.cos(phase)
+            sin = torch.sin(phase)
+            a = torch.linalg.vecdot(w, cos)
+            b = torch.linalg.vecdot(w, sin)
+            out[s:e] = 2.0 * (a * a + b * b)  # x2: the Friedel mate -h
+        s0 += n_rows
+    return torch.empty_like(out).index_copy_(0, perm, out)
 
 
 def _intensity_padded(batch: CrystalBatch, q: torch.Tensor, hklf: torch.Tensor, crystal: torch.Tensor,
-                      radiation: str, table: str, debye_waller: bool, chunk_elements: int,
-                      fast: bool = False) -> torch.Tensor:
-    """|F|² (Friedel mates included), atoms padded to the largest cell, per reflection.
+                      radiation: str, table: str, debye_waller: bool, chunk_elements: int) -> torch.Tensor:
+    """|F|² (Friedel mates included), atoms padded to the largest cell, per reflection (with autograd).
 
-    ``fast`` (X-ray, no autograd): form factors from :func:`_form_factor_table` (linear
-    interpolation in s², relative error < 1e-5), padding atoms point to its zero row, and unit
-    occupancies are not multiplied.
+    The no-grad X-ray path is :func:`_intensity_fast`.
     """
     B, dtype, device = batch.num_crystals, q.dtype, q.device
     R = q.shape[0]
@@ -340,54 +415,20 @@ def _intensity_padded(batch: CrystalBatch, q: torch.Tensor, hklf: torch.Tensor, 
     if radiation == "neutron":
         b_spec = neutron_length(spec_pad.reshape(-1), dtype=dtype).reshape(B, S)
 
-    if fast:
-        ftab = _form_factor_table(spec_numbers, float((q.detach().max() / _FOUR_PI) ** 2), table, dtype, device)
-        n_tab = ftab.shape[1]
-        ftab = ftab.reshape(-1)
-        gid_pad = torch.zeros(B, S + 1, dtype=torch.long, device=device)  # element; 0: padding (zero row)
-        gid_pad[spec_crystal, spec_slot] = spec_numbers
-        sslot_pad = torch.full((B, nmax), S, dtype=torch.long, device=device)
-        sslot_pad[batch.batch, slot] = atom_spec_slot
-        unit_occ = bool((batch.occupancy == 1).all())
-
-    if fast and R > 0:
-        # reflections bucketed by the atom count of their crystal, each bucket padded to its own
-        # largest cell (atoms are left-aligned in the padded arrays)
-        counts = batch.counts()
-        cap = torch.tensor([2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128], device=device)
-        bucket = torch.bucketize(counts, cap)[crystal]  # (R,)
-        out = q.new_empty(R)
-        for bk in torch.unique(bucket).tolist():
-            ridx = torch.nonzero(bucket == bk).squeeze(-1)
-            n_b = int(counts[crystal[ridx]].max())
-            out[ridx] = _intensity_rows(crystal[ridx], q[ridx], hklf[ridx], frac_pad[:, :n_b], ftab, n_tab, gid_pad,
-                                        sslot_pad[:, :n_b], None if unit_occ else occ_pad[:, :n_b],
-                                        u_pad[:, :n_b] if use_dw else None, max(1, chunk_elements // (n_b * (S + 1))))
-        return out
     out = []
     rows = max(1, chunk_elements // max(nmax * max(S, 1), 1))
     for s in range(0, R, rows):
         sl = slice(s, s + rows)
         cr, qq = crystal[sl], q[sl]
         r = cr.shape[0]
-        if fast:
-            t = qq.detach() ** 2 * (1.0 / (_FOUR_PI * _FOUR_PI * _FTAB_DS2))
-            i0 = t.long()
-            wt = (t - i0.to(dtype))[:, None]
-            base = gid_pad.index_select(0, cr) * n_tab + i0[:, None]  # (r, S+1)
-            f0 = ftab[base]
-            f_spec = f0 + (ftab[base + 1] - f0) * wt
-            f_atom = torch.gather(f_spec, 1, sslot_pad.index_select(0, cr))  # (r, nmax)
-            w = f_atom if unit_occ else f_atom * occ_pad.index_select(0, cr)
-        elif radiation == "xray":
+        if radiation == "xray":
             f_spec = xray_form_factor(
                 spec_pad.index_select(0, cr).reshape(-1), qq.repeat_interleave(S)[:, None], table=table
             ).reshape(r, S)
         else:
             f_spec = b_spec.index_select(0, cr)
-        if not fast:
-            f_atom = torch.gather(f_spec, 1, sslot_pad.index_select(0, cr))  # (r, nmax)
-            w = f_atom * occ_pad.index_select(0, cr)
+        f_atom = torch.gather(f_spec, 1, sslot_pad.index_select(0, cr))  # (r, nmax)
+        w = f_atom * occ_pad.index_select(0, cr)
         if use_dw:
             w = w * torch.exp(-0.5 * u_pad.index_select(0, cr) * qq[:, None] ** 2)
         phase = torch.bmm(frac_pad.index_select(0, cr), hklf[sl, :, None]).squeeze(-1)  # (r, nmax)
@@ -495,8 +536,10 @@ def reflections(
 
     if radiation == "xray":  # unknown elements fail here, even when no reflection is in range
         xray_form_factor(torch.unique(batch.numbers), q.new_zeros(1).detach(), table=table)
-    fast = radiation == "xray" and not need_grad and R > 0
-    intensity = _intensity_padded(batch, q, hklf, crystal, radiation, table, debye_waller, chunk_elements, fast)
+    if radiation == "xray" and not need_grad and R > 0:
+        intensity = _intensity_fast(batch, q, hklf, crystal, table, debye_waller, chunk_elements)
+    else:
+        intensity = _intensity_padded(batch, q, hklf, crystal, radiation, table, debye_waller, chunk_elements)
     mult = torch.full((R,), 2, dtype=torch.long, device=device)
 
     if merge and R > 0:
@@ -528,7 +571,7 @@ def _merge(refl: Reflections) -> Reflections:
     rep = torch.full((U,), R, dtype=torch.long, device=device).scatter_reduce(
         0, inv, torch.arange(R, device=device), reduce="amin"
     )
-    hkl = hkl[rep]
+    hkl = hkl.index_select(0, rep)
     mult = 2 * cnt.round().long()
     crystal = torch.div(ukey, 1 << 40, rounding_mode="floor")
     return Reflections(q, intensity, crystal, refl.num_crystals, hkl, mult)
