@@ -406,3 +406,22 @@ def test_fft_profile_matches_voigt_convolution_of_pymatgen_sticks(size_nm, U, V,
         prof = (1 - eta) * voigt_profile(d, h_q / (2 * np.sqrt(2 * np.log(2))), g_s / 2) + eta * lor
         expected = (prof @ inten) * (2 * np.pi / CU) * np.cos(np.radians(x) / 2) * np.pi / 180
         assert np.abs(ours - expected).max() <= 1e-3 * expected.max(), s.formula
+
+
+def test_jvp_of_a_symmetry_breaking_strain_matches_central_differences():
+    """A strain that splits symmetry-equivalent reflections: each keeps its own derivative (the
+    no-grad structure factors evaluate form factors once per group of equal Q only without tangents)."""
+    from diffpy_diffusion.physics.xrd import xrd_pattern_jvp
+
+    b = CrystalBatch.from_structures([reference.cdse_zincblende()], uiso=0.01, dtype=torch.float64)
+    x = torch.arange(20.0, 100.0, 0.02, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    t_lat = 0.02 * torch.randn(2, 3, 3, dtype=torch.float64, generator=g)
+    kw = dict(size_nm=20.0, W=0.01)
+    _, dy = xrd_pattern_jvp(b, x, {"lattice": t_lat}, **kw)
+    h = 1e-6
+    for d in range(2):
+        yp = xrd_pattern(b.replace(lattice=b.lattice + h * t_lat[d]), x, **kw)[0]
+        ym = xrd_pattern(b.replace(lattice=b.lattice - h * t_lat[d]), x, **kw)[0]
+        fd = (yp - ym) / (2 * h)
+        assert float((dy[d] - fd).abs().max()) <= 1e-5 * float(fd.abs().max())
