@@ -368,7 +368,6 @@ def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hkl: torch.Tensor, cry
     rpos = cpos.index_select(0, crystal.index_select(0, perm))  # crystal position of each reflection
     rcol = kpos.index_select(0, col.index_select(0, perm))  # column position of each reflection
     q_all = q.index_select(0, perm)
-    cr_all = crystal.index_select(0, perm)
     l_all = hkl[:, 2].index_select(0, perm)
     kh = torch.stack([col_h, col_k]).index_select(1, kperm).to(dtype)  # (2, n_col)
     kpos_cr = cpos.index_select(0, col_crystal.index_select(0, kperm))
@@ -386,7 +385,10 @@ def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hkl: torch.Tensor, cry
             c0, k0 = c0 + n_cry, k0 + n_cols
             continue
         xyz = xyz_pad.index_select(1, corder[c0:c0 + n_cry])[:, :, :n_b]  # (3, crystals, n_b)
-        sslot_b = sslot_pad.index_select(0, corder[c0:c0 + n_cry])[:, :n_b].contiguous()
+        # per-atom values twice (cos and sin halves of the rows below): the products stay flat
+        sslot_b = sslot_pad.index_select(0, corder[c0:c0 + n_cry])[:, :n_b].repeat(1, 2)
+        occ_b, u_b = (None if v is None else v.index_select(0, corder[c0:c0 + n_cry])[:, :n_b].repeat(1, 2)
+                      for v in (occ_pad, u_pad))
         col_b = col_pad.index_select(0, corder[c0:c0 + n_cry])
         # column factors exp(i(h x + k y)) and the l table exp(i l z), l = -L .. L, of every crystal
         kc = kpos_cr[k0:k0 + n_cols] - c0
@@ -410,12 +412,12 @@ def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hkl: torch.Tensor, cry
             f0 = tab.index_select(0, base.reshape(-1)).view(base.shape)
             f1 = tab.index_select(0, (base + (E + 1)).reshape(-1)).view(base.shape)
             f_spec = torch.addcmul(f0, f1 - f0, (t - i0.to(dtype))[:, None])
-            w = torch.gather(f_spec, 1, sslot_b.index_select(0, pc))  # (r, n_b)
-            if occ_pad is not None:
-                w = w * occ_pad.index_select(0, cr_all[s:e])[:, :n_b]
-            if u_pad is not None:
-                w = w * torch.exp(-0.5 * u_pad.index_select(0, cr_all[s:e])[:, :n_b] * qq[:, None] ** 2)
-            wc = colf.index_select(0, rcol[s:e] - k0).view(e - s, 2, n_b) * w[:, None, :]
+            w = torch.gather(f_spec, 1, sslot_b.index_select(0, pc))  # (r, 2 n_b): each atom twice
+            if occ_b is not None:
+                w = w * occ_b.index_select(0, pc)
+            if u_b is not None:
+                w = w * torch.exp(-0.5 * u_b.index_select(0, pc) * qq[:, None] ** 2)
+            wc = colf.index_select(0, rcol[s:e] - k0).mul_(w).view(e - s, 2, n_b)
             zl = lf.index_select(0, pc * (2 * L + 1) + l_all[s:e] + L).view(e - s, 2, n_b)
             m = torch.bmm(wc, zl.transpose(1, 2))  # (r, 2, 2): Σ w c z over the atoms, c, z = cos, sin
             re, im = m[:, 0, 0] - m[:, 1, 1], m[:, 0, 1] + m[:, 1, 0]  # F = Σ w e^{iα} e^{iβ}
