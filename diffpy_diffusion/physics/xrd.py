@@ -937,7 +937,7 @@ def xrd_profile(
         raise ValueError("method: 'fft' needs size broadening (size_nm)")
     use_fft = method == "fft" or (method == "auto" and size_t is not None and M > 1)
 
-    out = torch.zeros(B * M, dtype=dtype, device=device)
+    out = None if use_fft else torch.zeros(B * M, dtype=dtype, device=device)  # the window path's sum
     comps = [(float(wavelength), 1.0)]
     if wavelength2 is not None and ka2_ratio:
         comps.append((float(wavelength2), float(ka2_ratio)))
@@ -1025,6 +1025,8 @@ def xrd_profile(
             chunk_elements, force=method == "fft",
         )
     if y is None:  # the window path (also when the FFT work grid would be too large)
+        if out is None:
+            out = torch.zeros(B * M, dtype=dtype, device=device)
         for tt, inten, h_i, eta_s in sticks:
             pos_x, h_i_x, h_s_x = _positions_widths(tt, h_i, size_t[c], x_kind, lam1, shape_factor, size_kernel)
             _add_peaks(
