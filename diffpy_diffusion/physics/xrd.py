@@ -1138,13 +1138,14 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
     cs = c.repeat(len(sticks))
     pos_d = pos.detach()
     on = (pos_d >= lo_q) & (pos_d < hi_q) & (inten.detach() != 0)
-    idx = torch.nonzero(on).squeeze(-1)
-    pos, inten, cs, pos_d = pos[idx], inten[idx], cs[idx], pos_d[idx]
-    n_on = int(idx.numel())
+    idx = None if bool(on.all()) else torch.nonzero(on).squeeze(-1)  # None: every stick (no gathers)
+    if idx is not None:
+        pos, inten, cs, pos_d, th = pos[idx], inten[idx], cs[idx], pos_d[idx], th[idx]
+    n_on = int(pos.numel())
     hq = None
     if any_inst and n_on:
-        h_i = torch.cat([s[2] for s in sticks])[idx]
-        hq = h_i * (_TWO_PI / lam1) * torch.cos(th[idx]) / _DEG
+        h_i = torch.cat([s[2] for s in sticks])
+        hq = (h_i if idx is None else h_i[idx]) * (_TWO_PI / lam1) * torch.cos(th) / _DEG
     # narrowest and broadest peak FWHM in Q: the size kernel's plus the instrument's
     h_min = float(hq.detach().min().clamp_min(0.0)) if hq is not None else 0.0
     h_max = float(hq.detach().max().clamp_min(0.0)) if hq is not None else 0.0
@@ -1190,7 +1191,9 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
     i0 = torch.floor(t.detach()).long()
     # (values per stick, P) layout: the long axis innermost, so that the small products vectorise
     wq = _bspline3(t - i0.to(dtype), dim=0)  # (4, P)
-    gidx = torch.remainder(i0 + torch.arange(-1, 3, device=device)[:, None], nfft)  # (4, P)
+    gidx = i0 + torch.arange(-1, 3, device=device)[:, None]  # (4, P)
+    if n_on and (int(i0.min()) < 1 or int(i0.max()) + 2 >= nfft):  # periodic images (no stick reaches them here)
+        gidx = torch.remainder(gidx, nfft)
     rows = sets * J
     if hq is None:
         flat = gidx + cs * nfft
@@ -1200,7 +1203,8 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
         vals = (wnode * inten)[:, None, :] * wq[None, :, :]  # (node, grid point, P)
         flat = row[:, None, :] + gidx[None, :, :]
         if tch:  # set 0: Gaussian nodes, weight 1 - η; set 1: Lorentzian nodes, weight η
-            eta_p = torch.cat([s[3] for s in sticks])[idx]
+            eta_p = torch.cat([s[3] for s in sticks])
+            eta_p = eta_p if idx is None else eta_p[idx]
             vals = torch.stack([vals * (1 - eta_p), vals * eta_p])
             flat = torch.stack([flat, flat + J * nfft])
     flat, vals = flat.reshape(-1, n_on), vals.reshape(-1, n_on)  # one column per stick
