@@ -378,7 +378,11 @@ def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hkl: torch.Tensor, cry
     b_rows = z.index_add(0, b_sorted, r_count.index_select(0, corder)).tolist()
     b_cols = z.index_add(0, b_sorted, k_count.index_select(0, corder)).tolist()
     b_atoms = z.scatter_reduce(0, b_sorted, counts.index_select(0, corder), reduce="amax").tolist()
-    out = q.new_empty(R)
+    # form-factor table row and weight of every reflection
+    t = q_all * q_all * (1.0 / (_FOUR_PI * _FOUR_PI * _FTAB_DS2))
+    i0 = t.long()
+    wt_all, row_all = (t - i0.to(dtype))[:, None], (i0 * (E + 1))[:, None]
+    parts = []  # (r, 2, 2) per chunk: Σ w c z over the atoms, c, z = cos, sin of the two factors
     c0 = k0 = s0 = 0
     for n_cry, n_rows, n_cols, n_b in zip(b_cry, b_rows, b_cols, b_atoms):
         if n_rows == 0:
@@ -400,30 +404,32 @@ def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hkl: torch.Tensor, cry
         lv = torch.arange(-L, L + 1, device=device, dtype=dtype)
         zang = xyz[2][:, None, :] * lv[None, :, None]
         lf = torch.cat([torch.cos(zang), torch.sin(zang)], -1).reshape(-1, 2 * n_b)  # (crystals · (2L + 1), 2 n_b)
+        # each reflection's crystal, column-factor row and l-table row within the bucket
+        pc_b = rpos[s0:s0 + n_rows] - c0
+        zrow_b = pc_b * (2 * L + 1) + l_all[s0:s0 + n_rows] + L
+        krow_b = rcol[s0:s0 + n_rows] - k0
         rows = max(1, min(chunk_elements // (S + 1), _CHUNK_PAIRS) // n_b)
-        for s in range(s0, s0 + n_rows, rows):
-            e = min(s + rows, s0 + n_rows)
-            pc = rpos[s:e] - c0
-            qq = q_all[s:e]
-            t = qq * qq * (1.0 / (_FOUR_PI * _FOUR_PI * _FTAB_DS2))
-            i0 = t.long()
-            base = col_b.index_select(0, pc) + (i0 * (E + 1))[:, None]  # (r, S + 1)
+        for a in range(0, n_rows, rows):
+            e = min(a + rows, n_rows)
+            pc = pc_b[a:e]
+            base = col_b.index_select(0, pc) + row_all[s0 + a:s0 + e]  # (r, S + 1)
             f0 = tab.index_select(0, base.reshape(-1)).view(base.shape)
             f1 = tab.index_select(0, (base + (E + 1)).reshape(-1)).view(base.shape)
-            f_spec = torch.addcmul(f0, f1 - f0, (t - i0.to(dtype))[:, None])
-            w = torch.gather(f_spec, 1, sslot_b.index_select(0, pc))  # (r, 2 n_b): each atom twice
+            f_spec = torch.addcmul(f0, f1 - f0, wt_all[s0 + a:s0 + e])
+            w = torch.gather(f_spec, 1, sslot_b.index_select(0, pc))  # (r, n_b)
             if occ_b is not None:
                 w = w * occ_b.index_select(0, pc)
             if u_b is not None:
-                w = w * torch.exp(-0.5 * u_b.index_select(0, pc) * qq[:, None] ** 2)
+                w = w * torch.exp(-0.5 * u_b.index_select(0, pc) * q_all[s0 + a:s0 + e, None] ** 2)
             # the weights once for the cos and once for the sin half of the rows: a flat product (a broadcast
             # over a middle axis of 2 is several times slower)
-            wc = colf.index_select(0, rcol[s:e] - k0).mul_(torch.cat([w, w], 1)).view(e - s, 2, n_b)
-            zl = lf.index_select(0, pc * (2 * L + 1) + l_all[s:e] + L).view(e - s, 2, n_b)
-            m = torch.bmm(wc, zl.transpose(1, 2))  # (r, 2, 2): Σ w c z over the atoms, c, z = cos, sin
-            re, im = m[:, 0, 0] - m[:, 1, 1], m[:, 0, 1] + m[:, 1, 0]  # F = Σ w e^{iα} e^{iβ}
-            out[s:e] = 2.0 * (re * re + im * im)  # x2: the Friedel mate -h
+            wc = colf.index_select(0, krow_b[a:e]).mul_(torch.cat([w, w], 1)).view(e - a, 2, n_b)
+            zl = lf.index_select(0, zrow_b[a:e]).view(e - a, 2, n_b)
+            parts.append(torch.bmm(wc, zl.transpose(1, 2)))
         c0, k0, s0 = c0 + n_cry, k0 + n_cols, s0 + n_rows
+    m = torch.cat(parts) if len(parts) > 1 else parts[0]
+    re, im = m[:, 0, 0] - m[:, 1, 1], m[:, 0, 1] + m[:, 1, 0]  # F = Σ w e^{iα} e^{iβ}
+    out = 2.0 * (re * re + im * im)  # x2: the Friedel mate -h
     return torch.empty_like(out).index_copy_(0, perm, out)
 
 
