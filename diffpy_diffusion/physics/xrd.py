@@ -293,8 +293,8 @@ def _padded_atoms(batch: CrystalBatch):
 # batch's largest cell doubled the (reflection, atom) pairs).
 _ATOM_BUCKETS = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 # (reflection, atom) pairs per chunk of the no-grad structure factors: the chunk's work arrays (a few
-# hundred kB each) stay in the core's cache; the bench's 256 MP-20 structures took 13.3 ms at 2^17 pairs
-# against 18-21 ms at 2^19 and more (AMD EPYC, 1 MiB L2 per core).
+# hundred kB each) stay in the core's cache.  On the bench's 256 MP-20 structures (AMD EPYC, 1 MiB L2 per
+# core) 2^16-2^17 pairs were the fastest in interleaved runs; 2^14 and 2^19 or more were 1.2-1.4× slower.
 _CHUNK_PAIRS = 1 << 17
 
 
