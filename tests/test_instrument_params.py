@@ -242,8 +242,9 @@ def test_unexplained_peaks_show_the_missing_phase():
 
 def test_unexplained_peaks_are_peaks_the_model_lacks_not_misfits_of_its_own():
     """Synthetic Gaussians (σ 0.05°, step 0.02°): the model has the peaks at 30° and 40° but 40° at 40 % of
-    its observed height (an intensity misfit, as preferred orientation leaves), and a peak at 60° without
-    the observed low-angle shoulder 0.1° from it (a flank residual); only the impurity at 50° is listed."""
+    its observed height (an intensity misfit, as preferred orientation leaves), a peak at 60° without
+    the observed low-angle shoulder 0.1° from it (a flank residual), and a broad peak (σ 1°) at 25° with
+    a narrow wiggle on its flank (noise on a nanocrystal's peak); only the impurity at 50° is listed."""
     from diffpy_diffusion.refine.peaks import unexplained_peaks
 
     x = np.arange(20.0, 70.0, 0.02)
@@ -252,8 +253,10 @@ def test_unexplained_peaks_are_peaks_the_model_lacks_not_misfits_of_its_own():
         return h * np.exp(-0.5 * ((x - c) / 0.05) ** 2)
 
     rng = np.random.default_rng(1)
-    obs = 10 + g(30, 100) + g(40, 50) + g(50, 20) + g(60, 100) + g(59.9, 15) + rng.normal(0, 0.3, x.size)
-    calc = 10 + g(30, 100) + g(40, 20) + g(60, 100)
+    broad = 60 * np.exp(-0.5 * ((x - 25) / 1.0) ** 2)
+    obs = (10 + g(30, 100) + g(40, 50) + g(50, 20) + g(60, 100) + g(59.9, 15) + broad + g(24, 8)
+           + rng.normal(0, 0.3, x.size))
+    calc = 10 + g(30, 100) + g(40, 20) + g(60, 100) + broad
     found = unexplained_peaks(x, obs, calc, np.full_like(x, 10.0), wavelength=1.540598)
     assert [round(p["two_theta_deg"], 1) for p in found] == [50.0]
     assert found[0]["rel_intensity"] == pytest.approx(0.2, abs=0.03)
