@@ -321,11 +321,11 @@ class _XRDScreen:
         k = torch.from_numpy(np.asarray(kern, dtype=np.float32))
         sh = (*spec.shape[:-1], k.shape[0])
         spec = spec.reshape(-1, spec.shape[-1])  # (N, F): every histogram
-        g0, m0, m1, proj, gram, yy = self._readout()
+        g0, m0, m1, proj, gram, by, yy = self._readout()
         L, Z, K = len(m0), k.shape[0], gram.shape[0]
 
-        def profiles(rows):  # (histogram, kernel) rows of the flattened (N·Z) list, on the grid nodes g0..g0+L
-            return torch.fft.irfft(spec[rows // Z] * k[rows % Z], n=self.nq, dim=-1)[:, g0: g0 + L]
+        def band(spectra):  # profiles of rfft spectra (..., F) on the grid nodes g0 .. g0 + L - 1
+            return torch.fft.irfft(spectra, n=self.nq, dim=-1)[..., g0: g0 + L]
 
         n = spec.shape[0] * Z
         A = np.empty((n, 1 + K, 1 + K))
@@ -334,7 +334,7 @@ class _XRDScreen:
         # below (all at once, or several candidates at once, was 1.5-3x slower: memory-bound)
         step = max(1, FIT_BLOCK_ROWS // Z)
         for h0 in range(0, spec.shape[0], step):
-            p = torch.fft.irfft(spec[h0: h0 + step, None, :] * k, n=self.nq, dim=-1)[..., g0: g0 + L].reshape(-1, L)
+            p = band(spec[h0: h0 + step, None, :] * k).reshape(-1, L)
             blk = slice(h0 * Z, h0 * Z + p.shape[0])
             # |W p|² = Σ m0 p_g² + 2 Σ m1 p_g p_g+1 (W: the linear interpolation onto the data; WᵀW is
             # tridiagonal); products in float32 (exact to 6e-8 each), sums in float64
@@ -345,11 +345,12 @@ class _XRDScreen:
         A[:, 1:, 1:] = gram
         rhs = np.empty((n, 1 + K))
         rhs[:, 0] = pr[:, 0]
-        rhs[:, 1:] = self.bkg @ self.y
+        rhs[:, 1:] = by
 
-        def exact_residual(rows, coef_rows):
+        def exact_residual(rows, coef_rows):  # rows of the flattened (histogram, kernel) list
             full = np.zeros((len(rows), self.nq))
-            full[:, g0: g0 + L] = profiles(torch.from_numpy(rows)).double().numpy()
+            r = torch.from_numpy(rows)
+            full[:, g0: g0 + L] = band(spec[r // Z] * k[r % Z]).double().numpy()
             pred = coef_rows[:, :1] * self._on_q(full) + coef_rows[:, 1:] @ self.bkg
             return ((self.y - pred) ** 2).sum(-1)
 
@@ -360,9 +361,9 @@ class _XRDScreen:
 
     def _readout(self):
         """What :meth:`fit_histograms` needs of the interpolation W from the FFT grid onto ``self.q``:
-        ``(g0, m0, m1, proj, gram, yy)``, the first grid node used, the diagonal and first
-        off-diagonal of WᵀW from node g0 on, Wᵀ [y, basis rows] (L, 1+K), the basis' Gram matrix
-        and yᵀy.  Computed once per basis (the known phases' rows join it after their own fits)."""
+        ``(g0, m0, m1, proj, gram, by, yy)``, the first grid node used, the diagonal and first
+        off-diagonal of WᵀW from node g0 on, Wᵀ [y, basis rows] (L, 1+K), the basis' Gram matrix,
+        basis · y and yᵀy.  Computed once per basis (the known phases' rows join it after their own fits)."""
         import torch
 
         cache = getattr(self, "_readout_cache", None)
@@ -386,7 +387,8 @@ class _XRDScreen:
             np.add.at(proj, i0 - g0, (1 - f)[:, None] * rows)
             np.add.at(proj, i1 - g0, f[:, None] * rows)
             m0, m1, proj = (torch.from_numpy(v) for v in (m0, m1, proj))
-            cache = (self.bkg, (g0, m0, m1, proj, self.bkg @ self.bkg.T, max(float(self.y @ self.y), 1e-30)))
+            cache = (self.bkg, (g0, m0, m1, proj, self.bkg @ self.bkg.T, self.bkg @ self.y,
+                                max(float(self.y @ self.y), 1e-30)))
             self._readout_cache = cache
         return cache[1]
 
@@ -463,20 +465,23 @@ class _XRDScreen:
         B, S = scales_per_cand.shape
         kern = self._kernels(self.sizes)  # (Z, F)
         nz = len(self.sizes)
-        failed = (np.inf, 1.0, self.sizes[0], None, "scherrer")
-        best: list = [failed] * B
-        todo = [b for b in range(B) if len(peaks[b][0])]
-        for c0 in range(0, len(todo), STAGE_A_CHUNK):
-            part = todo[c0: c0 + STAGE_A_CHUNK]
-            hist = self._stick_histograms([peaks[b][:2] for b in part], scales_per_cand[part])
+        best = []
+        # one candidate per call: the fits are memory-bound, and 4 or 8 candidates at once (31-62 MB of
+        # profiles) took 1.5 and 3.3 times as long (NaCu2P2 lab pattern, 200 templates, 2026-12-05)
+        for b in range(B):
+            qb, ib, _ = peaks[b]
+            if len(qb) == 0:
+                best.append((np.inf, 1.0, self.sizes[0], None, "scherrer"))
+                continue
+            hist = self._stick_histogram(qb, ib, scales_per_cand[b])
             # intensity per unit cell volume² is irrelevant: the scale is fitted
-            coef, rwp = self.fit_histograms(hist, kern)  # (C, S, Z, ...)
-            for c, b in enumerate(part):
-                j = np.unravel_index(np.nanargmin(np.where(coef[c, ..., 0] > 0, rwp[c], np.inf)), rwp[c].shape)
-                if not np.isfinite(rwp[c][j]) or coef[c][j][0] <= 0:
-                    continue
-                best[b] = (float(rwp[c][j]), float(scales_per_cand[b][j[0]]), float(self.sizes[j[1] % nz]),
-                           coef[c][j], SCREEN_KERNELS[j[1] // nz])
+            coef, rwp = self.fit_histograms(hist, kern)
+            j = np.unravel_index(np.nanargmin(np.where(coef[..., 0] > 0, rwp, np.inf)), rwp.shape)
+            if not np.isfinite(rwp[j]) or coef[j][0] <= 0:
+                best.append((np.inf, 1.0, self.sizes[0], None, "scherrer"))
+                continue
+            best.append((float(rwp[j]), float(scales_per_cand[b][j[0]]), float(self.sizes[j[1] % nz]), coef[j],
+                         SCREEN_KERNELS[j[1] // nz]))
         return best
 
     def lp_torch(self, q1, ratio: float = 1.0):
@@ -704,10 +709,6 @@ def _strained_metric(lat0, G0, eps, ops):
 #: the Scherrer Lorentzian, the sinc² Laue function and a Gaussian of the Scherrer FWHM, as the
 #: refinement's ``size_kernel="auto"`` (:data:`diffpy_diffusion.refine.staged.SIZE_KERNELS`).
 SCREEN_KERNELS = ("scherrer", "sinc2", "gauss")
-#: Candidates whose stage-A profiles are computed in one call.  One: the fits are memory-bound, and
-#: 4 or 8 candidates at once (31-62 MB of profiles) took 1.5 and 3.3 times as long (NaCu2P2 lab
-#: pattern, 200 templates, 2026-12-05).
-STAGE_A_CHUNK = 1
 #: Profiles per block of :meth:`_XRDScreen.fit_histograms` (64 × 4096 float32 = 1 MB, about a
 #: core's L2 cache).
 FIT_BLOCK_ROWS = 64
