@@ -304,6 +304,20 @@ def _ranges(first: torch.Tensor, count: torch.Tensor, total: int) -> torch.Tenso
     return torch.arange(total, device=count.device) + torch.repeat_interleave(first - start, count, output_size=total)
 
 
+def _species_slots(batch: CrystalBatch):
+    """Per-crystal species table: ``(spec_crystal, spec_numbers, spec_slot, atom_slot, S)``, the crystal,
+    atomic number and slot within its crystal of every (crystal, element) pair, each atom's species
+    slot, and the most species of a crystal (scattering factors are computed once per species)."""
+    key = batch.batch * 256 + batch.numbers
+    uniq, atom_species = torch.unique(key, return_inverse=True)
+    spec_crystal = uniq // 256
+    spec_numbers = uniq % 256
+    spec_counts = torch.bincount(spec_crystal, minlength=batch.num_crystals)
+    spec_first = torch.cumsum(spec_counts, 0) - spec_counts
+    spec_slot = torch.arange(len(uniq), device=batch.device) - spec_first[spec_crystal]
+    return spec_crystal, spec_numbers, spec_slot, spec_slot[atom_species], int(spec_counts.max())
+
+
 def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hkl: torch.Tensor, crystal: torch.Tensor, columns,
                     table: str, debye_waller: bool, chunk_elements: int) -> torch.Tensor:
     """|F|² (Friedel mates included) of X-ray reflections without autograd; same result as
@@ -323,13 +337,7 @@ def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hkl: torch.Tensor, cry
     B, dtype, device = batch.num_crystals, q.dtype, q.device
     R = q.shape[0]
     col, col_h, col_k, col_crystal = columns
-    key = batch.batch * 256 + batch.numbers
-    uniq, atom_species = torch.unique(key, return_inverse=True)
-    spec_crystal = uniq // 256
-    spec_numbers = uniq % 256
-    spec_counts = torch.bincount(spec_crystal, minlength=B)
-    spec_slot = torch.arange(len(uniq), device=device) - (torch.cumsum(spec_counts, 0) - spec_counts)[spec_crystal]
-    S = int(spec_counts.max())
+    spec_crystal, spec_numbers, spec_slot, atom_slot, S = _species_slots(batch)
     slot, nmax = _padded_atoms(batch)
     # form factors: (T, E + 1) table of the batch's E elements, column E zero (padding)
     elements = torch.unique(spec_numbers)
@@ -343,7 +351,7 @@ def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hkl: torch.Tensor, cry
     col_pad = torch.full((B, S + 1), E, dtype=torch.long, device=device)  # table column of each species slot
     col_pad[spec_crystal, spec_slot] = torch.searchsorted(elements, spec_numbers)
     sslot_pad = torch.full((B, nmax), S, dtype=torch.long, device=device)  # species slot of each atom; S: padding
-    sslot_pad[batch.batch, slot] = spec_slot[atom_species]
+    sslot_pad[batch.batch, slot] = atom_slot
     # fractional coordinates in radians per Miller index, one (B, nmax) array per axis
     xyz_pad = batch.frac.new_zeros(3, B, nmax)
     xyz_pad[:, batch.batch, slot] = (_TWO_PI * batch.frac).t()
@@ -441,18 +449,10 @@ def _intensity_padded(batch: CrystalBatch, q: torch.Tensor, hklf: torch.Tensor, 
     """
     B, dtype, device = batch.num_crystals, q.dtype, q.device
     R = q.shape[0]
-    # per-crystal species table: scattering factors once per (reflection, species)
-    key = batch.batch * 256 + batch.numbers
-    uniq, atom_species = torch.unique(key, return_inverse=True)
-    spec_crystal = uniq // 256
-    spec_numbers = uniq % 256
-    spec_counts = torch.bincount(spec_crystal, minlength=B)
-    spec_first = torch.cumsum(spec_counts, 0) - spec_counts
-    spec_slot = torch.arange(len(uniq), device=device) - spec_first[spec_crystal]
-    S = int(spec_counts.max())
+    # scattering factors once per (reflection, species)
+    spec_crystal, spec_numbers, spec_slot, atom_spec_slot, S = _species_slots(batch)
     spec_pad = torch.ones(B, S, dtype=torch.long, device=device)  # pad with H (unused)
     spec_pad[spec_crystal, spec_slot] = spec_numbers
-    atom_spec_slot = spec_slot[atom_species]  # (N,)
 
     slot, nmax = _padded_atoms(batch)
     frac_pad = batch.frac.new_zeros(B, nmax, 3).index_put((batch.batch, slot), batch.frac)
