@@ -39,6 +39,19 @@ def test_skip_final_above_reports_the_fit_before_the_last_stage(long_scan):
 
 
 @pytest.mark.slow
+def test_far_behind_candidate_skips_the_size_kernel_trials(long_scan):
+    from diffpy_diffusion.refine import refine_structure
+
+    behind = refine_structure(long_scan, _nacl(5.66), skip_final_above=0.0, size_kernel="auto")
+    trial = next(s for s in behind.stages if s.get("tags") == ["size_kernel"])
+    assert "skipped" in trial and "rw_by_kernel" not in trial
+    assert behind.instrument["size_kernel"] == "scherrer"  # the starting shape is kept
+    ahead = refine_structure(long_scan, _nacl(5.66), skip_final_above=10.0, size_kernel="auto")
+    trial = next(s for s in ahead.stages if s.get("tags") == ["size_kernel"])
+    assert "skipped" not in trial and set(trial["rw_by_kernel"]) == {"scherrer", "gauss", "sinc2"}
+
+
+@pytest.mark.slow
 def test_skip_final_above_is_inactive_below_the_threshold(long_scan):
     from diffpy_diffusion.refine import refine_structure
 

@@ -259,3 +259,26 @@ def test_gradient_stage_fits_the_overall_displacement_parameter(uiso, x_kind):
     assert got["envelope_du"] == pytest.approx(uiso - S.SCREEN_UISO, abs=step)
     plain = S.screen(pattern(S.SCREEN_UISO), [Proposal(truth, "test")], k=1)
     assert res.kept[0].scores["screen_rwp"] < 1.2 * plain.kept[0].scores["screen_rwp"]
+
+
+@pytest.mark.parametrize("x_kind", ["2theta", "q"])
+def test_stick_lorentz_polarization_equals_the_physics_factor(x_kind):
+    """The screen's LP in sin θ alone equals physics.xrd.lorentz_polarization (× cos θ per unit 2θ)."""
+    import math
+
+    import torch
+
+    from diffpy_diffusion.physics.xrd import lorentz_polarization
+
+    lam = 1.5406
+    tt = np.linspace(5.0, 150.0, 400)
+    q = 4 * math.pi * np.sin(np.radians(tt / 2)) / lam
+    x = tt if x_kind == "2theta" else q
+    obs = Observation("xrd", x, np.ones_like(x), x_kind, composition="NaCl", wavelength=lam)
+    scr = S._XRDScreen(obs)
+    for ratio in (1.0, 1.5444 / 1.5406):
+        th = np.arcsin(q * lam * ratio / (4 * math.pi))
+        want = lorentz_polarization(torch.from_numpy(th)).numpy() * (np.cos(th) if x_kind == "2theta" else 1.0)
+        np.testing.assert_allclose(scr.lp_stick(q, ratio), want, rtol=1e-12)
+    # beyond the sphere of reflection (sin θ > 1) and at Q -> 0: zero
+    assert scr.lp_stick(np.array([0.0, 9.0]))[0] == 0.0 and scr.lp_stick(np.array([9.0]))[0] == 0.0

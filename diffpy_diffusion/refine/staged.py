@@ -256,7 +256,8 @@ def refine_structure(
         stage still fits this badly is reported as it stands, its Rw and ``y_calc`` on all points
         but without parameter esds, and ``message`` says so.  The caller sets it from the
         candidates already refined (:func:`diffpy_diffusion.pipeline.refine_candidates`).
-        None (default): every stage runs.
+        A candidate above it after the first stage that refines the size also skips the
+        ``size_kernel="auto"`` trials and keeps the starting shape.  None (default): every stage runs.
     size_kernel : {"auto", "scherrer", "gauss", "sinc2"}, optional
         Shape of the size broadening (PXRD; see :func:`~diffpy_diffusion.physics.xrd.xrd_profile`).
         "auto" runs the first stage that refines the size once per shape of :data:`SIZE_KERNELS`
@@ -492,8 +493,15 @@ def _refine_structure(observation, structure, *, engine, stages, spacegroup_tol,
             continue
         if auto_kernel and "size" in freed:
             auto_kernel = False  # once: the first stage that refines the size
-            r, rw, kernel_log = _size_kernel_trials(bundle, prob, freed, snap, (rw, r), max_nfev, last, solver)
-            stage_log.append({"tags": ["size_kernel"], **kernel_log})
+            if skip_final_above is not None and rw > skip_final_above:
+                # far behind a fit refined before it (as for the last stage): another shape moves Rw
+                # by a few tens of per cent at most, not to the lead; the trials would rerun the stage twice
+                stage_log.append({"tags": ["size_kernel"], "size_kernel": bundle.generator.size_kernel,
+                                  "skipped": f"Rw {rw:.4f} above {skip_final_above:.4f}"})
+            else:
+                r, rw, kernel_log = _size_kernel_trials(bundle, prob, freed, snap, (rw, r), max_nfev, last,
+                                                        solver)
+                stage_log.append({"tags": ["size_kernel"], **kernel_log})
         best_snap = snapshot(recipe)
         res = r
         prev_rw = rw
