@@ -950,22 +950,31 @@ def xrd_profile(
         comps.append((float(wavelength2), float(ka2_ratio)))
     c = refl.crystal
     lam1 = float(wavelength)
+    # per-peak quantities that only the window path reads are skipped on the FFT path, and factors of
+    # exactly 1 and shifts of exactly 0 are not applied (the same values, fewer passes over the peaks)
+    window = not use_fft
+    unit_scale = not _tracked(scale_t) and bool((scale_t == 1).all())
+    no_zero = not _tracked(zero_t) and bool((zero_t == 0).all())
     sticks = []
     for lam, weight in comps:
         s = lam * refl.q / _FOUR_PI
         valid = (s < 1 - 1e-9) & (s > 0)
         s = torch.where(valid, s, torch.full_like(s, 0.5))
         theta = torch.asin(s)
-        inten = refl.intensity * weight * scale_t[c]
+        inten = refl.intensity if weight == 1.0 else refl.intensity * weight
+        if not unit_scale:
+            inten = inten * scale_t[c]
         if lorentz_polarization:
             inten = inten * _lorentz_polarization(theta, monochromator_2theta_deg)
         inten = torch.where(valid, inten, torch.zeros_like(inten))
-        tt = 2 * theta * _DEG + zero_t[c]  # observed 2θ, degrees
+        tt = 2 * theta * _DEG  # observed 2θ, degrees
+        if not no_zero:
+            tt = tt + zero_t[c]
         if disp_t is not None:
             tt = tt + disp_t[c] * torch.cos(theta)
         # widths in degrees 2θ
-        tan = torch.tan(theta)
-        eta_p = eta_t[c]
+        tan = None if no_inst else torch.tan(theta)
+        eta_p = eta_t[c] if window or tch else None  # the FFT path's pseudo-Voigt takes eta per crystal
         if no_inst:
             h_inst = torch.zeros_like(theta)
         else:
@@ -976,7 +985,7 @@ def xrd_profile(
                 h_lor = (Xt[c] / torch.cos(theta) + Yt[c] * tan).clamp_min(0.0)
                 h_inst, eta_p = _tch(h_inst, h_lor)
                 eta_p = eta_p.clamp(0.0, 1.0)
-        if size_t is not None:
+        if size_t is not None and (window or axial_t is not None):
             L = 10.0 * size_t[c]
             if size_kernel in ("scherrer", "gauss"):
                 h_size = shape_factor * lam / (L * torch.cos(theta)) * _DEG
@@ -988,7 +997,7 @@ def xrd_profile(
         h_inst_deg = h_inst
         if axial_t is not None:  # the narrowest width of the peak (degrees 2θ): which kernels act as a shift
             h_low = h_inst if h_size is None else (h_size if no_inst else torch.maximum(h_inst, h_size))
-        if x_kind == "q":
+        if x_kind == "q" and window:
             # positions: Q that the Kα1 wavelength assigns to the observed 2θ
             tt_rad = (tt / _DEG).clamp(0, math.pi)
             pos_x = _FOUR_PI * torch.sin(tt_rad / 2) / lam1
@@ -1035,6 +1044,7 @@ def xrd_profile(
         if out is None:
             out = torch.zeros(B * M, dtype=dtype, device=device)
         for tt, inten, h_i, eta_s in sticks:
+            eta_s = eta_t[c] if eta_s is None else eta_s
             pos_x, h_i_x, h_s_x = _positions_widths(tt, h_i, size_t[c], x_kind, lam1, shape_factor, size_kernel)
             _add_peaks(
                 out, x, c, pos_x, inten, h_i_x if h_i is not None else torch.zeros_like(tt), h_s_x,
@@ -1141,7 +1151,7 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
     th = torch.deg2rad(tt.clamp(0, 179.999)) / 2
     pos = _FOUR_PI * torch.sin(th) / lam1
     inten = torch.cat([s[1] for s in sticks])
-    cs = c.repeat(len(sticks))
+    cs = c if len(sticks) == 1 else c.repeat(len(sticks))
     pos_d = pos.detach()
     on = (pos_d >= lo_q) & (pos_d < hi_q) & (inten.detach() != 0)
     idx = None if bool(on.all()) else torch.nonzero(on).squeeze(-1)  # None: every stick (no gathers)
@@ -1243,10 +1253,17 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
     per = max(1, _CHUNK_VALUES // (rows * nfft))
     bounds = torch.searchsorted(cs, torch.arange(0, B + per, per, device=device).clamp_max(B)).tolist()
     parts = []
+    # without derivatives and instrument nodes, the transforms go straight into one spectrum array (no
+    # concatenation of the chunks' spectra, and the filter below is applied in place)
+    plain = hq is None and not _tracked(vals)
+    spec = torch.empty(B, nfft // 2 + 1, dtype=k.dtype.to_complex(), device=device) if plain else None
     for ci, b0 in enumerate(range(0, B, per)):
         b1, p0, p1 = min(B, b0 + per), bounds[ci], bounds[ci + 1]
         grid = torch.zeros((b1 - b0) * rows * nfft, dtype=dtype, device=device).index_add_(
             0, (flat[:, p0:p1] - b0 * rows * nfft).reshape(-1), vals[:, p0:p1].reshape(-1))
+        if plain:
+            torch.fft.rfft(grid.view(b1 - b0, nfft), dim=-1, out=spec[b0:b1])
+            continue
         sp = torch.fft.rfft(grid.view(b1 - b0, rows, nfft), dim=-1)
         if hq is None:
             parts.append(sp[:, 0])
@@ -1258,7 +1275,8 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
             parts.append(_node_sum(sp, mixed[b0:b1] if per_crystal else mixed))
         else:
             parts.append(_node_sum(sp, g) + eta_crystal[b0:b1, None] * _node_sum(sp, lo - g))
-    spec = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if not plain:
+        spec = torch.cat(parts) if len(parts) > 1 else parts[0]
     same_size = bool((fw_d == fw_d[0]).all()) and not _tracked(fw)
     f = fw[:1] if same_size else fw
     if size_kernel == "scherrer":
@@ -1275,7 +1293,9 @@ def _profile_fft(sticks, c, B, x, x_kind, lam1, size_t, shape_factor, size_kerne
     # undo the cubic B-spline of the deposit and prefilter for the cubic B-spline read-out (each the
     # transform sinc⁴(k dq / 2π)); 1/dq: the deposited sticks become a density per Å⁻¹
     b4 = torch.sinc(k * (dq / _TWO_PI)) ** 4
-    prof = torch.fft.irfft(spec * (kern / (b4 * b4 * dq)), n=nfft, dim=-1)  # (B, nfft) spline coefficients
+    filt = kern / (b4 * b4 * dq)
+    spec = spec.mul_(filt) if plain and not _tracked(filt) else spec * filt
+    prof = torch.fft.irfft(spec, n=nfft, dim=-1)  # (B, nfft) spline coefficients
     # read-out: cubic B-spline at the grid points, as a sparse (M, nfft) matrix (4 values a row)
     tx = (qx.detach() - q0) / dq
     j0 = torch.floor(tx).long()
