@@ -215,18 +215,23 @@ class Reflections:
                            i(self.multiplicity))
 
 
-def _enumerate_hkl(lattice: torch.Tensor, q_max: torch.Tensor, q_min: torch.Tensor, columns: bool = False):
+def _enumerate_hkl(lattice: torch.Tensor, q_max: torch.Tensor, q_min: torch.Tensor, columns: bool = False,
+                   order: torch.Tensor | None = None):
     """All reciprocal-lattice points of one Friedel half-space with q_min <= Q <= q_max.
 
     Enumerates (h, k) columns and solves the quadratic |G|² <= g_max² for the
     l range of each, so only points inside the sphere are generated.
     Returns (hkl (R,3) long, crystal (R,) long), computed without autograd; with ``columns``
-    also (column of each point (R,), and h, k, crystal of each column): the points of a column
-    are contiguous, with consecutive l.
+    also (column of each point (R,), and h, k, crystal and a bound on |l| of each column): the
+    points of a column are contiguous, with consecutive l.  The points are grouped by crystal,
+    the crystals in the order ``order`` (a permutation; default: batch order); a crystal's
+    points come in the same order whatever ``order`` is.
     """
     device = lattice.device
     with torch.no_grad():
         lat = lattice.detach().to(torch.float64)
+        if order is not None:
+            lat, q_max, q_min = lat.index_select(0, order), q_max.index_select(0, order), q_min.index_select(0, order)
         recip = torch.linalg.inv(lat).transpose(-1, -2)
         gm = recip @ recip.transpose(-1, -2)  # (B,3,3) reciprocal metric, 1/Å²
         B = lat.shape[0]
@@ -260,6 +265,7 @@ def _enumerate_hkl(lattice: torch.Tensor, q_max: torch.Tensor, q_min: torch.Tens
         ok = (disc >= 0) & ((h > 0) | (k >= 0)) & (lmax >= lmin)
         idx = torch.nonzero(ok).squeeze(-1)
         h, k, cb, lmin, lmax, a, bq, c_hk = (t.index_select(0, idx) for t in (h, k, cb, lmin, lmax, a, bq, c_hk))
+        l_bound = torch.maximum(lmin.abs(), lmax.abs())
         nl = lmax - lmin + 1
         n_pts = int(nl.sum())
         rep = torch.repeat_interleave(torch.arange(len(nl), device=device), nl, output_size=n_pts)
@@ -273,10 +279,12 @@ def _enumerate_hkl(lattice: torch.Tensor, q_max: torch.Tensor, q_min: torch.Tens
         if not bool(keep.all()):
             idx = torch.nonzero(keep).squeeze(-1)
             rep, l = rep.index_select(0, idx), l.index_select(0, idx)
+        if order is not None:
+            cb = order.index_select(0, cb)  # batch index of every column's crystal
         hkl = torch.stack([h.index_select(0, rep), k.index_select(0, rep), l], -1)
         crystal = cb.index_select(0, rep)
     if columns:
-        return hkl, crystal, (rep, h, k, cb)
+        return hkl, crystal, (rep, h, k, cb, l_bound)
     return hkl, crystal
 
 
@@ -296,6 +304,12 @@ _ATOM_BUCKETS = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 # hundred kB each) stay in the core's cache.  On the bench's 256 MP-20 structures (AMD EPYC, 1 MiB L2 per
 # core) 2^16-2^17 pairs were the fastest in interleaved runs; 2^14 and 2^19 or more were 1.2-1.4× slower.
 _CHUNK_PAIRS = 1 << 17
+
+
+def _bucket_order(batch: CrystalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The crystals ordered by atom-count bucket (stable), and the bucket of every crystal."""
+    bucket = torch.bucketize(batch.counts(), torch.tensor(_ATOM_BUCKETS, device=batch.device))
+    return torch.argsort(bucket, stable=True), bucket
 
 
 def _ranges(first: torch.Tensor, count: torch.Tensor, total: int) -> torch.Tensor:
@@ -319,24 +333,27 @@ def _species_slots(batch: CrystalBatch):
 
 
 def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hkl: torch.Tensor, crystal: torch.Tensor, columns,
-                    table: str, debye_waller: bool, chunk_elements: int) -> torch.Tensor:
+                    table: str, debye_waller: bool, chunk_elements: int, corder: torch.Tensor,
+                    bucket: torch.Tensor) -> torch.Tensor:
     """|F|² (Friedel mates included) of X-ray reflections without autograd; same result as
     :func:`_intensity_padded`, computed for speed.
 
-    ``hkl``, ``crystal`` and ``columns`` as :func:`_enumerate_hkl` returns them (points grouped by
-    crystal, and by (h, k) column with consecutive l).  The phase factor of atom j is the product
-    of its column factor exp(2πi(h x_j + k y_j)) (once per column) and exp(2πi l z_j) (a table of
-    the l values of each crystal): one complex product per (reflection, atom) instead of a sine
-    and a cosine.  The crystals are ordered by atom-count bucket, each bucket padded to its own
-    largest cell, so that each bucket's reflections and columns are contiguous slices.  Form factors
-    come from :func:`_form_factor_table` (linear interpolation in s², relative error < 1e-5), cut
-    to the batch's elements and stored s²-major, so that the few species of a reflection are read
-    from one or two cache lines instead of one table row each.  Padding atoms have a zero form
-    factor; unit occupancies are not multiplied.
+    ``hkl``, ``crystal`` and ``columns`` as :func:`_enumerate_hkl` returns them with
+    ``order=corder``, ``corder`` and ``bucket`` from :func:`_bucket_order` (points grouped by
+    crystal in bucket order, and by (h, k) column with consecutive l).  The phase factor of
+    atom j is the product of its column factor exp(2πi(h x_j + k y_j)) (once per column) and
+    exp(2πi l z_j) (a table of the l values of each crystal): one complex product per
+    (reflection, atom) instead of a sine and a cosine.  The crystals are ordered by atom-count
+    bucket, each bucket padded to its own largest cell, so that each bucket's reflections and
+    columns are contiguous slices (the enumeration produces them in that order: no permutation
+    of the reflections).  Form factors come from :func:`_form_factor_table` (linear
+    interpolation in s², relative error < 1e-5), cut to the batch's elements and stored
+    s²-major, so that the few species of a reflection are read from one or two cache lines
+    instead of one table row each.  Padding atoms have a zero form factor; unit occupancies are
+    not multiplied.
     """
     B, dtype, device = batch.num_crystals, q.dtype, q.device
-    R = q.shape[0]
-    col, col_h, col_k, col_crystal = columns
+    col, col_h, col_k, col_crystal, col_l = columns
     spec_crystal, spec_numbers, spec_slot, atom_slot, S = _species_slots(batch)
     slot, nmax = _padded_atoms(batch)
     # form factors: (T, E + 1) table of the batch's E elements, column E zero (padding)
@@ -348,6 +365,7 @@ def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hkl: torch.Tensor, cry
     tab = torch.zeros(n_t, E + 1, dtype=dtype, device=device)
     tab[:, :E] = ftab[elements, :n_t].t()
     tab = tab.reshape(-1)
+    tab_next = tab[E + 1:]  # the next s² row: the same index reads the upper interpolation node
     col_pad = torch.full((B, S + 1), E, dtype=torch.long, device=device)  # table column of each species slot
     col_pad[spec_crystal, spec_slot] = torch.searchsorted(elements, spec_numbers)
     sslot_pad = torch.full((B, nmax), S, dtype=torch.long, device=device)  # species slot of each atom; S: padding
@@ -362,23 +380,15 @@ def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hkl: torch.Tensor, cry
     if debye_waller and bool((batch.uiso != 0).any()):
         u_pad = batch.uiso.new_zeros(B, nmax).index_put((batch.batch, slot), batch.uiso)
 
-    # crystals ordered by bucket; reflections and columns in that order
+    # crystals, reflections and columns in bucket order
     counts = batch.counts()
-    bucket = torch.bucketize(counts, torch.tensor(_ATOM_BUCKETS, device=device))
-    corder = torch.argsort(bucket, stable=True)
     cpos = torch.empty_like(corder).index_copy_(0, corder, torch.arange(B, device=device))  # crystal -> position
     r_count = torch.bincount(crystal, minlength=B)
-    perm = _ranges((torch.cumsum(r_count, 0) - r_count)[corder], r_count[corder], R)
-    n_col = col_h.shape[0]
     k_count = torch.bincount(col_crystal, minlength=B)
-    kperm = _ranges((torch.cumsum(k_count, 0) - k_count)[corder], k_count[corder], n_col)
-    kpos = torch.empty_like(kperm).index_copy_(0, kperm, torch.arange(n_col, device=device))  # column -> position
-    rpos = cpos.index_select(0, crystal.index_select(0, perm))  # crystal position of each reflection
-    rcol = kpos.index_select(0, col.index_select(0, perm))  # column position of each reflection
-    q_all = q.index_select(0, perm)
-    l_all = hkl[:, 2].index_select(0, perm)
-    kh = torch.stack([col_h, col_k]).index_select(1, kperm).to(dtype)  # (2, n_col)
-    kpos_cr = cpos.index_select(0, col_crystal.index_select(0, kperm))
+    rpos = cpos.index_select(0, crystal)  # crystal position of each reflection
+    rcol, q_all, l_all = col, q, hkl[:, 2]
+    kh = torch.stack([col_h, col_k]).to(dtype)  # (2, n_col)
+    kpos_cr = cpos.index_select(0, col_crystal)
     nb = len(_ATOM_BUCKETS) + 1
     b_sorted = bucket.index_select(0, corder)
     z = torch.zeros(nb, dtype=torch.long, device=device)
@@ -386,21 +396,38 @@ def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hkl: torch.Tensor, cry
     b_rows = z.index_add(0, b_sorted, r_count.index_select(0, corder)).tolist()
     b_cols = z.index_add(0, b_sorted, k_count.index_select(0, corder)).tolist()
     b_atoms = z.scatter_reduce(0, b_sorted, counts.index_select(0, corder), reduce="amax").tolist()
+    # most species of a crystal in each bucket: the (reflection, species) work has that many columns
+    s_count = torch.bincount(spec_crystal, minlength=B)
+    b_spec = z.scatter_reduce(0, b_sorted, s_count.index_select(0, corder), reduce="amax").tolist()
+    # l tables of all crystals in bucket order, each its own l = -L .. L (L: a bound on the crystal's |l|):
+    # rows zoff .. zoff + 2 L of a crystal; the table row of each reflection
+    l_max = torch.zeros(B, dtype=torch.long, device=device).scatter_reduce(0, col_crystal, col_l, reduce="amax")
+    l_max = l_max.index_select(0, corder)
+    n_l = 2 * l_max + 1
+    zend = torch.cumsum(n_l, 0)
+    zmid = zend - n_l + l_max  # row of l = 0
+    n_z = int(zend[-1])
+    zpos = torch.repeat_interleave(torch.arange(B, device=device), n_l, output_size=n_z)  # crystal position of a row
+    lrow = (torch.arange(n_z, device=device) - zmid.index_select(0, zpos)).to(dtype)
+    zrow = zmid.index_select(0, rpos) + l_all
+    zcut = torch.cat([zend.new_zeros(1), zend]).index_select(
+        0, torch.tensor([0] + b_cry, device=device).cumsum(0)).tolist()  # first row of each bucket
     # form-factor table row and weight of every reflection
     t = q_all * q_all * (1.0 / (_FOUR_PI * _FOUR_PI * _FTAB_DS2))
     i0 = t.long()
     wt_all, row_all = (t - i0.to(dtype))[:, None], (i0 * (E + 1))[:, None]
     parts = []  # (r, 2, 2) per chunk: Σ w c z over the atoms, c, z = cos, sin of the two factors
     c0 = k0 = s0 = 0
-    for n_cry, n_rows, n_cols, n_b in zip(b_cry, b_rows, b_cols, b_atoms):
+    for bi, (n_cry, n_rows, n_cols, n_b, s_b) in enumerate(zip(b_cry, b_rows, b_cols, b_atoms, b_spec)):
         if n_rows == 0:
             c0, k0 = c0 + n_cry, k0 + n_cols
             continue
         xyz = xyz_pad.index_select(1, corder[c0:c0 + n_cry])[:, :, :n_b]  # (3, crystals, n_b)
-        sslot_b = sslot_pad.index_select(0, corder[c0:c0 + n_cry])[:, :n_b].contiguous()
+        # species slots s_b .. S are padding (table column E, zero): padding atoms read slot s_b
+        sslot_b = sslot_pad.index_select(0, corder[c0:c0 + n_cry])[:, :n_b].clamp_max(s_b)
         occ_b, u_b = (None if v is None else v.index_select(0, corder[c0:c0 + n_cry])[:, :n_b].contiguous()
                       for v in (occ_pad, u_pad))
-        col_b = col_pad.index_select(0, corder[c0:c0 + n_cry])
+        col_b = col_pad.index_select(0, corder[c0:c0 + n_cry])[:, :s_b + 1]
         # column factors exp(i(h x + k y)) and the l table exp(i l z), l = -L .. L, of every crystal
         kc = kpos_cr[k0:k0 + n_cols] - c0
         ang = xyz[0].index_select(0, kc) * kh[0, k0:k0 + n_cols, None]
@@ -408,21 +435,20 @@ def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hkl: torch.Tensor, cry
         # complex factors as rows (cos ..., sin ...): the product and the weighted sum are one small matrix
         # product per reflection below (row gathers of complex tensors, torch.polar and complex sums are slower)
         colf = torch.cat([torch.cos(ang), torch.sin(ang)], -1)  # (columns, 2 n_b)
-        L = int(l_all[s0:s0 + n_rows].abs().max())
-        lv = torch.arange(-L, L + 1, device=device, dtype=dtype)
-        zang = xyz[2][:, None, :] * lv[None, :, None]
-        lf = torch.cat([torch.cos(zang), torch.sin(zang)], -1).reshape(-1, 2 * n_b)  # (crystals · (2L + 1), 2 n_b)
+        z0, z1 = zcut[bi], zcut[bi + 1]
+        zang = xyz[2].index_select(0, zpos[z0:z1] - c0) * lrow[z0:z1, None]
+        lf = torch.cat([torch.cos(zang), torch.sin(zang)], -1)  # (rows, 2 n_b)
         # each reflection's crystal, column-factor row and l-table row within the bucket
         pc_b = rpos[s0:s0 + n_rows] - c0
-        zrow_b = pc_b * (2 * L + 1) + l_all[s0:s0 + n_rows] + L
+        zrow_b = zrow[s0:s0 + n_rows] - z0
         krow_b = rcol[s0:s0 + n_rows] - k0
-        rows = max(1, min(chunk_elements // (S + 1), _CHUNK_PAIRS) // n_b)
+        rows = max(1, min(chunk_elements // (s_b + 1), _CHUNK_PAIRS) // n_b)
         for a in range(0, n_rows, rows):
             e = min(a + rows, n_rows)
             pc = pc_b[a:e]
-            base = col_b.index_select(0, pc) + row_all[s0 + a:s0 + e]  # (r, S + 1)
+            base = col_b.index_select(0, pc) + row_all[s0 + a:s0 + e]  # (r, s_b + 1)
             f0 = tab.index_select(0, base.reshape(-1)).view(base.shape)
-            f1 = tab.index_select(0, (base + (E + 1)).reshape(-1)).view(base.shape)
+            f1 = tab_next.index_select(0, base.reshape(-1)).view(base.shape)
             f_spec = torch.addcmul(f0, f1 - f0, wt_all[s0 + a:s0 + e])
             w = torch.gather(f_spec, 1, sslot_b.index_select(0, pc))  # (r, n_b)
             if occ_b is not None:
@@ -437,8 +463,7 @@ def _intensity_fast(batch: CrystalBatch, q: torch.Tensor, hkl: torch.Tensor, cry
         c0, k0, s0 = c0 + n_cry, k0 + n_cols, s0 + n_rows
     m = torch.cat(parts) if len(parts) > 1 else parts[0]
     re, im = m[:, 0, 0] - m[:, 1, 1], m[:, 0, 1] + m[:, 1, 0]  # F = Σ w e^{iα} e^{iβ}
-    out = 2.0 * (re * re + im * im)  # x2: the Friedel mate -h
-    return torch.empty_like(out).index_copy_(0, perm, out)
+    return 2.0 * (re * re + im * im)  # x2: the Friedel mate -h
 
 
 def _intensity_padded(batch: CrystalBatch, q: torch.Tensor, hklf: torch.Tensor, crystal: torch.Tensor,
@@ -516,6 +541,10 @@ def _form_factor_table(numbers: torch.Tensor, s2_top: float, table: str, dtype, 
     return tab
 
 
+# Atomic numbers whose X-ray form factors each table has (checked once, not on every call).
+_XRAY_CHECKED: dict[str, set] = {}
+
+
 def reflections(
     batch: CrystalBatch,
     q_max: float | torch.Tensor,
@@ -562,7 +591,10 @@ def reflections(
         batch.lattice.requires_grad or batch.frac.requires_grad or batch.uiso.requires_grad
         or batch.occupancy.requires_grad
     )
-    hkl, crystal, columns = _enumerate_hkl(batch.lattice, q_max_t, q_min_t, columns=True)
+    fast = radiation == "xray" and not need_grad
+    # the no-grad structure factors take the crystals in atom-count-bucket order
+    corder, bucket = _bucket_order(batch) if fast else (None, None)
+    hkl, crystal, columns = _enumerate_hkl(batch.lattice, q_max_t, q_min_t, columns=True, order=corder)
     R = hkl.shape[0]
     if merge is None:
         merge = not (
@@ -574,25 +606,48 @@ def reflections(
     recip = torch.linalg.inv(batch.lattice).transpose(-1, -2)  # (B, 3, 3)
     gm = recip @ recip.transpose(-1, -2)
     coef = torch.stack([gm[:, 0, 0], gm[:, 1, 1], gm[:, 2, 2], gm[:, 0, 1], gm[:, 0, 2], gm[:, 1, 2]], -1)
-    hklf = hkl.to(dtype)
-    cc = coef.index_select(0, crystal)
-    h_, k_, l_ = hklf.unbind(-1)
-    g2 = (
-        h_ * h_ * cc[:, 0] + k_ * k_ * cc[:, 1] + l_ * l_ * cc[:, 2]
-        + 2 * (h_ * k_ * cc[:, 3] + h_ * l_ * cc[:, 4] + k_ * l_ * cc[:, 5])
-    )
+    hklf = None if fast else hkl.to(dtype)
+    if fast:
+        # the terms without l once per (h, k) column, then per point: the same operations in the same
+        # order as the general formula below (bit-identical Q), on contiguous operands
+        col, col_h, col_k, col_crystal, _ = columns
+        hc, kc = col_h.to(dtype), col_k.to(dtype)
+        ccol = coef.index_select(0, col_crystal).t()
+        c_hk, c_h_k = hc * hc * ccol[0] + kc * kc * ccol[1], hc * kc * ccol[3]
+        h_, k_, c2, c4, c5, c_hk, c_h_k = (t.contiguous().index_select(0, col)
+                                           for t in (hc, kc, ccol[2], ccol[4], ccol[5], c_hk, c_h_k))
+        l_ = hkl[:, 2].to(dtype)
+        g2 = c_hk + l_ * l_ * c2 + 2 * (c_h_k + h_ * l_ * c4 + k_ * l_ * c5)
+    else:
+        cc = coef.index_select(0, crystal)
+        h_, k_, l_ = hklf.unbind(-1)
+        g2 = (
+            h_ * h_ * cc[:, 0] + k_ * k_ * cc[:, 1] + l_ * l_ * cc[:, 2]
+            + 2 * (h_ * k_ * cc[:, 3] + h_ * l_ * cc[:, 4] + k_ * l_ * cc[:, 5])
+        )
     q = _TWO_PI * torch.sqrt(g2)  # (R,)
 
     if radiation == "xray":  # unknown elements fail here, even when no reflection is in range
-        xray_form_factor(torch.unique(batch.numbers), q.new_zeros(1).detach(), table=table)
-    if radiation == "xray" and not need_grad and R > 0:
-        intensity = _intensity_fast(batch, q, hkl, crystal, columns, table, debye_waller, chunk_elements)
+        z = torch.unique(batch.numbers)
+        checked = _XRAY_CHECKED.setdefault(table, set())
+        if not checked.issuperset(z.tolist()):
+            xray_form_factor(z, q.new_zeros(1).detach(), table=table)
+            checked.update(z.tolist())
+    if fast and R > 0:
+        intensity = _intensity_fast(batch, q, hkl, crystal, columns, table, debye_waller, chunk_elements, corder,
+                                    bucket)
     else:
+        hklf = hkl.to(dtype) if hklf is None else hklf
         intensity = _intensity_padded(batch, q, hklf, crystal, radiation, table, debye_waller, chunk_elements)
     mult = torch.full((R,), 2, dtype=torch.long, device=device)
 
-    if merge and R > 0:
+    if merge and R > 0:  # the merged peaks are sorted by crystal and Q, whatever the order of the points
         return _merge(Reflections(q, intensity, crystal, B, hkl, mult))
+    if corder is not None and R > 0:  # points of the crystals in batch order
+        r_count = torch.bincount(crystal, minlength=B)
+        first = torch.empty_like(r_count).index_copy_(0, corder, torch.cumsum(r_count[corder], 0) - r_count[corder])
+        perm = _ranges(first, r_count, R)
+        q, intensity, crystal, hkl = (t.index_select(0, perm) for t in (q, intensity, crystal, hkl))
     return Reflections(q, intensity, crystal, B, hkl, mult)
 
 
@@ -607,7 +662,8 @@ def _merge(refl: Reflections) -> Reflections:
     qkey = torch.round(q.detach().to(torch.float64) * 1e7).long()
     # a stable sort and run detection instead of torch.unique (which takes twice as long on CPU); the
     # first point of a run is its smallest index, the representative hkl as before
-    skey, order = torch.sort(crystal * (1 << 40) + qkey, stable=True)
+    shift = int(qkey.max()).bit_length() if R else 0  # (crystal, Q) in as few bits as they need: fewer sort passes
+    skey, order = torch.sort((crystal << shift) + qkey, stable=True)
     ukey, sinv, counts = torch.unique_consecutive(skey, return_inverse=True, return_counts=True)
     inv = torch.empty_like(sinv).index_copy_(0, order, sinv)
     U = len(ukey)
@@ -622,7 +678,7 @@ def _merge(refl: Reflections) -> Reflections:
     intensity = torch.zeros(U, dtype=intensity.dtype, device=device).index_add(0, inv, intensity)
     hkl = hkl.index_select(0, order.index_select(0, torch.cumsum(counts, 0) - counts))
     mult = 2 * cnt.round().long()
-    crystal = torch.div(ukey, 1 << 40, rounding_mode="floor")
+    crystal = ukey >> shift
     return Reflections(q, intensity, crystal, refl.num_crystals, hkl, mult)
 
 
