@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .threads import map_in_threads
 from .types import Observation, Proposal
 
 #: Isotropic lattice scale grid of stage A: coarse, then fine around the best.
@@ -469,10 +470,15 @@ class _XRDScreen:
         B, S = scales_per_cand.shape
         kern = self._kernels(self.sizes)  # (Z, F)
         nz = len(self.sizes)
+        self._readout()  # the shared read-out, built before the threads read it
+        return map_in_threads(lambda rows: self._stage_a_rows(rows, peaks, scales_per_cand, kern, nz), B)
+
+    def _stage_a_rows(self, rows, peaks, scales_per_cand, kern, nz):
+        """:meth:`stage_a` of the candidates ``rows`` (one thread's share)."""
         best = []
         # one candidate per call: the fits are memory-bound, and 4 or 8 candidates at once (31-62 MB of
         # profiles) took 1.5 and 3.3 times as long (NaCu2P2 lab pattern, 200 templates, 2026-12-05)
-        for b in range(B):
+        for b in rows:
             qb, ib, _ = peaks[b]
             if len(qb) == 0:
                 best.append((np.inf, 1.0, self.sizes[0], None, "scherrer"))
@@ -1159,16 +1165,23 @@ def prescreen(observation: Observation, structures, *, chunk: int = 32) -> np.nd
     sizes = [float(observation.size_nm)] if observation.size_nm else list(PRESCREEN_SIZES_NM)
     kern = scr._kernels(sizes)[: len(sizes)]  # the Scherrer Lorentzians (first block of SCREEN_KERNELS)
     scales = PRESCREEN_SCALES
-    for c0 in range(0, len(structures), chunk):
-        part = structures[c0: c0 + chunk]
-        peaks = scr.peaks(part)
-        hist = scr._stick_histograms([(qb, ib) for qb, ib, _ in peaks], np.tile(scales, (len(peaks), 1)))  # (C, S, nq)
-        coef, rwp = scr.fit_histograms(hist, kern)
-        ok = (coef[..., 0] > 0) & np.isfinite(rwp)
-        rwp = np.where(ok, rwp, np.inf).reshape(len(part), -1)
-        empty = np.array([len(qb) == 0 for qb, _, _ in peaks])
-        out[c0: c0 + len(part)] = np.where(empty, np.inf, rwp.min(axis=1))
-    return out
+    scr._readout()  # the shared read-out, built before the threads read it
+
+    def chunk_rwp(chunks):
+        res = []
+        for c in chunks:
+            part = structures[c * chunk: (c + 1) * chunk]
+            peaks = scr.peaks(part)
+            hist = scr._stick_histograms([(qb, ib) for qb, ib, _ in peaks], np.tile(scales, (len(peaks), 1)))
+            coef, rwp = scr.fit_histograms(hist, kern)  # (C, S, Z)
+            ok = (coef[..., 0] > 0) & np.isfinite(rwp)
+            rwp = np.where(ok, rwp, np.inf).reshape(len(part), -1)
+            empty = np.array([len(qb) == 0 for qb, _, _ in peaks])
+            res.append(np.where(empty, np.inf, rwp.min(axis=1)))
+        return res
+
+    n_chunks = -(-len(structures) // chunk)
+    return np.concatenate(map_in_threads(chunk_rwp, n_chunks, min_per_thread=2))
 
 
 @_single_torch_thread

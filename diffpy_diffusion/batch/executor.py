@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DiffpyDiffusionError, NotAvailableError
-from ..threads import set_threads
+from ..threads import WORK_THREADS_ENV, set_threads
 
 __all__ = ["TaskError", "map_tasks"]
 
@@ -52,8 +52,9 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 def _worker_init(threads: int | None, parent_pid: int | None = None) -> None:
-    """Pool initializer: one BLAS/torch thread per worker process so N workers use N cores, and a
-    watcher that ends the worker when the parent process dies."""
+    """Pool initializer: one BLAS/torch thread and one work thread per worker process so N workers use
+    N cores, and a watcher that ends the worker when the parent process dies."""
+    os.environ[WORK_THREADS_ENV] = "1"  # the workers are the parallelism (threads.work_threads)
     if parent_pid is not None:
         threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True,
                          name="diffpy-diffusion-orphan-watch").start()

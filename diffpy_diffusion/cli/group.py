@@ -131,7 +131,9 @@ def _apply_threads(ctx, param, value):
                    "$DIFFPY_DIFFUSION_THREADS]. The tensors here are small: more threads rarely help, and "
                    "on a machine doing anything else they spin against each other (propose on the demo "
                    "pattern, loaded 2-core machine: 52 s with 1 thread, 122 s with 2). Parallel work "
-                   "uses processes: --workers. 'train' has its own --threads.")
+                   "uses processes (--workers) and, within propose, threads for the screen's independent "
+                   "candidates ($DIFFPY_DIFFUSION_WORK_THREADS, default: the usable CPUs, at most 4). "
+                   "'train' has its own --threads.")
 @debug_option
 def cli():
     """Propose crystal structures that explain a nanocrystal powder pattern or PDF.

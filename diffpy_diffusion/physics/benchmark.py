@@ -49,7 +49,7 @@ def _structures(n: int):
     return reference.built_structures(n), "pymatgen-built structures (DIFFPY_DIFFUSION_DATA not set)"
 
 
-def bench_xrd(n_structures: int = 256, n_reference: int = 32, repeats: int = 5) -> dict:
+def bench_xrd(n_structures: int = 256, n_reference: int = 32, repeats: int = 15) -> dict:
     import torch
     from pymatgen.analysis.diffraction.xrd import XRDCalculator
 
