@@ -746,14 +746,24 @@ def _pair_moments_jvp(cols: dict, frac, lat, t_frac, t_lat, r_lo: float, col_cls
     acc = torch.zeros(3 + 2 * G, C * nbins, dtype=dtype, device=device)
     if len(cnt) == 0:
         return acc[:3], acc[3:].T.reshape(C * nbins, 2, G)
-    f = frac - torch.floor(frac)
-    iu, ju, prow = cols["iu"], cols["ju"], cols["prow"]
-    u_row = f[ju] - f[iu]  # (rows, 3)
-    lat_dirs = torch.nonzero(t_lat.reshape(G, -1).abs().amax(1) > 0).squeeze(-1)
-    frac_dirs = torch.nonzero(t_frac.reshape(G, -1).abs().amax(1) > 0).squeeze(-1)
-    tu_row = (t_frac[frac_dirs][:, ju] - t_frac[frac_dirs][:, iu]).permute(1, 2, 0)  # (rows, 3, Gf)
-    metric = lat @ lat.T
-    quad = (t_lat[lat_dirs] @ lat.T).reshape(-1, 9)  # (Gl, 9): v·(∂L Lᵀ)·v
+    if G:
+        f = frac - torch.floor(frac)
+        iu, ju, prow = cols["iu"], cols["ju"], cols["prow"]
+        u_row = f[ju] - f[iu]  # (rows, 3)
+        # along a column v = (v0, v1, u2 + n2) with v0, v1 fixed, so d·∂d, a quadratic form in v,
+        # is p + v2 (s + t v2) with p, s per (direction, column) and t per direction: two gathers
+        # and two multiply-adds per pair instead of a (pair, 3, 3) form (2x faster, SrFe2As2)
+        v0 = u_row[prow, 0] + cols["c0"].to(dtype)
+        v1 = u_row[prow, 1] + cols["c1"].to(dtype)
+        A = t_lat @ lat.T  # (G, 3, 3): v (∂L Lᵀ) vᵀ, symmetrised
+        A = A + A.transpose(1, 2)
+        p = 0.5 * (A[:, 0, 0, None] * v0 * v0 + A[:, 1, 1, None] * v1 * v1) + A[:, 0, 1, None] * v0 * v1
+        s = A[:, 0, 2, None] * v0 + A[:, 1, 2, None] * v1
+        t = 0.5 * A[:, 2, 2]
+        # v g ∂uᵀ (g = L Lᵀ) with ∂u of the column's atom pair
+        a = ((t_frac[:, ju] - t_frac[:, iu]) @ (lat @ lat.T)).index_select(1, prow)  # (G, columns, 3)
+        ps = torch.cat([p + a[..., 0] * v0 + a[..., 1] * v1, s + a[..., 2]], 0)  # (2G, columns)
+        u2 = cols["u2"].to(dtype)
     cum = torch.cumsum(cnt, 0)
     total = int(cum[-1])
     marks = torch.tensor(list(range(_BLOCK_PAIRS, total, _BLOCK_PAIRS)), dtype=cum.dtype, device=device)
@@ -774,18 +784,11 @@ def _pair_moments_jvp(cols: dict, frac, lat, t_frac, t_lat, r_lo: float, col_cls
         torch.mul(w, delta, out=src[1])
         torch.mul(src[1], delta, out=src[2])
         if G:
-            row = prow[cs:ce].index_select(0, rep)
-            v = u_row.index_select(0, row)
-            v = v + torch.stack([cols["c0"][cs:ce].index_select(0, rep).to(dtype),
-                                 cols["c1"][cs:ce].index_select(0, rep).to(dtype), n2.to(dtype)], 1)
-            # d·∂d = v g ∂vᵀ + v (∂L Lᵀ) vᵀ, g = L Lᵀ: a quadratic form in v for the lattice directions
-            dd = src[3 : 3 + G]
-            dd.zero_()
-            if lat_dirs.numel():
-                dd[lat_dirs] = quad @ (v[:, :, None] * v[:, None, :]).reshape(-1, 9).T
-            if frac_dirs.numel():
-                dd[frac_dirs] += ((v @ metric)[:, :, None] * tu_row.index_select(0, row)).sum(1).T
-            dd.mul_(w / dist)
+            v2 = u2[cs:ce].index_select(0, rep) + n2
+            g = ps[:, cs:ce].index_select(1, rep)  # (2G, pairs)
+            dd = src[3 : 3 + G]  # d·∂d, then w ∂d
+            torch.addcmul(g[G:], t[:, None], v2, out=dd)
+            dd.mul_(v2).add_(g[:G]).mul_(w / dist)
             torch.mul(dd, 2.0 * delta, out=src[3 + G :])
         acc.index_add_(1, flat, src)
     return acc[:3], acc[3:].T.reshape(C * nbins, 2, G)
@@ -870,42 +873,44 @@ def _gauss_from_moments_jvp(m, t_m, s2_c, pars, resp, rmin: float, dr: float, k_
         m[0][nz], m[1][nz], 0.5 * m[2][nz], s2_c[e_cls], r_e, pars, t_m1, t_m2h, t_s2,
         (unit["d1"], unit["d2"], unit["qb"]))  # tangents (Q, E)
     rho = tinv / inv  # ∂z/z
-    # tangent of e^{−z²/2}(a0 + a1 z + a2 z²), as a quartic in z: (E, 5, Q)
-    b = torch.stack([ta0, ta1 + a1 * rho, ta2 + (2 * a2 - a0) * rho, -a1 * rho, -a2 * rho], 0).permute(2, 0, 1)
-    b = b.contiguous()
-    js2 = G + resp.index("s2") if "s2" in resp else None
+    # an entry's value and tangents are e^{−z²/2} times quadratics/quartics in z = x/σ:
+    # Σₙ cₙ zⁿ = Σₙ (cₙ σ⁻ⁿ) xⁿ, so with row 0 the value (a0, a1, a2, 0, 0) and rows 1..Q the
+    # tangents, all rows of a block are one matrix product (rows·entries, 5) @ (5, L) with the
+    # powers xⁿ of the window offsets, times e^{−z²/2}: one GEMM instead of an (entry, 5, L) basis
+    # and a batch of tiny products (measured on SrFe2As2 to 100 Å: 1.6x faster)
+    zero = torch.zeros_like(a0)
+    coef = torch.cat([torch.stack([a0, a1, a2, zero, zero], 0)[:, None],
+                      torch.stack([ta0, ta1 + a1 * rho, ta2 + (2 * a2 - a0) * rho, -a1 * rho, -a2 * rho], 0)], 1)
+    coef = coef * torch.stack([torch.ones_like(inv), inv, inv * inv, inv**3, inv**4], 0)[:, None]  # σ⁻ⁿ
+    coef = coef.permute(1, 2, 0).contiguous()  # (1 + Q, E, 5)
+    js2 = 1 + G + resp.index("s2") if "s2" in resp else None
     lim2 = (nsig + 0.5 * dr * inv) ** 2
     x = dr * torch.arange(-W, W + 1, dtype=dtype, device=device)
+    xn = torch.stack([torch.ones_like(x), x, x * x, x**3, x**4], 0)  # (5, L)
     L = x.numel()
     n_ext = K + 4 * W + 1
-    ext = torch.zeros(n_ext, dtype=dtype, device=device)
-    t_ext = torch.zeros(Q, n_ext, dtype=dtype, device=device)
+    t_ext = torch.zeros(1 + Q, n_ext, dtype=dtype, device=device)
     s2_ext = torch.zeros(n_ext * C, dtype=dtype, device=device) if js2 is not None else None
     ar = torch.arange(L, device=device) + W
-    # blocks of 16·_BLOCK_VALUES values per column: fewest calls for the size of the temporaries
-    # (measured on SrFe2As2 to 100 Å: 0.53 s per Jacobian, 0.58 s with 4·, 0.73 s with 1·)
-    rows = max(1, 16 * _BLOCK_VALUES // (L * max(Q, 1)))
+    inv2 = inv * inv
+    # blocks of 16·_BLOCK_VALUES values per row: fewest calls for the size of the temporaries
+    rows = max(1, 16 * _BLOCK_VALUES // (L * (1 + Q)))
     for s in range(0, E, rows):
         sl = slice(s, s + rows)
-        z = torch.outer(inv[sl], x)
-        z2 = z * z
-        gz = torch.exp(-0.5 * z2) * (z2 <= lim2[sl, None])
+        n = min(s + rows, E) - s
+        z2 = torch.outer(inv2[sl], x * x)
+        gz = torch.exp(z2 * -0.5).mul_(z2 <= lim2[sl, None])
+        v = torch.mm(coef[:, sl].reshape(-1, 5), xn).view(1 + Q, n, L).mul_(gz)
         idx = (e_k[sl, None] + ar).reshape(-1)
-        val = gz * torch.addcmul(torch.addcmul(a0[sl, None], a1[sl, None], z), a2[sl, None], z2)
-        ext.index_add_(0, idx, val.reshape(-1))
-        if Q:
-            gzz = gz * z2
-            basis = torch.stack([gz, gz * z, gzz, gzz * z, gzz * z2], 1)  # (e, 5, L)
-            v = torch.bmm(b[sl].transpose(1, 2), basis)  # (e, Q, L)
-            t_ext.index_add_(1, idx, v.transpose(0, 1).reshape(Q, -1))
-            if js2 is not None:  # the σ'² response, kept apart per class
-                cidx = (idx * C).view(-1, L) + e_cls[sl, None]
-                s2_ext.index_add_(0, cidx.reshape(-1), v[:, js2, :].reshape(-1))
+        t_ext.index_add_(1, idx, v.view(1 + Q, -1))
+        if js2 is not None:  # the σ'² response, kept apart per class
+            cidx = (idx * C).view(-1, L) + e_cls[sl, None]
+            s2_ext.index_add_(0, cidx.reshape(-1), v[js2].reshape(-1))
     t = t_ext[:, 2 * W : 2 * W + K]
     F = {}
     for j, n in enumerate(resp):
         if n == "s2":
             F[n] = s2_ext.view(n_ext, C)[2 * W : 2 * W + K].T
         else:
-            F[n] = t[G + j]
-    return out + ext[2 * W : 2 * W + K], t[:G], F
+            F[n] = t[1 + G + j]
+    return out + t[0], t[1 : 1 + G], F
