@@ -876,6 +876,7 @@ def xrd_profile(
     Y=0.0,
     axial_deg=0.0,
     displacement_deg=0.0,
+    record: list | None = None,
 ) -> torch.Tensor:
     """Powder pattern on a grid from a peak list.
 
@@ -950,6 +951,11 @@ def xrd_profile(
         Specimen displacement: peaks move by ``displacement_deg · cosθ`` degrees
         2θ (for a displacement s on a goniometer of radius R,
         displacement_deg = −(360/π) s/R).
+    record : list, optional
+        Window method only: instead of profiling the peaks, append one tuple per set of peaks
+        (wavelength, axial sub-peak) with what the profile of each would be computed from, in grid
+        units: ``(pos, intensity, h_inst, h_size, eta, no_inst, min_fwhm)`` (for
+        :func:`xrd_pattern_window_jvp`); the pattern returned is then zero.
 
     Returns
     -------
@@ -997,6 +1003,8 @@ def xrd_profile(
     if method == "fft" and size_t is None:
         raise ValueError("method: 'fft' needs size broadening (size_nm)")
     use_fft = method == "fft" or (method == "auto" and size_t is not None and M > 1)
+    if record is not None and use_fft:
+        raise ValueError("record: the window method only")
 
     out = None if use_fft else torch.zeros(B * M, dtype=dtype, device=device)  # the window path's sum
     comps = [(float(wavelength), 1.0)]
@@ -1084,6 +1092,9 @@ def xrd_profile(
                 pos_j = tt_j
             if axial_t is None:
                 pos_j = pos_x
+            if record is not None:
+                record.append((pos_j, inten_j, h_inst, h_size, eta_p, no_inst, min_fwhm))
+                continue
             _add_peaks(
                 out, x, c, pos_j, inten_j, h_inst, h_size, eta_p, no_inst, size_kernel,
                 min_fwhm, peak_window, M, chunk_elements,
@@ -1771,6 +1782,162 @@ def xrd_pattern_jvp(batch: CrystalBatch, x, tangents: dict[str, torch.Tensor], *
         out = fwad.unpack_dual(xrd_pattern(rep, x, **kw))
     dy = out.tangent if out.tangent is not None else torch.zeros_like(out.primal)
     return out.primal[0], dy
+
+
+def _window_terms(kind: str, hi, hs, eta, kernel: str, min_fwhm: float):
+    """The peak profile of :func:`_add_peaks` as Gaussian and Lorentzian terms ``(kind, fwhm, weight)``
+    (``kind`` "g" or "l", arrays of the peaks' FWHM and weight), and the window half-width unit; None
+    for a sinc size kernel alone."""
+    if hs is None:
+        h = torch.full_like(eta, min_fwhm) if kind == "none" else hi
+        return [("g", h, 1 - eta), ("l", h, eta)], h
+    if kind == "none":
+        if kernel in ("scherrer", "gauss"):
+            return [("l" if kernel == "scherrer" else "g", hs, torch.ones_like(hs))], hs
+        return None
+    if kernel == "scherrer":
+        hv, ev = _tch(hi, hs)
+        return [("g", hv, (1 - eta) * (1 - ev)), ("l", hv, (1 - eta) * ev), ("l", hi + hs, eta)], hi + hs
+    if kernel == "gauss":
+        hv, ev = _tch(hs, hi)
+        return [("g", torch.sqrt(hi * hi + hs * hs), 1 - eta), ("g", hv, eta * (1 - ev)), ("l", hv, eta * ev)], hi + hs
+    return [("g", torch.sqrt(hi * hi + hs * hs), 1 - eta), ("l", hi + hs, eta)], hi + hs
+
+
+#: Window values per block of :func:`xrd_pattern_window_jvp` (peaks x window points).
+_WINDOW_BLOCK = 1 << 16
+
+
+def xrd_pattern_window_jvp(batch: CrystalBatch, x, steps, **kwargs) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Pattern of one state and its derivatives along D directions, for window-method profiles.
+
+    What each peak's profile is computed from (position, intensity, Gaussian and Lorentzian FWHMs
+    and weights, in grid units) is a smooth function of the state, cheap per peak: its derivatives
+    are central differences between the states moved by ±steps[d].  The profiles themselves, the
+    expensive part, are differentiated analytically on the windows of the unmoved state
+    (∂/∂position and ∂/∂FWHM of the Gaussian and Lorentzian kernels of :func:`_add_peaks`), so
+    all D columns cost one pass over the windows with 3 kernels per term instead of one profile
+    evaluation per direction; no forward-mode AD.  The derivative is that of the model at the
+    unmoved state's windows, as :func:`xrd_pattern_jvp` gives; the per-peak differences add a
+    relative error of order (step)² (central differences of smooth functions).
+
+    Parameters
+    ----------
+    batch : CrystalBatch
+        1 + 2D crystals, float64: the state, then the state moved by +steps[d] along direction d
+        (d = 0 … D−1), then moved by −steps[d].
+    x : array-like, shape (M,)
+        Grid, as for :func:`xrd_pattern`.
+    steps : array-like, shape (D,)
+        The (positive) step of each direction.
+    **kwargs
+        Keyword arguments of :func:`xrd_pattern`; each profile term a number or a (1 + 2D,) tensor
+        (its value in each crystal).
+
+    Returns
+    -------
+    (y, dy) or None
+        y (M,) the state's pattern, dy (D, M) its derivatives; None where this does not apply:
+        an FFT profile, a sinc size kernel alone, or moved states whose peak lists do not
+        correspond to the state's (a reflection enters or leaves the range, an accidental
+        overlap splits, an axial sub-peak appears, a peak's intensity turns zero).
+    """
+    _check_batch(batch)
+    dtype, device = batch.dtype, batch.device
+    steps = torch.as_tensor(steps, dtype=dtype, device=device).reshape(-1)
+    D, S = steps.numel(), batch.num_crystals
+    if S != 1 + 2 * D:
+        raise ValueError(f"batch: need 1 + 2·{D} crystals, got {S}")
+    x = torch.as_tensor(x, dtype=dtype, device=device).contiguous()
+    M = x.numel()
+    method = kwargs.get("method", "auto")
+    if method == "fft" or (method == "auto" and kwargs.get("size_nm") is not None and M > 1):
+        return None
+    defaults = {k: v.default for k, v in inspect.signature(xrd_pattern).parameters.items()
+                if v.default is not inspect.Parameter.empty}
+    ref_kw = {k: kwargs.get(k, defaults[k]) for k in (*_REFLECTION_ARGS, "x_kind", "wavelength", "size_nm",
+                                                      "zero_deg", "lorentz_polarization")}
+    refl = _pattern_reflections(batch, x, **ref_kw)
+    counts = torch.bincount(refl.crystal, minlength=S)
+    R = int(counts[0])
+    if not bool((counts == R).all()):
+        return None
+    order = torch.argsort(refl.crystal, stable=True)
+    for ids in (refl.hkl, refl.multiplicity):
+        if ids is not None:
+            ids = ids[order].reshape(S, R, -1)
+            if not torch.equal(ids, ids[:1].expand_as(ids)):
+                return None
+    record: list = []
+    prof_kw = {k: v for k, v in kwargs.items() if k not in _REFLECTION_ARGS and k != "background"}
+    xrd_profile(refl, x, background=None, record=record, **prof_kw)
+    kernel = kwargs.get("size_kernel", defaults["size_kernel"])
+    window = float(kwargs.get("peak_window", defaults["peak_window"]))
+    y = x.new_zeros(M)
+    dy = x.new_zeros(D, M)
+
+    def per_state(t):
+        return t[order].view(S, R)
+
+    def diff(t):  # (S, ·) -> (D, ·): central differences
+        return (t[1 : 1 + D] - t[1 + D :]) / (2 * steps[:, None])
+
+    for pos, inten, h_inst, h_size, eta, no_inst, min_fwhm in record:
+        pos, inten, eta, hi = per_state(pos), per_state(inten), per_state(eta), per_state(h_inst)
+        hs = None if h_size is None else per_state(h_size)
+        out = _window_terms("none" if no_inst else "inst", hi, hs, eta, kernel, min_fwhm)
+        if out is None:
+            return None
+        terms, width = out
+        wd = width[0].clamp_min(1e-12)
+        lo = torch.searchsorted(x, (pos[0] - window * wd).contiguous())
+        n = (torch.searchsorted(x, (pos[0] + window * wd).contiguous(), right=True) - lo).clamp_min(0)
+        nz = inten != 0
+        if not bool((nz[:, n > 0] == nz[:1, n > 0]).all()):
+            return None
+        keep = torch.nonzero((n > 0) & nz[0]).squeeze(-1)
+        if keep.numel() == 0:
+            continue
+        keep = keep[torch.argsort(n[keep])]  # blocks of similar window lengths
+        i0, d_i, d_pos = inten[0], diff(inten), diff(pos)
+        tv = [(kind, h[0], w[0], diff(h), diff(w)) for kind, h, w in terms]
+        n_k = n[keep].tolist()
+        start = 0
+        while start < len(keep):
+            end = start + 1
+            while end < len(keep) and (end + 1 - start) * n_k[end] <= _WINDOW_BLOCK:
+                end += 1
+            sel = keep[start:end]
+            L = n_k[end - 1]
+            start = end
+            gi = lo[sel, None] + torch.arange(L, device=device)
+            valid = (gi < (lo[sel] + n[sel])[:, None]).to(dtype)
+            gi = gi.clamp_max(M - 1)
+            dx = x[gi] - pos[0, sel, None]
+            dx2 = dx * dx
+            kern, coef = [], []
+            val = torch.zeros_like(dx)
+            for kind, h0, w0, dh, dw in tv:
+                h = h0[sel, None]
+                iw = i0[sel] * w0[sel]
+                if kind == "g":
+                    f = torch.exp(dx2 * (-_G_EXP / (h * h))) * (_G_NORM / h)
+                    f_pos = f * dx * (2 * _G_EXP / (h * h))  # ∂f/∂position
+                    f_h = f * (dx2 * (2 * _G_EXP) / (h * h * h) - 1 / h)  # ∂f/∂FWHM
+                else:
+                    q = 1 / (1 + dx2 * (4 / (h * h)))
+                    f = q * (_L_NORM / h)
+                    f_pos = f * q * dx * (8 / (h * h))
+                    f_h = f * (q * dx2 * (8 / (h * h * h)) - 1 / h)
+                val += iw[:, None] * f
+                kern += [f, f_pos, f_h]
+                coef += [d_i[:, sel] * w0[sel] + i0[sel] * dw[:, sel], iw * d_pos[:, sel], iw * dh[:, sel]]
+            K = torch.stack(kern, 1) * valid[:, None]  # (peaks, kernels, L)
+            C = torch.stack(coef, 2).transpose(0, 1)  # (peaks, D, kernels)
+            idx = gi.reshape(-1)
+            y.index_add_(0, idx, (val * valid).reshape(-1))
+            dy.index_add_(1, idx, torch.bmm(C, K).transpose(0, 1).reshape(D, -1))
+    return y, dy
 
 
 def march_dollase_factor(cos_alpha: torch.Tensor, r) -> torch.Tensor:

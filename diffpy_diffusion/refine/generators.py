@@ -416,8 +416,8 @@ class XRDGenerator(TorchGenerator):
 
     #: :meth:`jacobian` gives exact derivatives of this generator's own model (main phase only)
     exact_jacobian = True
-    #: ... but DIFFPY_DIFFUSION_JACOBIAN=auto uses differences of the state for the non-linear
-    #: columns: forward-mode AD costs ~4x more here (:mod:`.jacobian`)
+    #: ... but DIFFPY_DIFFUSION_JACOBIAN=auto uses :meth:`jacobian_window` or differences of the state
+    #: for the non-linear columns: forward-mode AD costs ~4x more here (:mod:`.jacobian`)
     exact_in_auto = False
 
     def jacobian(self, x: np.ndarray, state: dict[str, Any], tangents: dict[str, np.ndarray]):
@@ -487,6 +487,48 @@ class XRDGenerator(TorchGenerator):
             tb = np.stack([tans[k] if k in tans else np.zeros(D) for k in bkg_keys], 1)  # (D, K)
             dy += tb @ V
         return y, np.where(np.isfinite(dy), dy, 0.0)
+
+    #: profile terms of :meth:`_pattern_kwargs` that may differ between the states of :meth:`jacobian_window`
+    _WINDOW_TERMS = ("scale", "U", "V", "W", "eta", "X", "Y", "zero_deg", "axial_deg", "displacement_deg",
+                     "size_nm", "march_dollase")
+
+    def jacobian_window(self, x: np.ndarray, states: list[dict[str, Any]], steps: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Main-phase pattern of ``states[0]`` and its derivatives along D directions, window profiles only.
+
+        ``states`` are the state, then the state moved by +steps[d] along each direction d, then
+        by −steps[d] (1 + 2D states); :func:`~diffpy_diffusion.physics.xrd.xrd_pattern_window_jvp`
+        differentiates the profiles analytically and the peak list by central differences.
+        Returns (y (M,), dy (D, M)), or None where that does not apply: FFT profiles (the "pv"
+        shape with a size), extra phases, or a moved state that the model clips (Uiso < 0, η
+        outside [0, 1], size crossing 0, March–Dollase below 1e-3) or whose peaks do not
+        correspond.
+        """
+        import torch
+
+        from ..physics.xrd import xrd_pattern_window_jvp
+
+        st = states[0]
+        if self.extra_phases or (self.peak_shape != "tch" and float(st["size_nm"]) > 0):
+            return None
+        size = np.array([float(s["size_nm"]) for s in states])
+        eta = np.array([float(s["eta"]) for s in states])
+        po = np.array([float(s["march_dollase"]) for s in states])
+        if (np.any(size > 0) and not np.all(size > 0)) or np.any(po < 1e-3) or any(np.any(s["uiso"] < 0)
+                                                                                  for s in states):
+            return None
+        kw = self._pattern_kwargs(st)
+        if "eta" in kw and (np.any(eta < 0) or np.any(eta > 1)):
+            return None
+        for key in self._WINDOW_TERMS:
+            if key in kw and kw[key] is not None:
+                kw[key] = _t(np.array([float(s[key]) for s in states]))
+        with torch.no_grad():
+            out = xrd_pattern_window_jvp(_state_batch(states), _t(x), _t(steps), **kw)
+        if out is None:
+            return None
+        y, dy = (np.where(np.isfinite(a), a, 0.0) for a in (out[0].numpy(), out[1].numpy()))
+        return y, dy
 
     def _pattern_kwargs(self, state: dict[str, Any]) -> dict[str, Any]:
         """The keyword arguments of :meth:`_pattern` for one state, as numbers (for the derivatives and

@@ -22,11 +22,15 @@ by forward-mode automatic differentiation of the same model
 ``DIFFPY_DIFFUSION_JACOBIAN`` (:data:`JACOBIAN_MODES`):
 
 * ``auto`` (default): exact where exact is cheaper.  PDF: exact.  PXRD: the linear
-  columns (scale, Chebyshev background) exact, the others differences of the state in
-  one batched physics call (no srfit call per variable), because forward-mode AD in
-  torch 2.13 costs a fixed ~0.4 ms for every operation that mixes a dual and a plain
-  tensor (its zero-tangent fallback), about 4x the batched differences of a
-  10-variable PXRD Jacobian (``benchmarks/refine_jacobian.md``).
+  columns (scale, Chebyshev background) exact; with window profiles (the Rietveld TCH
+  model, or no size broadening) the others from analytic derivatives of the peak
+  profiles with the peak list differenced per peak
+  (:meth:`~.generators.XRDGenerator.jacobian_window`: 2-4x cheaper than differences of
+  the state); with FFT profiles differences of the state in one batched physics call
+  (no srfit call per variable).  Not forward-mode AD: in torch 2.13 it costs a fixed
+  ~0.4 ms for every operation that mixes a dual and a plain tensor (its zero-tangent
+  fallback), about 4x the batched differences of a 10-variable PXRD Jacobian
+  (``benchmarks/refine_jacobian.md``).
 * ``exact``: every column exact, PXRD included.
 * ``fd``: the batched finite-difference Jacobian of :class:`~.optimize.ResidualProblem`,
   also used for any generator without derivatives (plugin calculators).

@@ -2,8 +2,8 @@
 
 :class:`ResidualProblem` is the weighted residual of a :class:`~.recipe.RecipeBundle`
 over its currently free variables, with its Jacobian from the physics' own
-derivatives (:mod:`.jacobian`: exact for the torch PDF; for PXRD exact linear columns,
-or every column with ``DIFFPY_DIFFUSION_JACOBIAN=exact``) or, with
+derivatives (:mod:`.jacobian`: exact for the torch PDF; for PXRD exact linear columns and
+analytic window-profile derivatives, or every column with ``DIFFPY_DIFFUSION_JACOBIAN=exact``) or, with
 ``DIFFPY_DIFFUSION_JACOBIAN=fd`` and for generators without derivatives, by finite
 differences evaluated as *one batched* physics call (every perturbed parameter state is one crystal of a
 :class:`~diffpy_diffusion.physics.crystal.CrystalBatch`).  :func:`run_stage`
@@ -121,9 +121,8 @@ class ResidualProblem:
 
         Every column exact for a generator with ``exact_jacobian`` (unless mode "auto" and its
         ``exact_in_auto`` is False: PXRD); otherwise (PXRD) the linear columns (scale,
-        background) exact and the others finite differences of the state, in one batched
-        physics call.  None when the state map moves something the generator cannot
-        differentiate (the caller then uses :meth:`jacobian_fd`).
+        background) exact and the others from :meth:`_jacobian_xrd`.  None when the state map
+        moves something the generator cannot differentiate (the caller then uses :meth:`jacobian_fd`).
         """
         b = self.b
         gen = b.generator
@@ -145,7 +144,9 @@ class ResidualProblem:
         return self._jacobian_xrd(p, st, tans, T[:6])
 
     def _jacobian_xrd(self, p, st, tans, t_lp) -> np.ndarray:
-        """PXRD: exact columns of the linear parameters, state differences for the rest."""
+        """PXRD: exact columns of the linear parameters; the others from the generator's window-profile
+        derivatives (:meth:`~.generators.XRDGenerator.jacobian_window`) where it has them, else
+        forward differences of the state in one batched physics call."""
         from .generators import chebyshev_background
 
         gen = self.b.generator
@@ -159,9 +160,8 @@ class ResidualProblem:
         steps = 1e-6 * np.maximum(np.abs(p), 1e-2)
         steps = np.where(p + steps > hi, -steps, steps)
         lp = np.asarray(gen.stru.lattice.abcABG(), float)
-        states = [st]
-        for d in np.flatnonzero(~is_lin):
-            h = steps[d]
+
+        def moved(d, h):
             s = dict(st)
             if np.any(t_lp[:, d] != 0):
                 s["lattice"] = self.smap.lattice_rows(lp + h * t_lp[:, d])
@@ -169,23 +169,40 @@ class ResidualProblem:
             s["uiso"] = st["uiso"] + h * tans["uiso"][d]
             for k in scalars:
                 s[k] = st[k] + h * float(tans[k][d])
-            states.append(s)
-        lin_scale = is_lin.any() and any(tans["scale"][d] != 0 for d in np.flatnonzero(is_lin))
-        if lin_scale:  # the main phase at unit scale, without background and extra phases
-            s = dict(st, scale=1.0, **{f"bkg_{k}": 0.0 for k in range(gen.nbkg)})
-            s.update({f"scale_{n}": 0.0 for n in getattr(gen, "extra_phases", [])})
-            states.append(s)
-        Y = self.model_batch(states)
-        J = np.empty((len(self.x), D))
+            return s
+
         nl = np.flatnonzero(~is_lin)
-        J[:, nl] = ((Y[1 : 1 + len(nl)] - Y[0]) / steps[nl][:, None]).T
+        lin_scale = is_lin.any() and any(tans["scale"][d] != 0 for d in np.flatnonzero(is_lin))
+        J = np.empty((len(self.x), D))
+        unit = None
+        window = getattr(gen, "jacobian_window", None)
+        out = None
+        if len(nl) and window is not None:
+            # central differences of the peak list only: a longer step than the profiles' differences
+            # (their error is (step)², rounding ~1e-16/step)
+            h = 1e-5 * np.maximum(np.abs(p[nl]), 1e-2)
+            out = window(self.x, [st, *(moved(d, hd) for d, hd in zip(nl, h)),
+                                  *(moved(d, -hd) for d, hd in zip(nl, h))], h)
+            self.nfev += out is not None
+        if out is not None and (not lin_scale or float(st["scale"]) != 0):
+            J[:, nl] = out[1].T
+            unit = out[0] / float(st["scale"]) if lin_scale else None
+        else:
+            states = [st, *(moved(d, steps[d]) for d in nl)]
+            if lin_scale:  # the main phase at unit scale, without background and extra phases
+                s = dict(st, scale=1.0, **{f"bkg_{k}": 0.0 for k in range(gen.nbkg)})
+                s.update({f"scale_{n}": 0.0 for n in getattr(gen, "extra_phases", [])})
+                states.append(s)
+            Y = self.model_batch(states)
+            J[:, nl] = ((Y[1 : 1 + len(nl)] - Y[0]) / steps[nl][:, None]).T
+            unit = Y[-1] if lin_scale else None
         if is_lin.any():
             V = np.stack([chebyshev_background(self.x, np.eye(gen.nbkg)[k], gen.bkg_domain)
                           for k in range(gen.nbkg)], 1) if gen.nbkg else np.zeros((len(self.x), 0))
             for d in np.flatnonzero(is_lin):
                 col = np.zeros(len(self.x))
                 if lin_scale and tans["scale"][d] != 0:
-                    col += float(tans["scale"][d]) * Y[-1]
+                    col += float(tans["scale"][d]) * unit
                 for k in range(gen.nbkg):
                     col += float(tans[f"bkg_{k}"][d]) * V[:, k]
                 J[:, d] = col
