@@ -254,7 +254,7 @@ def test_xrd_pattern_window_jvp_matches_forward_mode(kw):
     for k in JVP_PARAMETERS:
         if k in kw:
             wkw[k] = moved(k, torch.full((1,), float(kw[k]), dtype=torch.float64)[0])
-    out = xrd_pattern_window_jvp(batch, x, h, **wkw)
+    out = xrd_pattern_window_jvp(batch, x, torch.stack([torch.zeros_like(h), 0.5 / h, -0.5 / h], 1), **wkw)
     assert out is not None
     y, dy = out
     ref = xrd_pattern(base, torch.as_tensor(x), **kw)[0]
@@ -289,3 +289,35 @@ def test_xrd_auto_window_jacobian_matches_central_differences(monkeypatch):
     assert used == [True]
     err = np.min([_column_errors(J, _central(b, prob, p, rel)) for rel in (1e-5, 1e-6, 1e-7)], axis=0)
     assert err.max() < 1e-6, dict(zip(names, err))
+
+
+def test_xrd_auto_window_jacobian_one_sided_at_a_bound():
+    """At a bound the per-peak differences of the window Jacobian are one-sided, into the bounds: with
+    the Lorentzian width Y at its lower bound 0 (where the model clamps X/cosθ + Y tanθ at 0, so a
+    central difference would halve the column) the Y column is the right-hand derivative, as
+    forward differences of the model give it (1e-6 relative); the other columns as before."""
+    make, shift = CASES[1]
+    truth = make()
+    obs = _simulate_xrd(truth, np.arange(20.0, 90.0, 0.04))
+    obs.wavelength2, obs.ka2_ratio = 1.544426, 0.5
+    b, prob, p, names = _problem(obs, _perturbed(truth, shift), RIETVELD_TAGS, dict(RIETVELD_START, Y=0.0),
+                                 mode="auto", instrument="rietveld")
+    k = names.index("Y")
+    assert p[k] == 0.0 and prob.bounds()[0][k] == 0.0
+    J = prob.jacobian_exact(p)
+    from diffpy_diffusion.refine.optimize import update_constraints
+
+    cols = []
+    for rel in (1e-6, 1e-7):
+        q = p.copy()
+        q[k] += rel
+        update_constraints(b.recipe, q)
+        y1 = b.generator.compute_batch(prob.x, [b.generator.state()])[0]
+        update_constraints(b.recipe, p)
+        y0 = b.generator.compute_batch(prob.x, [b.generator.state()])[0]
+        cols.append((y1 - y0) / rel * prob.w)
+    err = min(np.linalg.norm(J[:, k] - c) / np.linalg.norm(c) for c in cols)
+    assert err < 1e-5, err
+    others = [i for i in range(len(p)) if i != k]
+    err = np.min([_column_errors(J, _central(b, prob, p, rel)) for rel in (1e-5, 1e-6, 1e-7)], axis=0)
+    assert err[others].max() < 1e-6, dict(zip(names, err))

@@ -1808,28 +1808,31 @@ def _window_terms(kind: str, hi, hs, eta, kernel: str, min_fwhm: float):
 _WINDOW_BLOCK = 1 << 16
 
 
-def xrd_pattern_window_jvp(batch: CrystalBatch, x, steps, **kwargs) -> tuple[torch.Tensor, torch.Tensor] | None:
+def xrd_pattern_window_jvp(batch: CrystalBatch, x, weights, **kwargs) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Pattern of one state and its derivatives along D directions, for window-method profiles.
 
     What each peak's profile is computed from (position, intensity, Gaussian and Lorentzian FWHMs
     and weights, in grid units) is a smooth function of the state, cheap per peak: its derivatives
-    are central differences between the states moved by ±steps[d].  The profiles themselves, the
+    are differences between moved states (central, or one-sided second order at a bound, where
+    the model may clamp a width: weights[d] say how).  The profiles themselves, the
     expensive part, are differentiated analytically on the windows of the unmoved state
     (∂/∂position and ∂/∂FWHM of the Gaussian and Lorentzian kernels of :func:`_add_peaks`), so
     all D columns cost one pass over the windows with 3 kernels per term instead of one profile
     evaluation per direction; no forward-mode AD.  The derivative is that of the model at the
     unmoved state's windows, as :func:`xrd_pattern_jvp` gives; the per-peak differences add a
-    relative error of order (step)² (central differences of smooth functions).
+    relative error of order (step)² (second-order differences of smooth functions).
 
     Parameters
     ----------
     batch : CrystalBatch
-        1 + 2D crystals, float64: the state, then the state moved by +steps[d] along direction d
-        (d = 0 … D−1), then moved by −steps[d].
+        1 + 2D crystals, float64: the state, then D moved states A_d, then D moved states B_d.
     x : array-like, shape (M,)
         Grid, as for :func:`xrd_pattern`.
-    steps : array-like, shape (D,)
-        The (positive) step of each direction.
+    weights : array-like, shape (D, 3)
+        The derivative of a per-peak quantity Z along direction d is
+        ``weights[d] · (Z(state), Z(A_d), Z(B_d))``: for central differences with A_d, B_d the
+        state moved by ±h, (0, 1/2h, −1/2h); one-sided with A_d, B_d at +h, +2h,
+        (−3/2h, 4/2h, −1/2h).
     **kwargs
         Keyword arguments of :func:`xrd_pattern`; each profile term a number or a (1 + 2D,) tensor
         (its value in each crystal).
@@ -1844,8 +1847,8 @@ def xrd_pattern_window_jvp(batch: CrystalBatch, x, steps, **kwargs) -> tuple[tor
     """
     _check_batch(batch)
     dtype, device = batch.dtype, batch.device
-    steps = torch.as_tensor(steps, dtype=dtype, device=device).reshape(-1)
-    D, S = steps.numel(), batch.num_crystals
+    weights = torch.as_tensor(weights, dtype=dtype, device=device).reshape(-1, 3)
+    D, S = weights.shape[0], batch.num_crystals
     if S != 1 + 2 * D:
         raise ValueError(f"batch: need 1 + 2·{D} crystals, got {S}")
     x = torch.as_tensor(x, dtype=dtype, device=device).contiguous()
@@ -1879,8 +1882,8 @@ def xrd_pattern_window_jvp(batch: CrystalBatch, x, steps, **kwargs) -> tuple[tor
     def per_state(t):
         return t[order].view(S, R)
 
-    def diff(t):  # (S, ·) -> (D, ·): central differences
-        return (t[1 : 1 + D] - t[1 + D :]) / (2 * steps[:, None])
+    def diff(t):  # (S, ·) -> (D, ·): the differences of ``weights``
+        return weights[:, :1] * t[:1] + weights[:, 1:2] * t[1 : 1 + D] + weights[:, 2:] * t[1 + D :]
 
     for pos, inten, h_inst, h_size, eta, no_inst, min_fwhm in record:
         pos, inten, eta, hi = per_state(pos), per_state(inten), per_state(eta), per_state(h_inst)

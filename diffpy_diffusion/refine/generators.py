@@ -492,13 +492,14 @@ class XRDGenerator(TorchGenerator):
     _WINDOW_TERMS = ("scale", "U", "V", "W", "eta", "X", "Y", "zero_deg", "axial_deg", "displacement_deg",
                      "size_nm", "march_dollase")
 
-    def jacobian_window(self, x: np.ndarray, states: list[dict[str, Any]], steps: np.ndarray
+    def jacobian_window(self, x: np.ndarray, states: list[dict[str, Any]], weights: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray] | None:
         """Main-phase pattern of ``states[0]`` and its derivatives along D directions, window profiles only.
 
-        ``states`` are the state, then the state moved by +steps[d] along each direction d, then
-        by −steps[d] (1 + 2D states); :func:`~diffpy_diffusion.physics.xrd.xrd_pattern_window_jvp`
-        differentiates the profiles analytically and the peak list by central differences.
+        ``states`` are the state, then D states A_d and D states B_d moved along each direction d;
+        ``weights`` (D, 3) the difference weights of (state, A_d, B_d) (see
+        :func:`~diffpy_diffusion.physics.xrd.xrd_pattern_window_jvp`, which differentiates the
+        profiles analytically and the peak list by these differences).
         Returns (y (M,), dy (D, M)), or None where that does not apply: FFT profiles (the "pv"
         shape with a size), extra phases, or a moved state that the model clips (Uiso < 0, η
         outside [0, 1], size crossing 0, March–Dollase below 1e-3) or whose peaks do not
@@ -524,7 +525,7 @@ class XRDGenerator(TorchGenerator):
             if key in kw and kw[key] is not None:
                 kw[key] = _t(np.array([float(s[key]) for s in states]))
         with torch.no_grad():
-            out = xrd_pattern_window_jvp(_state_batch(states), _t(x), _t(steps), **kw)
+            out = xrd_pattern_window_jvp(_state_batch(states), _t(x), _t(weights), **kw)
         if out is None:
             return None
         y, dy = (np.where(np.isfinite(a), a, 0.0) for a in (out[0].numpy(), out[1].numpy()))

@@ -178,11 +178,17 @@ class ResidualProblem:
         window = getattr(gen, "jacobian_window", None)
         out = None
         if len(nl) and window is not None:
-            # central differences of the peak list only: a longer step than the profiles' differences
-            # (their error is (step)², rounding ~1e-16/step)
+            # second-order differences of the peak list only: a longer step than the profiles'
+            # differences (their error is (step)², rounding ~1e-16/step); one-sided, into the
+            # bounds, at a bound (X = 0: the model clamps the Lorentzian width there)
             h = 1e-5 * np.maximum(np.abs(p[nl]), 1e-2)
-            out = window(self.x, [st, *(moved(d, hd) for d, hd in zip(nl, h)),
-                                  *(moved(d, -hd) for d, hd in zip(nl, h))], h)
+            side = np.where(p[nl] - h < lo[nl], 1.0, np.where(p[nl] + h > hi[nl], -1.0, 0.0))
+            ha = np.where(side == 0, h, side * h)
+            hb = np.where(side == 0, -h, 2 * side * h)
+            wts = np.where((side == 0)[:, None], np.stack([np.zeros_like(h), 0.5 / h, -0.5 / h], 1),
+                           np.stack([-1.5 / ha, 2.0 / ha, -0.5 / ha], 1))
+            out = window(self.x, [st, *(moved(d, a) for d, a in zip(nl, ha)),
+                                  *(moved(d, b) for d, b in zip(nl, hb))], wts)
             self.nfev += out is not None
         if out is not None and (not lin_scale or float(st["scale"]) != 0):
             J[:, nl] = out[1].T
