@@ -1158,9 +1158,8 @@ def prescreen(observation: Observation, structures, *, chunk: int = 32) -> np.nd
     if observation.kind != "xrd":
         raise ValueError("prescreen: a PXRD observation is needed")
     structures = list(structures)
-    out = np.full(len(structures), np.inf)
     if not structures:
-        return out
+        return np.zeros(0)
     scr = _XRDScreen(observation, max_points=400)
     sizes = [float(observation.size_nm)] if observation.size_nm else list(PRESCREEN_SIZES_NM)
     kern = scr._kernels(sizes)[: len(sizes)]  # the Scherrer Lorentzians (first block of SCREEN_KERNELS)
